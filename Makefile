@@ -1,0 +1,41 @@
+# Set-up and entry points. `make run` and `make test` work on a fresh machine: they create the
+# virtual environment and install the package first. Torch is pinned by constraints.txt so pip
+# takes the local CPU build instead of a multi-GB CUDA one.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SPLIT ?= test
+
+.PHONY: install run test test-fast lint format clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: fetch or read ML-1M, print its statistics, fit and evaluate the baselines on test
+run: $(STAMP)
+	$(BIN)/recfunnel data
+	$(BIN)/recfunnel evaluate --model pop,ease --split $(SPLIT)
+
+## test: the whole suite (real-data checks run when ML-1M is found, are skipped otherwise)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## test-fast: synthetic-data tests only
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not realdata"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,80 @@
+"""Strong simple baselines every stage must beat: popularity and EASE.
+
+Both follow the scikit-learn shape: the constructor only stores parameters, `fit` learns from
+train ratings and returns `self`, learned attributes end with `_`, and `score` before `fit`
+raises a clear error. Both implement the evaluator's `Scorer` protocol.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, USER
+from recfunnel.data.split import liked
+from recfunnel.errors import ConfigError, NotFittedError
+from recfunnel.evaluate import interaction_matrix
+
+
+def _check_fitted(model: object, attribute: str) -> None:
+    if not hasattr(model, attribute):
+        raise NotFittedError(f"{type(model).__name__} is not fitted yet; call fit(train, item_ids)")
+
+
+class Popularity:
+    """Scores every item by its number of liked train ratings; the same list for every user.
+
+    Items of the catalogue that have no liked train rating score 0 (ties are the evaluator's).
+    """
+
+    def fit(self, train: pd.DataFrame, item_ids: np.ndarray) -> Popularity:
+        """train: ratings (only rating >= 4 count); item_ids (n_items,): the catalogue."""
+        self.item_ids_ = np.asarray(item_ids, dtype=np.int64)
+        counts = liked(train)[ITEM].value_counts()
+        self.counts_ = counts.reindex(self.item_ids_, fill_value=0).to_numpy(dtype=np.float64)
+        return self
+
+    def score(self, user_ids: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
+        """(n_users, n_items): the popularity row repeated for every user."""
+        _check_fitted(self, "counts_")
+        return np.broadcast_to(self.counts_, (len(user_ids), len(self.counts_)))
+
+
+class EASE:
+    """EASE (Steck, 2019): a closed-form item-item linear model with a zero diagonal.
+
+    With X (n_users, n_items) the binary matrix of liked train ratings and G = X^T X,
+    P = (G + lambda I)^-1 and B = I - P / diag(P) (column-wise), i.e. B_ij = -P_ij / P_jj and
+    B_jj = 0. A user's scores are x_u B, with x_u the user's liked items. Computed in float64.
+    Catalogue items with no liked train rating get a zero column, hence score 0.
+    """
+
+    def __init__(self, lam: float = 1000.0) -> None:
+        self.lam = lam
+
+    def fit(self, train: pd.DataFrame, item_ids: np.ndarray) -> EASE:
+        """train: ratings (only rating >= 4 count); item_ids (n_items,): the catalogue."""
+        if not self.lam > 0:
+            raise ConfigError(f"EASE lambda must be > 0, got {self.lam}")
+        self.item_ids_ = np.asarray(item_ids, dtype=np.int64)
+        positives = liked(train)
+        users = np.unique(positives[USER].to_numpy())
+        x = interaction_matrix(positives, users, self.item_ids_)
+        x.data[:] = 1.0
+        gram = (x.T @ x).toarray()
+        gram[np.diag_indices_from(gram)] += self.lam
+        p = np.linalg.inv(gram)
+        b = p / (-np.diag(p))  # divides column j by -P_jj
+        b[np.diag_indices_from(b)] = 0.0
+        self.weights_ = b
+        return self
+
+    def score(self, user_ids: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
+        """(n_users, n_items) = liked(history) @ B; history holds rating values."""
+        _check_fitted(self, "weights_")
+        x = (history >= LIKE_THRESHOLD).astype(np.float64)
+        return np.asarray(x @ self.weights_)
+
+
+BASELINES = {"pop": Popularity, "ease": EASE}

@@ -1,0 +1,42 @@
+"""The value type every later module reads: the three MovieLens tables plus where they came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recfunnel.data.schema import GENRES, ITEM
+
+
+@dataclass(frozen=True)
+class MovieLens:
+    """Parsed, validated MovieLens-1M-shaped data (column names as in `recfunnel.data.schema`).
+
+    `checksum` is the SHA-256 over the three source files (ratings, users, movies, in that
+    order); run directories record it so a model is never scored against other data.
+    """
+
+    ratings: pd.DataFrame
+    users: pd.DataFrame
+    items: pd.DataFrame
+    checksum: str
+    source: Path
+
+    def genre_matrix(self, item_ids: np.ndarray) -> np.ndarray:
+        """Genre multi-hot vectors, shape (len(item_ids), 18), float64, rows in `item_ids` order.
+
+        Raises KeyError naming the first id that is not in movies.dat.
+        """
+        lookup = self.items.set_index(ITEM)["genres"]
+        missing = np.setdiff1d(item_ids, lookup.index.to_numpy())
+        if missing.size:
+            raise KeyError(f"item ids not in movies.dat, e.g. {missing[:5].tolist()}")
+        out = np.zeros((len(item_ids), len(GENRES)), dtype=np.float64)
+        index = {g: j for j, g in enumerate(GENRES)}
+        for row, genres in enumerate(lookup.loc[item_ids].to_numpy()):
+            for g in genres.split("|") if genres else ():
+                out[row, index[g]] = 1.0
+        return out

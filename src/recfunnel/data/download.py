@@ -1,0 +1,205 @@
+"""Fetch GroupLens' ml-1m.zip, verify it against the published MD5, and unpack it atomically.
+
+Nothing here trusts a file it did not verify: a download lands in a temp file that only
+replaces the destination once its size and MD5 check out, and an extracted folder counts
+as complete only when its marker file (written last) names the archive's MD5.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from recfunnel import __version__
+from recfunnel.errors import DownloadError
+
+log = logging.getLogger(__name__)
+
+ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+ML1M_MD5 = "c4d9eecfca2ab87c1945afe126590906"  # the MD5 GroupLens publishes for ml-1m.zip
+
+REQUIRED_FILES = ("ratings.dat", "users.dat", "movies.dat")
+ARCHIVE_FOLDER = "ml-1m"  # the one folder inside ml-1m.zip
+COMPLETE_MARKER = ".complete"
+
+LOCAL_COPY_HINT = (
+    "To use a local copy instead, set RECFUNNEL_DATA_DIR or pass --data-dir to a folder "
+    "holding ratings.dat, users.dat and movies.dat."
+)
+
+_CHUNK = 1 << 20
+
+
+def file_md5(path: Path) -> str:
+    """Hex MD5 of a file, read in chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_file(
+    url: str, dest: Path, md5: str, *, progress: bool = True, timeout: float = 60
+) -> Path:
+    """Download `url` to `dest` unless `dest` already has MD5 `md5`; returns `dest`.
+
+    The body streams into a temp file next to `dest`, which replaces `dest` only after
+    the size (when the server sends Content-Length) and the MD5 match. Any failure
+    leaves neither a partial file nor a temp file and raises DownloadError.
+    """
+    dest = Path(dest)
+    md5 = md5.lower()
+    if dest.is_file():
+        if file_md5(dest) == md5:
+            log.info("%s is already downloaded (MD5 %s)", dest, md5)
+            return dest
+        # A stale or half-written copy from elsewhere: never trust it, fetch a fresh one.
+        log.warning("%s does not have MD5 %s; downloading it again", dest, md5)
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            got_md5, got_sha256 = _stream(url, out, progress=progress, timeout=timeout)
+        if got_md5 != md5:
+            raise DownloadError(
+                f"{url} failed its checksum: MD5 {got_md5}, expected {md5} "
+                f"(corrupted transfer or a changed file). {LOCAL_COPY_HINT}"
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.info("downloaded %s to %s (MD5 %s, SHA-256 %s)", url, dest, got_md5, got_sha256)
+    return dest
+
+
+def _stream(url: str, out, *, progress: bool, timeout: float) -> tuple[str, str]:
+    """Copy the body of `url` into the binary file `out`; returns its (MD5, SHA-256)."""
+    md5, sha256 = hashlib.md5(), hashlib.sha256()
+    request = urllib.request.Request(url, headers={"User-Agent": f"recfunnel/{__version__}"})
+    received = 0
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            expected = _content_length(response)
+            with tqdm(
+                total=expected,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=url.rsplit("/", 1)[-1] or url,
+                disable=not progress,
+            ) as bar:
+                # http.client returns b"" when the server closes early instead of raising,
+                # so a short body is caught by the size check below, not here.
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    md5.update(chunk)
+                    sha256.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as exc:
+        raise DownloadError(
+            f"could not download {url}: HTTP {exc.code} {exc.reason}. {LOCAL_COPY_HINT}"
+        ) from exc
+    except urllib.error.URLError as exc:
+        raise DownloadError(f"could not download {url}: {exc.reason}. {LOCAL_COPY_HINT}") from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise DownloadError(
+            f"could not download {url}: {type(exc).__name__}: {exc}. {LOCAL_COPY_HINT}"
+        ) from exc
+    if expected is not None and received != expected:
+        raise DownloadError(
+            f"could not download {url}: got {received:,} of {expected:,} bytes "
+            f"(connection closed early). {LOCAL_COPY_HINT}"
+        )
+    return md5.hexdigest(), sha256.hexdigest()
+
+
+def _content_length(response) -> int | None:
+    value = response.headers.get("Content-Length")
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def fetch_movielens(
+    cache_dir: Path, *, url: str = ML1M_URL, md5: str = ML1M_MD5, progress: bool = True
+) -> Path:
+    """Make sure `cache_dir/ml-1m` holds the unpacked archive; returns that folder.
+
+    Downloads `cache_dir/ml-1m.zip` if needed (see `download_file`), then extracts its
+    `ml-1m/` folder into a temp folder and renames it into place, so an interrupted run
+    never leaves a folder that looks complete. A corrupt archive, or one without
+    ratings.dat, users.dat and movies.dat, raises DownloadError.
+    """
+    cache_dir = Path(cache_dir)
+    md5 = md5.lower()
+    target = cache_dir / ARCHIVE_FOLDER
+    if _is_complete(target, md5):
+        return target
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    archive = download_file(url, cache_dir / "ml-1m.zip", md5, progress=progress)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{ARCHIVE_FOLDER}.", suffix=".tmp", dir=cache_dir))
+    try:
+        _extract(archive, tmp)
+        (tmp / COMPLETE_MARKER).write_text(md5 + "\n")
+        if target.exists():  # an interrupted or older extraction: replace it
+            shutil.rmtree(target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process finished the same extraction first; use its copy.
+            if not _is_complete(target, md5):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("extracted %s to %s", archive, target)
+    return target
+
+
+def _is_complete(folder: Path, md5: str) -> bool:
+    marker = folder / COMPLETE_MARKER
+    return (
+        marker.is_file()
+        and marker.read_text().strip() == md5
+        and all((folder / name).is_file() for name in REQUIRED_FILES)
+    )
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    """Copy the files directly under `ml-1m/` in `archive` into `dest` (nothing else)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = {}
+            for info in zf.infolist():
+                folder, _, name = info.filename.partition("/")
+                # Only plain files directly in ml-1m/: this also rules out "../" paths.
+                if folder == ARCHIVE_FOLDER and name and "/" not in name and not info.is_dir():
+                    members[name] = info
+            missing = [name for name in REQUIRED_FILES if name not in members]
+            if missing:
+                raise DownloadError(
+                    f"{archive} has no {', '.join(f'{ARCHIVE_FOLDER}/{m}' for m in missing)}; "
+                    f"it is not the MovieLens-1M archive. {LOCAL_COPY_HINT}"
+                )
+            for name, info in members.items():
+                # zipfile checks each member's CRC while reading and raises BadZipFile.
+                with zf.open(info) as src, open(dest / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst, _CHUNK)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        raise DownloadError(
+            f"{archive} is not a valid zip archive ({exc}). {LOCAL_COPY_HINT}"
+        ) from exc

@@ -1,0 +1,53 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from recfunnel.data import MovieLens, load_movielens
+from recfunnel.data.synthetic import write_synthetic_movielens
+
+ML1M_FILES = ("ratings.dat", "users.dat", "movies.dat")
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default synthetic ML-1M-shaped data set (600 users, 400 movies, seed 0), written
+    once per session. Shared by every test: read it, never write into it."""
+    return write_synthetic_movielens(tmp_path_factory.mktemp("synthetic-ml1m"))
+
+
+@pytest.fixture(scope="session")
+def ml1m_dir() -> Path:
+    """The real MovieLens-1M folder: $RECFUNNEL_DATA_DIR, else ../shared/data/ml-1m.
+
+    Skips the test when the files are absent, or fails it when RECFUNNEL_REQUIRE_REALDATA=1
+    (CI), so a missing copy cannot pass unnoticed as a skip.
+    """
+    env = os.environ.get("RECFUNNEL_DATA_DIR")
+    folder = Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/ml-1m"
+    missing = [name for name in ML1M_FILES if not (folder / name).is_file()]
+    if missing:
+        reason = (
+            f"real MovieLens-1M not found: {folder} has no {', '.join(missing)} "
+            "(set RECFUNNEL_DATA_DIR to the folder holding the ml-1m files)"
+        )
+        if os.environ.get("RECFUNNEL_REQUIRE_REALDATA") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ml1m(ml1m_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> MovieLens:
+    """The real MovieLens-1M, loaded once per session (parsed into a temp cache)."""
+    return load_movielens(ml1m_dir, cache_dir=tmp_path_factory.mktemp("ml1m-cache"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_ml(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> MovieLens:
+    """The default synthetic data set, loaded once per session (parsed into a temp cache)."""
+    return load_movielens(synthetic_dir, cache_dir=tmp_path_factory.mktemp("synthetic-cache"))

@@ -1,0 +1,72 @@
+"""Popularity and EASE: hand-checked fits, clear errors, and learning on planted structure."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from recfunnel.baselines import EASE, Popularity
+from recfunnel.data.split import make_split
+from recfunnel.errors import ConfigError, NotFittedError
+from recfunnel.evaluate import Evaluator, catalogue
+
+
+def frame(rows):
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+
+
+def test_popularity_counts_liked_train_ratings_only():
+    train = frame([(1, 10, 5, 1), (2, 10, 4, 2), (3, 10, 1, 3), (1, 20, 3, 4), (2, 30, 4, 5)])
+    model = Popularity().fit(train, np.array([10, 20, 30, 40]))
+    # 10: two likes (the 1 does not count); 20: a 3 does not count; 30: one; 40: unseen.
+    assert model.counts_.tolist() == [2.0, 0.0, 1.0, 0.0]
+    scores = model.score(np.array([7, 8]), sp.csr_matrix((2, 4)))
+    assert scores.shape == (2, 4) and scores[1].tolist() == [2.0, 0.0, 1.0, 0.0]
+
+
+def test_ease_matches_per_item_ridge_regression():
+    # EASE's column j is the ridge regression of item j on all other items:
+    # B[-j, j] = (G[-j, -j] + lam I)^-1 G[-j, j], B[j, j] = 0. Solve that directly per column.
+    rng = np.random.default_rng(0)
+    x = (rng.random((40, 6)) < 0.4).astype(float)
+    users, cols = np.nonzero(x)
+    train = frame([(u, 100 + c, 5, 0) for u, c in zip(users, cols, strict=True)])
+    items = np.arange(100, 107)  # item 106 is never rated: its column must be zero
+    model = EASE(lam=3.0).fit(train, items)
+    gram = x.T @ x
+    for j in range(6):
+        rest = [i for i in range(6) if i != j]
+        expected = np.linalg.solve(gram[np.ix_(rest, rest)] + 3.0 * np.eye(5), gram[rest, j])
+        np.testing.assert_allclose(model.weights_[rest, j], expected, rtol=1e-10, atol=1e-12)
+        assert model.weights_[j, j] == 0.0
+    assert not model.weights_[:, 6].any() and not model.weights_[6].any()
+    # Scores read liked history only: a rating of 2 for item 100 adds nothing.
+    history = sp.csr_matrix(np.array([[2.0, 5.0, 0, 0, 0, 0, 0]]))
+    np.testing.assert_allclose(model.score(np.array([0]), history)[0], model.weights_[1])
+
+
+def test_errors_before_fit_and_bad_lambda():
+    with pytest.raises(NotFittedError, match="fit"):
+        EASE().score(np.array([1]), sp.csr_matrix((1, 3)))
+    with pytest.raises(NotFittedError):
+        Popularity().score(np.array([1]), sp.csr_matrix((1, 3)))
+    with pytest.raises(ConfigError, match="lambda"):
+        EASE(lam=0).fit(frame([(1, 1, 5, 0)]), np.array([1]))
+
+
+def test_baselines_learn_planted_structure(synthetic_ml):
+    split = make_split(synthetic_ml.ratings)
+    items = catalogue(synthetic_ml.ratings)
+    ev = Evaluator(split, items, ks=(20,))
+    pop = ev.evaluate(Popularity().fit(split.train, items), "valid").groups["warm"]
+    ease = ev.evaluate(EASE(50.0).fit(split.train, items), "valid").groups["warm"]
+
+    class Random:
+        item_ids_ = items
+
+        def score(self, user_ids, history):
+            return np.random.default_rng(0).random((len(user_ids), len(items)))
+
+    rand = ev.evaluate(Random(), "valid").groups["warm"]
+    assert pop["ndcg@20"] > 1.5 * rand["ndcg@20"]
+    assert ease["ndcg@20"] > pop["ndcg@20"]
