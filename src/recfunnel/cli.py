@@ -72,8 +72,10 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     width = max(len(k) for k in stats)
     for key, value in stats.items():
-        shown = f"{value:,}" if isinstance(value, int) else value
-        if isinstance(value, float):
+        shown = value
+        if isinstance(value, int) and "timestamp" not in key:
+            shown = f"{value:,}"
+        elif isinstance(value, float):
             shown = f"{value:.4f}"
         print(f"{key.ljust(width)}  {shown}")
     return 0
