@@ -8,11 +8,15 @@ import scipy.sparse as sp
 from recfunnel.baselines import EASE, Popularity
 from recfunnel.data.split import make_split
 from recfunnel.errors import ConfigError, NotFittedError
-from recfunnel.evaluate import Evaluator, catalogue
+from recfunnel.evaluate import Evaluator, History, catalogue
 
 
 def frame(rows):
     return pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+
+
+def empty_history(n_users, n_items):
+    return History(sp.csr_matrix((n_users, n_items)), sp.csr_matrix((n_users, n_items)))
 
 
 def test_popularity_counts_liked_train_ratings_only():
@@ -20,7 +24,7 @@ def test_popularity_counts_liked_train_ratings_only():
     model = Popularity().fit(train, np.array([10, 20, 30, 40]))
     # 10: two likes (the 1 does not count); 20: a 3 does not count; 30: one; 40: unseen.
     assert model.counts_.tolist() == [2.0, 0.0, 1.0, 0.0]
-    scores = model.score(np.array([7, 8]), sp.csr_matrix((2, 4)))
+    scores = model.score(np.array([7, 8]), empty_history(2, 4))
     assert scores.shape == (2, 4) and scores[1].tolist() == [2.0, 0.0, 1.0, 0.0]
 
 
@@ -41,15 +45,16 @@ def test_ease_matches_per_item_ridge_regression():
         assert model.weights_[j, j] == 0.0
     assert not model.weights_[:, 6].any() and not model.weights_[6].any()
     # Scores read liked history only: a rating of 2 for item 100 adds nothing.
-    history = sp.csr_matrix(np.array([[2.0, 5.0, 0, 0, 0, 0, 0]]))
+    ratings = sp.csr_matrix(np.array([[2.0, 5.0, 0, 0, 0, 0, 0]]))
+    history = History(ratings, ratings.copy())
     np.testing.assert_allclose(model.score(np.array([0]), history)[0], model.weights_[1])
 
 
 def test_errors_before_fit_and_bad_lambda():
     with pytest.raises(NotFittedError, match="fit"):
-        EASE().score(np.array([1]), sp.csr_matrix((1, 3)))
+        EASE().score(np.array([1]), empty_history(1, 3))
     with pytest.raises(NotFittedError):
-        Popularity().score(np.array([1]), sp.csr_matrix((1, 3)))
+        Popularity().score(np.array([1]), empty_history(1, 3))
     with pytest.raises(ConfigError, match="lambda"):
         EASE(lam=0).fit(frame([(1, 1, 5, 0)]), np.array([1]))
 

@@ -116,7 +116,7 @@ class SpyScorer:
         self.seen = []
 
     def score(self, user_ids, history):
-        self.seen.append((user_ids, history.tocoo()))
+        self.seen.append((user_ids, history.ratings.tocoo()))
         return np.zeros((len(user_ids), len(self.item_ids_)))
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
-from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, USER
+from recfunnel.data.schema import ITEM, USER
 from recfunnel.data.split import liked
 from recfunnel.errors import ConfigError, NotFittedError
-from recfunnel.evaluate import interaction_matrix
+from recfunnel.evaluate import History, interaction_matrix
 
 
 def _check_fitted(model: object, attribute: str) -> None:
@@ -35,7 +34,7 @@ class Popularity:
         self.counts_ = counts.reindex(self.item_ids_, fill_value=0).to_numpy(dtype=np.float64)
         return self
 
-    def score(self, user_ids: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
+    def score(self, user_ids: np.ndarray, history: History) -> np.ndarray:
         """(n_users, n_items): the popularity row repeated for every user."""
         _check_fitted(self, "counts_")
         return np.broadcast_to(self.counts_, (len(user_ids), len(self.counts_)))
@@ -70,11 +69,10 @@ class EASE:
         self.weights_ = b
         return self
 
-    def score(self, user_ids: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
-        """(n_users, n_items) = liked(history) @ B; history holds rating values."""
+    def score(self, user_ids: np.ndarray, history: History) -> np.ndarray:
+        """(n_users, n_items) = liked(history) @ B."""
         _check_fitted(self, "weights_")
-        x = (history >= LIKE_THRESHOLD).astype(np.float64)
-        return np.asarray(x @ self.weights_)
+        return np.asarray(history.liked() @ self.weights_)
 
 
 BASELINES = {"pop": Popularity, "ease": EASE}

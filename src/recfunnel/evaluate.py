@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recfunnel import metrics
-from recfunnel.data.schema import ITEM, RATING, USER
+from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, RATING, TIME, USER
 from recfunnel.data.split import Split, SplitName, liked
 from recfunnel.errors import ConfigError, RecfunnelError
 
@@ -25,18 +25,41 @@ HistorySource = Literal["train", "known"]
 DEFAULT_KS: tuple[int, ...] = (10, 20, 50, 100, 200)
 
 
+@dataclass(frozen=True)
+class History:
+    """What a scorer may read about a batch of users: their past ratings over the catalogue.
+
+    ratings (n_users, n_items) CSR of rating values; timestamps (n_users, n_items) CSR of the
+    matching unix times, same sparsity pattern, for models that read the order of events.
+    """
+
+    ratings: sp.csr_matrix
+    timestamps: sp.csr_matrix
+
+    def __len__(self) -> int:
+        return self.ratings.shape[0]
+
+    def __getitem__(self, rows: slice | np.ndarray) -> History:
+        return History(self.ratings[rows], self.timestamps[rows])
+
+    def liked(self) -> sp.csr_matrix:
+        """Binary float64 CSR (n_users, n_items) of the liked (rating >= 4) items."""
+        out = (self.ratings >= LIKE_THRESHOLD).astype(np.float64)
+        out.eliminate_zeros()
+        return out
+
+
 class Scorer(Protocol):
     """Anything that scores a catalogue for a batch of users.
 
     `item_ids_` (n_items,) are the catalogue's movie ids, ascending, fixed at `fit` time.
-    `score` gets the users' raw ids (n_users,) and their input history as a CSR matrix
-    (n_users, n_items) of rating values over the same columns, and returns float scores
-    (n_users, n_items). Higher is better; the evaluator never passes an item to rank twice.
+    `score` gets the users' raw ids (n_users,) and their input `History` over the same
+    columns, and returns float scores (n_users, n_items). Higher is better.
     """
 
     item_ids_: np.ndarray
 
-    def score(self, user_ids: np.ndarray, history: sp.csr_matrix) -> np.ndarray: ...
+    def score(self, user_ids: np.ndarray, history: History) -> np.ndarray: ...
 
 
 def catalogue(ratings: pd.DataFrame) -> np.ndarray:
@@ -48,16 +71,16 @@ def catalogue(ratings: pd.DataFrame) -> np.ndarray:
 
 
 def interaction_matrix(
-    ratings: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray
+    ratings: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray, column: str = RATING
 ) -> sp.csr_matrix:
-    """CSR (len(user_ids), len(item_ids)) of rating values; rows and columns in the given order.
+    """CSR (len(user_ids), len(item_ids)) of `column` values; rows and columns in the given order.
 
     Ratings of users or items outside the given ids are ignored: the caller decides the space.
     """
     rows = pd.Index(user_ids).get_indexer(ratings[USER].to_numpy())
     cols = pd.Index(item_ids).get_indexer(ratings[ITEM].to_numpy())
     keep = (rows >= 0) & (cols >= 0)
-    values = ratings[RATING].to_numpy()[keep].astype(np.float64)
+    values = ratings[column].to_numpy()[keep].astype(np.float64)
     matrix = sp.csr_matrix((values, (rows[keep], cols[keep])), shape=(len(user_ids), len(item_ids)))
     matrix.sum_duplicates()
     return matrix
@@ -88,7 +111,7 @@ class EvalUsers:
     user_ids: np.ndarray  # (n_users,) raw ids, ascending
     truth: sp.csr_matrix  # (n_users, n_items) 1 where the item is a liked item of the part
     known: sp.csr_matrix  # (n_users, n_items) items removed from the candidates
-    history: sp.csr_matrix  # (n_users, n_items) rating values the scorer may read
+    history: History  # what the scorer may read
 
 
 @dataclass
@@ -172,7 +195,10 @@ class Evaluator:
             user_ids=user_ids,
             truth=truth,
             known=interaction_matrix(known_ratings, user_ids, self.item_ids),
-            history=interaction_matrix(input_ratings, user_ids, self.item_ids),
+            history=History(
+                ratings=interaction_matrix(input_ratings, user_ids, self.item_ids),
+                timestamps=interaction_matrix(input_ratings, user_ids, self.item_ids, TIME),
+            ),
         )
 
     def rank(self, scorer: Scorer, users: EvalUsers, k: int, batch_size: int = 1024) -> np.ndarray:
