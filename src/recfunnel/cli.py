@@ -15,6 +15,7 @@ from pathlib import Path
 
 from recfunnel import __version__
 from recfunnel.errors import ConfigError, RecfunnelError
+from recfunnel.report import format_table
 
 DATA_HELP = (
     "folder holding ratings.dat, users.dat and movies.dat (default: $RECFUNNEL_DATA_DIR, "
@@ -104,7 +105,79 @@ def _parse_ks(text: str) -> list[int]:
     return ks
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from recfunnel.config import load_config
+    from recfunnel.data.split import make_split
+    from recfunnel.evaluate import catalogue
+    from recfunnel.recall import RecallStage
+    from recfunnel.run import PipelineConfig, write_run
+
+    config = load_config(PipelineConfig, args.config, args.overrides)
+    out = args.out or Path("runs") / time.strftime(f"{args.stage}-%Y%m%d-%H%M%S")
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")
+    ml = _load(args)
+    split = make_split(ml.ratings, config.split)
+    items = catalogue(ml.ratings)
+    _log(
+        f"training the recall stage ({config.recall.objective}) on {len(split.train):,} "
+        "train ratings; early stopping on valid"
+    )
+    recall = RecallStage(config.recall).fit(ml, split, items, progress=not args.no_progress)
+    _log(
+        f"recall: best valid {recall.log_.metric_name} {recall.log_.best_metric:.4f} at epoch "
+        f"{recall.log_.best_epoch}, {recall.log_.seconds:.0f} s"
+    )
+    index = config.index.build().build(recall.item_embeddings(), recall.item_ids_)
+    write_run(out, config, ml, recall, index, overwrite=args.overwrite)
+    print(out)
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.run_dir is not None:
+        return _evaluate_run(args)
+    return _evaluate_baselines(args)
+
+
+def _evaluate_run(args: argparse.Namespace) -> int:
+    from recfunnel.data.split import make_split
+    from recfunnel.recall.report import RECALL_COLUMNS, evaluate_recall
+    from recfunnel.report import format_table
+    from recfunnel.run import load_run, read_manifest
+
+    read_manifest(args.run_dir)  # a clear error before any data is loaded
+    if not args.ease_lambda > 0:
+        raise ConfigError(f"--lambda must be > 0, got {args.ease_lambda}")
+    ml = _load(args)
+    run = load_run(args.run_dir, ml)
+    split = make_split(ml.ratings, run.config.split)
+    history = args.history or "known"
+    report = evaluate_recall(
+        run.recall, run.index, ml, split, history=history, ease_lambda=args.ease_lambda
+    )
+    report["train"] = run.recall.log_.to_dict()
+    (run.path / "metrics.json").write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(
+        f"Recall stage of {run.path} ({split.kind} temporal split; scorer input: {history} "
+        "ratings; candidates: all rated movies minus known history)"
+    )
+    print(format_table(report["rows"], ["part", "group", "model", "users", *RECALL_COLUMNS]))
+    print()
+    print("ANN backends against exact search (test users, known items excluded)")
+    print(
+        format_table(
+            report["ann"],
+            ["backend", "build_s", "recall@200_vs_exact", "queries", "search_s", "ms_per_query"],
+        )
+    )
+    return 0
+
+
+def _evaluate_baselines(args: argparse.Namespace) -> int:
     from recfunnel.baselines import BASELINES, EASE
     from recfunnel.data.split import make_split
     from recfunnel.evaluate import Evaluator, catalogue
@@ -117,11 +190,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ml = _load(args)
     split = make_split(ml.ratings, args.protocol)
     items = catalogue(ml.ratings)
+    history = args.history or "train"
     evaluator = Evaluator(
         split,
         items,
         ks=ks,
-        history=args.history,
+        history=history,
         item_features=ml.genre_matrix(items),
     )
     results = {}
@@ -139,7 +213,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out = {
             "split": args.split,
             "protocol": split.kind,
-            "history": args.history,
+            "history": history,
             "models": {name: r.groups for name, r in results.items()},
         }
         print(json.dumps(out, indent=2))
@@ -156,9 +230,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ]
     print(
         f"Top-N on {args.split} ({split.kind} temporal split; candidates: all {len(items):,} "
-        f"rated movies minus known history; scorer input: {args.history} ratings)"
+        f"rated movies minus known history; scorer input: {history} ratings)"
     )
     print(format_table(rows, ["model", "group", "users", *columns]))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from recfunnel.config import describe
+    from recfunnel.run import PipelineConfig
+
+    rows = [{"key": k, "default": d, "meaning": h} for k, d, h in describe(PipelineConfig)]
+    print(format_table(rows, ["key", "default", "meaning"]))
     return 0
 
 
@@ -179,11 +262,56 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--json", action="store_true", help="print a JSON object instead")
     data.set_defaults(func=cmd_data)
 
+    train = sub.add_parser(
+        "train",
+        help="train a stage into a run directory",
+        description="Train the recall stage (two-tower + index) on train, early-stopping on "
+        "valid, and write a run directory (config, manifest, weights, index).",
+        epilog="Overrides set any config field: --recall.objective=bpr --recall.lr=1e-3 "
+        "--index.backend=exact. See `recfunnel config` for every field and its default.",
+    )
+    _add_data_options(train)
+    train.add_argument(
+        "--stage", choices=("recall",), default="recall", help="stage to train (default: recall)"
+    )
+    train.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML file with [recall] / [index] tables (optional)",
+    )
+    train.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run directory to create (default: runs/STAGE-DATE-TIME)",
+    )
+    train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    train.set_defaults(func=cmd_train)
+
+    config = sub.add_parser(
+        "config",
+        help="list every config field with its default and meaning",
+        description="Print every config field (dotted key, default, meaning); set them in a "
+        "TOML file or as --section.field=value on `recfunnel train`.",
+    )
+    config.set_defaults(func=cmd_config)
+
     evaluate = sub.add_parser(
         "evaluate",
-        help="evaluate a baseline under the protocol",
-        description="Fit baselines on train and evaluate them with full ranking under the "
-        "protocol (shared/docs/protocol.md), warm and cold users separately.",
+        help="evaluate baselines, or a trained run directory, under the protocol",
+        description="Without RUN_DIR: fit baselines on train and evaluate them with full "
+        "ranking under the protocol (shared/docs/protocol.md), warm and cold users "
+        "separately. With RUN_DIR: evaluate its recall stage beside popularity and EASE on "
+        "valid and test, and its ANN index against exact search; writes RUN_DIR/metrics.json.",
+    )
+    evaluate.add_argument(
+        "run_dir",
+        nargs="?",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="a run directory made by `recfunnel train` (optional)",
     )
     _add_data_options(evaluate)
     evaluate.add_argument(
@@ -206,9 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--history",
         choices=("train", "known"),
-        default="train",
+        default=None,
         help="ratings a model may read for a user: train (as the reference numbers) or known "
-        "(train + valid at test time). Known history is always removed from the candidates.",
+        "(train + valid at test time). Known history is always removed from the candidates. "
+        "Default: train for baselines alone, known for a run directory.",
     )
     evaluate.add_argument(
         "--lambda",
@@ -229,7 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Only `train` takes free-form --section.field=value overrides; elsewhere they are errors.
+    if getattr(args, "func", None) is cmd_train:
+        bad = [a for a in extra if not (a.startswith("--") and "." in a.split("=")[0])]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        args.overrides = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

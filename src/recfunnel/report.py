@@ -19,7 +19,7 @@ def format_table(rows: Sequence[dict[str, object]], columns: Sequence[str]) -> s
     """A plain aligned text table; a missing cell prints as "-"."""
     cells = [[format_value(row.get(c, "-")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     for r in cells:
         # Left-align the text columns, right-align numbers.
@@ -27,7 +27,7 @@ def format_table(rows: Sequence[dict[str, object]], columns: Sequence[str]) -> s
             "  ".join(
                 v.ljust(w) if not _is_number(v) else v.rjust(w)
                 for v, w in zip(r, widths, strict=True)
-            )
+            ).rstrip()
         )
     return "\n".join(lines)
 

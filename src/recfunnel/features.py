@@ -1,0 +1,188 @@
+"""Id vocabularies and side features, fitted on train only.
+
+Every learned stage reads users and items through a `FeatureSpace`: raw MovieLens ids become
+contiguous indices (0 = unknown, so an item or user first seen after the train cut maps to a
+zero embedding instead of borrowing another's), and demographics, genres and release years
+become small categorical indices. Only train ratings decide which ids get a slot; the users
+and movies tables are static metadata and may describe anyone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recfunnel.data.dataset import MovieLens
+from recfunnel.data.schema import AGE_BUCKETS, GENRES, ITEM, N_OCCUPATIONS, TIME, USER
+
+# Release years are bucketed in 5-year bins from 1920 (older films share the first bin).
+YEAR_MIN, YEAR_STEP, N_YEAR_BUCKETS = 1920, 5, 17
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Sorted raw ids; `index(raw)` maps them to 1..n and anything else to 0 (unknown)."""
+
+    ids: np.ndarray  # (n,) int64, ascending
+
+    @classmethod
+    def fit(cls, raw_ids: np.ndarray) -> Vocab:
+        return cls(np.unique(np.asarray(raw_ids, dtype=np.int64)))
+
+    def __len__(self) -> int:
+        """Number of slots, the unknown slot 0 included."""
+        return len(self.ids) + 1
+
+    def index(self, raw_ids: np.ndarray) -> np.ndarray:
+        """(n,) int64 indices in 0..len-1."""
+        raw = np.asarray(raw_ids, dtype=np.int64)
+        pos = np.searchsorted(self.ids, raw)
+        found = (pos < len(self.ids)) & (self.ids[np.minimum(pos, len(self.ids) - 1)] == raw)
+        return np.where(found, pos + 1, 0).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """Vocabularies plus per-user and per-item categorical features.
+
+    User features (indices, 0 = unknown): gender (1..2), age bucket (1..7), occupation (1..21),
+    first zip digit (1..10). Item features: genre multi-hot (18 floats), release-year bucket.
+    """
+
+    users: Vocab
+    items: Vocab
+    user_table: pd.DataFrame  # indexed by raw user id: gender, age, occupation, zip
+    item_table: pd.DataFrame  # indexed by raw item id: genres, year
+
+    @classmethod
+    def fit(cls, ml: MovieLens, train: pd.DataFrame) -> FeatureSpace:
+        """Vocabularies from the train ratings; side features from the static tables."""
+        return cls(
+            users=Vocab.fit(train[USER].to_numpy()),
+            items=Vocab.fit(train[ITEM].to_numpy()),
+            user_table=ml.users.set_index(USER),
+            item_table=ml.items.set_index(ITEM),
+        )
+
+    def user_features(self, raw_user_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Per user: "user" (id index), "gender", "age", "occupation", "zip"; each (n,) int64."""
+        raw = np.asarray(raw_user_ids, dtype=np.int64)
+        table = self.user_table.reindex(raw)
+        known = table["gender"].notna().to_numpy()
+        gender = np.where(table["gender"].to_numpy() == "F", 2, 1) * known
+        age = pd.Index(AGE_BUCKETS).get_indexer(table["age"].fillna(-1).astype(int)) + 1
+        occupation = table["occupation"].fillna(-1).astype(int).to_numpy() + 1
+        first = table["zip"].astype("string").str[:1]
+        zip_digit = pd.to_numeric(first, errors="coerce").fillna(-1).astype(int).to_numpy() + 1
+        return {
+            "user": self.users.index(raw),
+            "gender": gender.astype(np.int64),
+            "age": np.where(known, age, 0).astype(np.int64),
+            "occupation": np.clip(occupation, 0, N_OCCUPATIONS).astype(np.int64),
+            "zip": np.clip(zip_digit, 0, 10).astype(np.int64),
+        }
+
+    def item_features(self, raw_item_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Per item: "item" (id index, int64 (n,)), "genres" (float32 (n, 18)), "year" (int64)."""
+        raw = np.asarray(raw_item_ids, dtype=np.int64)
+        table = self.item_table.reindex(raw)
+        genres = np.zeros((len(raw), len(GENRES)), dtype=np.float32)
+        column = {g: j for j, g in enumerate(GENRES)}
+        for row, text in enumerate(table["genres"].to_numpy()):
+            if isinstance(text, str) and text:
+                genres[row, [column[g] for g in text.split("|")]] = 1.0
+        year = pd.to_numeric(table["year"], errors="coerce").to_numpy(dtype=np.float64)
+        bucket = np.clip((year - YEAR_MIN) // YEAR_STEP, 0, N_YEAR_BUCKETS - 1) + 1
+        return {
+            "item": self.items.index(raw),
+            "genres": genres,
+            "year": np.where(np.isnan(year), 0, bucket).astype(np.int64),
+        }
+
+    def save(self, directory: Path) -> None:
+        """The vocabularies as .npy (the side tables come from the data, checked by checksum)."""
+        np.save(directory / "user_vocab.npy", self.users.ids)
+        np.save(directory / "item_vocab.npy", self.items.ids)
+
+    @classmethod
+    def load(cls, directory: Path, ml: MovieLens) -> FeatureSpace:
+        return cls(
+            users=Vocab(np.load(directory / "user_vocab.npy", allow_pickle=False)),
+            items=Vocab(np.load(directory / "item_vocab.npy", allow_pickle=False)),
+            user_table=ml.users.set_index(USER),
+            item_table=ml.items.set_index(ITEM),
+        )
+
+
+def ordered_sequences(
+    ratings: pd.DataFrame, items: Vocab
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's ratings in time order, concatenated.
+
+    Returns (user_ids (n_users,), starts (n_users + 1,) offsets into the flat arrays,
+    item_index (n,) vocab indices, rows (n,) positions of each event in `ratings`).
+    Order within a user: (timestamp, item id), so it is deterministic.
+    """
+    order = np.lexsort(
+        (ratings[ITEM].to_numpy(), ratings[TIME].to_numpy(), ratings[USER].to_numpy())
+    )
+    users_sorted = ratings[USER].to_numpy()[order]
+    user_ids, first = np.unique(users_sorted, return_index=True)
+    starts = np.append(first, len(order)).astype(np.int64)
+    return user_ids, starts, items.index(ratings[ITEM].to_numpy()[order]), order
+
+
+N_SHARE_BUCKETS = 32  # half-log2 buckets of a share in [2^-16, 1]; 0 = none
+
+
+def share_bucket(share: np.ndarray) -> np.ndarray:
+    """(n,) shares in [0, 1] -> (n,) int64 buckets: 0 for 0, else 1 + floor(2 log2(share
+    * 2^16)) clipped to 1..31. Half-log2 steps resolve the long tail and the head alike."""
+    share = np.asarray(share, dtype=np.float64)
+    scaled = np.floor(2 * np.log2(np.maximum(share, 1e-300) * 2.0**16)).astype(np.int64) + 1
+    return np.where(share > 0, np.clip(scaled, 1, N_SHARE_BUCKETS - 1), 0)
+
+
+class ItemPopularity:
+    """Causal item popularity: an item's share of the liked ratings before a given moment.
+
+    Built from train ratings only. `shares(items, times)` gives, for each (item, t), the
+    item's share of all likes in [t - window, t) ("recent") and in (-inf, t) ("total").
+    Shares rather than counts, because ML-1M's activity swings tenfold over its timeline: a
+    count learnt in the busy summer of 2000 would mean something else in December. At
+    training time t is the event's own time, so an example never sees its own or later likes;
+    at serving time t is the end of train, so no valid or test rating feeds the feature.
+    """
+
+    def __init__(self, liked_train: pd.DataFrame, items: Vocab, window_seconds: int) -> None:
+        item = items.index(liked_train[ITEM].to_numpy())
+        time = liked_train[TIME].to_numpy().astype(np.int64)
+        self.t0 = int(time.min()) - window_seconds - 1
+        self.span = np.int64(int(time.max()) - self.t0 + 2 * window_seconds + 2)
+        self.keys = np.sort(item * self.span + (time - self.t0))
+        self.times = np.sort(time)
+        self.window = window_seconds
+        self.end = int(time.max()) + 1  # "now" when serving: just after the last train event
+
+    def counts(self, items: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """items (n,) vocab indices, times (n,) unix seconds -> (recent, total) like counts."""
+        t = np.clip(np.asarray(times, dtype=np.int64) - self.t0, 0, self.span - 1)
+        base = np.asarray(items, dtype=np.int64) * self.span
+        now = np.searchsorted(self.keys, base + t, side="left")
+        recent_start = np.searchsorted(self.keys, base + np.maximum(t - self.window, 0))
+        first = np.searchsorted(self.keys, base, side="left")
+        return now - recent_start, now - first
+
+    def buckets(self, items: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(recent, total) share buckets (n,) int64 of the items at the given times."""
+        times = np.asarray(times, dtype=np.int64)
+        recent, total = self.counts(items, times)
+        all_now = np.searchsorted(self.times, times, side="left")
+        all_recent = all_now - np.searchsorted(self.times, times - self.window, side="left")
+        return (
+            share_bucket(recent / np.maximum(all_recent, 1)),
+            share_bucket(total / np.maximum(all_now, 1)),
+        )

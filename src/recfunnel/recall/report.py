@@ -1,0 +1,141 @@
+"""Evaluation of a trained recall stage: its top-N metrics beside the baselines, and the quality
+and speed of each ANN backend against exact search."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from recfunnel.baselines import EASE, Popularity
+from recfunnel.data.dataset import MovieLens
+from recfunnel.data.split import Split
+from recfunnel.evaluate import Evaluator, EvalUsers, HistorySource
+from recfunnel.index import ItemIndex, make_index, recall_against_exact
+from recfunnel.recall.stage import RecallStage
+
+RECALL_KS = (20, 50, 100, 200)
+RECALL_COLUMNS = (
+    "recall@50",
+    "recall@100",
+    "recall@200",
+    "hit_rate@50",
+    "hit_rate@200",
+    "ndcg@20",
+    "ndcg@200",
+)
+ANN_BACKENDS: dict[str, dict[str, Any]] = {
+    "exact": {},
+    "hnsw": {"M": 32, "ef_construction": 200, "ef_search": 256},
+    "ivf": {"nprobe": 16},
+}
+
+
+def index_top_k(
+    index: ItemIndex, stage: RecallStage, users: EvalUsers, k: int
+) -> tuple[np.ndarray, float]:
+    """Top-k catalogue positions (n_users, k) from the index, known items excluded, and the
+    wall time of the search itself (user vectors excluded)."""
+    queries = stage.user_embeddings(users.user_ids, users.history)
+    start = time.perf_counter()
+    ids, _ = index.search(queries, k, exclude=users.known)
+    seconds = time.perf_counter() - start
+    positions = np.searchsorted(stage.item_ids_, ids)
+    return np.where(ids >= 0, positions, -1), seconds
+
+
+def evaluate_recall(
+    stage: RecallStage,
+    index: ItemIndex,
+    ml: MovieLens,
+    split: Split,
+    *,
+    history: HistorySource = "known",
+    ease_lambda: float = 1000.0,
+) -> dict[str, Any]:
+    """Metrics of popularity, EASE, the recall model (exact) and the recall model through its
+    index, on valid and test, warm and cold; and ANN recall@200 / latency per backend."""
+    items = stage.item_ids_
+    evaluator = Evaluator(
+        split, items, ks=RECALL_KS, history=history, item_features=ml.genre_matrix(items)
+    )
+    models = {
+        "pop": Popularity().fit(split.train, items),
+        "ease": EASE(ease_lambda).fit(split.train, items),
+        "two-tower": stage,
+    }
+    rows: list[dict[str, Any]] = []
+    for part in ("valid", "test"):
+        for group in ("warm", "cold"):
+            users = evaluator.users(part, group)
+            if len(users.user_ids) == 0:
+                continue
+            for name, model in models.items():
+                top = evaluator.rank(model, users, max(RECALL_KS))
+                rows.append(
+                    {
+                        "part": part,
+                        "group": group,
+                        "model": name,
+                        **evaluator.list_metrics(top, users),
+                    }
+                )
+            top, _ = index_top_k(index, stage, users, max(RECALL_KS))
+            rows.append(
+                {
+                    "part": part,
+                    "group": group,
+                    "model": f"two-tower ({index.backend})",
+                    **evaluator.list_metrics(top, users),
+                }
+            )
+    return {
+        "history": history,
+        "split": split.kind,
+        "rows": rows,
+        "ann": ann_report(stage, evaluator),
+    }
+
+
+def ann_report(stage: RecallStage, evaluator: Evaluator, k: int = 200) -> list[dict[str, Any]]:
+    """For each backend: build time, recall@k against exact search, and the time to retrieve
+    the top-k of every test user (warm and cold) with their known items excluded."""
+    embeddings = stage.item_embeddings()
+    warm = evaluator.users("test", "warm")
+    cold = evaluator.users("test", "cold")
+    queries = (
+        np.concatenate(
+            [
+                stage.user_embeddings(warm.user_ids, warm.history),
+                stage.user_embeddings(cold.user_ids, cold.history),
+            ]
+        )
+        if len(cold.user_ids)
+        else stage.user_embeddings(warm.user_ids, warm.history)
+    )
+    import scipy.sparse as sp
+
+    exclude = sp.vstack([warm.known, cold.known]).tocsr() if len(cold.user_ids) else warm.known
+    exact = make_index("exact").build(embeddings, stage.item_ids_)
+    out = []
+    for backend, params in ANN_BACKENDS.items():
+        start = time.perf_counter()
+        index = make_index(backend, **params).build(embeddings, stage.item_ids_)
+        build = time.perf_counter() - start
+        index.search(queries[:8], k, exclude=exclude[:8])  # warm-up
+        start = time.perf_counter()
+        index.search(queries, k, exclude=exclude)
+        seconds = time.perf_counter() - start
+        out.append(
+            {
+                "backend": backend,
+                "params": params,
+                "build_s": build,
+                f"recall@{k}_vs_exact": recall_against_exact(index, exact, queries, k, exclude),
+                "queries": len(queries),
+                "search_s": seconds,
+                "ms_per_query": 1000 * seconds / len(queries),
+            }
+        )
+    return out

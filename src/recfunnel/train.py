@@ -1,0 +1,113 @@
+"""One training loop for every learned stage: epochs of mini-batches, Adam, early stopping on a
+validation metric, the best weights restored at the end, and a progress bar.
+
+A stage supplies three callables, so the loop knows nothing of towers or features:
+`batches(epoch)` yields batches, `loss(batch)` returns a scalar tensor, and `validate()`
+returns the metric to maximise.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+@dataclass
+class TrainLog:
+    """Per-epoch training curve, written to the run directory."""
+
+    metric_name: str
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_metric: float = -math.inf
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric_name,
+            "best_epoch": self.best_epoch,
+            "best_metric": self.best_metric,
+            "seconds": self.seconds,
+            "epochs": self.epochs,
+        }
+
+
+def fit(
+    model: nn.Module,
+    batches: Callable[[int], Iterable[Any]],
+    loss: Callable[[Any], torch.Tensor],
+    validate: Callable[[], float],
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    patience: int = 2,
+    metric_name: str = "metric",
+    steps_per_epoch: int | None = None,
+    progress: bool = True,
+    description: str = "train",
+) -> TrainLog:
+    """Train `model` in place; returns the curve. The weights left are the best epoch's."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    log = TrainLog(metric_name)
+    best_state: dict[str, torch.Tensor] | None = None
+    stale = 0
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        total, count = 0.0, 0
+        bar = tqdm(
+            batches(epoch),
+            total=steps_per_epoch,
+            desc=f"{description} epoch {epoch + 1}/{epochs}",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for batch in bar:
+            value = loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            total += float(value.detach())
+            count += 1
+            if count % 20 == 0:
+                bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.close()
+        model.eval()
+        with torch.no_grad():
+            metric = float(validate())
+        log.epochs.append(
+            {
+                "epoch": epoch + 1,
+                "loss": total / max(count, 1),
+                metric_name: metric,
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        if progress:
+            tqdm.write(
+                f"{description} epoch {epoch + 1}: loss {total / max(count, 1):.4f}, "
+                f"valid {metric_name} {metric:.4f}"
+            )
+        if metric > log.best_metric:
+            log.best_metric, log.best_epoch = metric, epoch + 1
+            best_state = copy.deepcopy(model.state_dict())
+            stale = 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    log.seconds = time.perf_counter() - start
+    return log

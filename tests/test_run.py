@@ -1,0 +1,95 @@
+"""Run directories: train -> evaluate through the CLI, atomic writes, refusal of foreign runs."""
+
+import json
+
+import pytest
+
+from recfunnel.cli import main
+from recfunnel.errors import RecfunnelError
+from recfunnel.run import load_run
+
+FAST = [
+    "--recall.epochs=1",
+    "--recall.dim=16",
+    "--recall.out_dim=16",
+    "--recall.hidden=32",
+    "--recall.batch_size=512",
+    "--recall.threads=1",
+    "--recall.valid_metric=recall@50",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    cache = root / "cache"
+    data = ["--data-dir", str(synthetic_dir), "--cache-dir", str(cache), "--no-progress"]
+    out = root / "run"
+    assert main(["train", *data, "--out", str(out), *FAST, "--index.backend=hnsw"]) == 0
+    return out, data
+
+
+def test_train_writes_a_complete_run(trained):
+    out, _ = trained
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"] == ["recall"] and len(manifest["data_sha256"]) == 64
+    config = json.loads((out / "config.json").read_text())
+    assert config["recall"]["epochs"] == 1 and config["index"]["backend"] == "hnsw"
+    for name in (
+        "recall/model.pt",
+        "recall/item_vocab.npy",
+        "recall/train_log.json",
+        "index/item_embeddings.npy",
+        "index/index.json",
+    ):
+        assert (out / name).is_file(), name
+    # No partial folders are left next to it.
+    assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
+
+
+def test_evaluate_run_dir_json(trained, capsys):
+    out, data = trained
+    assert main(["evaluate", str(out), *data, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    models = {(r["part"], r["group"], r["model"]) for r in report["rows"]}
+    assert ("test", "warm", "two-tower") in models and ("valid", "cold", "ease") in models
+    assert ("test", "warm", "two-tower (hnsw)") in models
+    ann = {r["backend"]: r for r in report["ann"]}
+    assert set(ann) == {"exact", "hnsw", "ivf"}
+    assert ann["exact"]["recall@200_vs_exact"] == 1.0
+    assert ann["hnsw"]["recall@200_vs_exact"] >= 0.95
+    assert (out / "metrics.json").is_file()
+
+
+def test_train_refuses_to_overwrite_and_rejects_bad_overrides(trained, capsys):
+    out, data = trained
+    assert main(["train", *data, "--out", str(out), *FAST]) == 2
+    assert "already exists" in capsys.readouterr().err
+    new = out.parent / "other"
+    assert main(["train", *data, "--out", str(new), "--recall.objectiv=bpr"]) == 2
+    err = capsys.readouterr().err
+    assert "recall.objectiv" in err and "objective" in err and "Traceback" not in err
+    assert main(["train", *data, "--out", str(new), "--recall.lr=-1"]) == 2
+    assert not new.exists()
+
+
+def test_foreign_runs_are_refused(trained, synthetic_ml, tmp_path, capsys):
+    out, data = trained
+    manifest = json.loads((out / "manifest.json").read_text())
+    for key, value, message in (
+        ("data_sha256", "0" * 64, "other data"),
+        ("version", "0.0.1", "recfunnel 0.0.1"),
+    ):
+        copy = tmp_path / key
+        copy.mkdir()
+        for path in out.rglob("*"):
+            target = copy / path.relative_to(out)
+            if path.is_dir():
+                target.mkdir(exist_ok=True)
+            else:
+                target.write_bytes(path.read_bytes())
+        (copy / "manifest.json").write_text(json.dumps({**manifest, key: value}))
+        with pytest.raises(RecfunnelError, match=message):
+            load_run(copy, synthetic_ml)
+    assert main(["evaluate", str(tmp_path / "missing"), *data]) == 2
+    assert "not a complete run directory" in capsys.readouterr().err
