@@ -6,8 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SPLIT ?= test
+RUN_DIR ?= runs/default
 
-.PHONY: install run test test-fast lint format clean
+.PHONY: install run test test-fast bench lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +17,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-## run: fetch or read ML-1M, print its statistics, fit and evaluate the baselines on test
+## run: fetch or read ML-1M, print its statistics and the baselines on test, then train the
+## recall stage into $(RUN_DIR) and evaluate it beside the baselines
 run: $(STAMP)
 	$(BIN)/recfunnel data
 	$(BIN)/recfunnel evaluate --model pop,ease --split $(SPLIT)
+	$(BIN)/recfunnel train --stage recall --out $(RUN_DIR) --overwrite
+	$(BIN)/recfunnel evaluate $(RUN_DIR)
 
 ## test: the whole suite (real-data checks run when ML-1M is found, are skipped otherwise)
 test: $(STAMP)
@@ -29,13 +33,17 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not realdata"
 
+## bench: recall-stage training time and memory, index quality and latency -> bench/results.json
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix src tests
-	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -12,7 +12,7 @@ from recfunnel.baselines import Popularity
 from recfunnel.data.split import make_split
 from recfunnel.errors import ConfigError, NotFittedError
 from recfunnel.evaluate import Evaluator, History, catalogue
-from recfunnel.features import FeatureSpace, Vocab
+from recfunnel.features import FeatureSpace, ItemPopularity, Vocab, share_bucket
 from recfunnel.recall import RecallConfig, RecallStage
 from recfunnel.recall.losses import bpr_loss, sampled_softmax_loss
 from recfunnel.recall.sampling import RecallExamples, gather_ranges
@@ -166,3 +166,26 @@ def test_cold_users_get_feature_only_vectors(setup):
     cold = Evaluator(split, items, ks=(10,)).users("test", "cold")
     scores = stage.score(cold.user_ids, cold.history)
     assert scores.shape == (len(cold.user_ids), len(items)) and np.isfinite(scores).all()
+
+
+def test_item_popularity_is_causal_and_relative():
+    liked = pd.DataFrame(
+        # Item 10 liked at t = 100, 200, 300; item 20 at t = 250.
+        [(1, 10, 5, 100), (2, 10, 4, 200), (3, 10, 5, 300), (4, 20, 4, 250)],
+        columns=["user_id", "item_id", "rating", "timestamp"],
+    )
+    vocab = Vocab.fit(np.array([10, 20]))
+    pop = ItemPopularity(liked, vocab, window_seconds=120)
+    items = vocab.index(np.array([10, 10, 20, 10]))
+    times = np.array([200, 301, 301, 100])
+    recent, total = pop.counts(items, times)
+    # At t=200 item 10 has one earlier like (t=100, inside [80, 200)); its own like at 200
+    # does not count. At t=301: likes at 200 and 300 are recent ([181, 301)), 3 in total.
+    # Item 20 at 301: one like. At t=100 nothing came before.
+    assert recent.tolist() == [1, 2, 1, 0] and total.tolist() == [1, 3, 1, 0]
+    r_bucket, t_bucket = pop.buckets(items, times)
+    # Shares at t=301: recent 2/3 and 1/3 of the 3 likes in [181, 301).
+    assert r_bucket[1] == share_bucket(np.array([2 / 3]))[0] > r_bucket[2]
+    assert t_bucket[3] == 0 and r_bucket[3] == 0
+    # share_bucket: 1 -> 1 + floor(2 * 16) = 33, clipped to 31; 2^-16 -> 1; 0 -> 0.
+    assert share_bucket(np.array([1.0, 2.0**-16, 0.0])).tolist() == [31, 1, 0]

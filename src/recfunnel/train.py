@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -50,13 +51,30 @@ def fit(
     lr: float,
     weight_decay: float = 0.0,
     patience: int = 2,
+    schedule: str = "constant",
     metric_name: str = "metric",
     steps_per_epoch: int | None = None,
     progress: bool = True,
     description: str = "train",
 ) -> TrainLog:
-    """Train `model` in place; returns the curve. The weights left are the best epoch's."""
+    """Train `model` in place; returns the curve. The weights left are the best epoch's.
+
+    schedule: "constant" learning rate, or "cosine" decay to 0 over `epochs` (needs
+    `steps_per_epoch`): large steps early, small ones at the end, so the last epoch settles
+    instead of jumping around the valid optimum.
+    """
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = None
+    if schedule == "cosine":
+        if not steps_per_epoch:
+            raise ValueError("a cosine schedule needs steps_per_epoch")
+        total_steps = epochs * steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)),
+        )
+    elif schedule != "constant":
+        raise ValueError(f"unknown schedule {schedule!r}")
     log = TrainLog(metric_name)
     best_state: dict[str, torch.Tensor] | None = None
     stale = 0
@@ -68,7 +86,9 @@ def fit(
             batches(epoch),
             total=steps_per_epoch,
             desc=f"{description} epoch {epoch + 1}/{epochs}",
-            disable=not progress,
+            # A bar redrawn into a log file is noise: only draw it on a terminal.
+            disable=not progress or not sys.stderr.isatty(),
+            mininterval=1.0,
             leave=False,
             dynamic_ncols=True,
         )
@@ -77,6 +97,8 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             total += float(value.detach())
             count += 1
             if count % 20 == 0:

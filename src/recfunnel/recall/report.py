@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from recfunnel.baselines import EASE, Popularity
 from recfunnel.data.dataset import MovieLens
@@ -104,19 +105,14 @@ def ann_report(stage: RecallStage, evaluator: Evaluator, k: int = 200) -> list[d
     embeddings = stage.item_embeddings()
     warm = evaluator.users("test", "warm")
     cold = evaluator.users("test", "cold")
-    queries = (
-        np.concatenate(
-            [
-                stage.user_embeddings(warm.user_ids, warm.history),
-                stage.user_embeddings(cold.user_ids, cold.history),
-            ]
-        )
-        if len(cold.user_ids)
-        else stage.user_embeddings(warm.user_ids, warm.history)
+    # Zero cold users is fine: vstack of an empty block keeps the shapes right.
+    queries = np.concatenate(
+        [
+            stage.user_embeddings(warm.user_ids, warm.history),
+            stage.user_embeddings(cold.user_ids, cold.history),
+        ]
     )
-    import scipy.sparse as sp
-
-    exclude = sp.vstack([warm.known, cold.known]).tocsr() if len(cold.user_ids) else warm.known
+    exclude = sp.vstack([warm.known, cold.known]).tocsr()
     exact = make_index("exact").build(embeddings, stage.item_ids_)
     out = []
     for backend, params in ANN_BACKENDS.items():

@@ -60,7 +60,8 @@ def user_batch(
 ) -> UserBatch:
     """Assemble a UserBatch from per-user feature arrays (indexed by `rows`) and the batch's
     concatenated history item indices, user b owning the next lengths[b] of them."""
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.cumsum(lengths) - lengths
     return UserBatch(
         user=torch.from_numpy(features["user"][rows]),
         gender=torch.from_numpy(features["gender"][rows]),

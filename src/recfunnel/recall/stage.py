@@ -39,7 +39,7 @@ class RecallConfig:
     """Two-tower recall model and its training."""
 
     objective: Literal["softmax", "bpr", "bce"] = param(
-        "softmax",
+        "bce",
         "softmax: in-batch sampled softmax with logQ correction; bpr: pairwise with random "
         "negatives; bce: pointwise with random (and disliked) negatives",
     )
@@ -67,16 +67,20 @@ class RecallConfig:
         "training history of an example: causal (the user's ratings before it) or others "
         "(a sample of the user's other train ratings, a set as in EASE; never the target)",
     )
-    negatives: int = param(
-        4, "bpr/bce: random negatives per positive; softmax: extra random negatives per batch"
+    batch_negatives: int = param(
+        512, "softmax: uniformly drawn items added to the in-batch negatives (mixed sampling)"
     )
+    pair_negatives: int = param(4, "bpr/bce: uniformly drawn negatives per positive")
     logq: bool = param(True, "softmax: subtract log sampling probability (logQ correction)")
     dislikes_as_negatives: bool = param(True, "bce: disliked train ratings are negatives")
     batch_size: int = param(1024, "examples per batch")
-    epochs: int = param(12, "maximum epochs (early stopping on valid may end sooner)")
+    epochs: int = param(3, "maximum epochs (early stopping on valid may end sooner)")
     patience: int = param(2, "epochs without valid improvement before stopping")
     lr: float = param(1e-3, "Adam learning rate")
     weight_decay: float = param(0.0, "Adam weight decay")
+    lr_schedule: Literal["constant", "cosine"] = param(
+        "cosine", "learning rate: constant, or cosine decay to 0 over the epochs"
+    )
     valid_metric: str = param("recall@200", "valid metric (warm users) for early stopping")
     seed: int = param(0, "seed for weights, shuffling and negatives")
     threads: int = param(2, "torch CPU threads")
@@ -97,9 +101,13 @@ class RecallConfig:
                 raise ConfigError(f"recall.{name} must be > 0, got {value}")
         if self.temperature <= 0 or self.lr <= 0:
             raise ConfigError("recall.temperature and recall.lr must be > 0")
-        if self.negatives < 0 or not 0 <= self.dropout < 1 or self.weight_decay < 0:
+        if (
+            min(self.batch_negatives, self.pair_negatives) < 0
+            or not 0 <= self.dropout < 1
+            or (self.weight_decay < 0)
+        ):
             raise ConfigError(
-                "recall.negatives, dropout and weight_decay must be >= 0, dropout < 1"
+                "recall negatives, dropout and weight_decay must be >= 0, dropout < 1"
             )
         if any(h <= 0 for h in self.hidden):
             raise ConfigError(f"recall.hidden sizes must be > 0, got {self.hidden}")
@@ -168,15 +176,17 @@ class RecallStage:
             return evaluator.list_metrics(top, valid_users)[cfg.valid_metric]
 
         shared = cfg.objective == "softmax"
+        negatives = cfg.batch_negatives if shared else cfg.pair_negatives
         self.log_: TrainLog = fit(
             self.model_,
-            lambda epoch: examples.batches(cfg.batch_size, rng, cfg.negatives, shared),
+            lambda epoch: examples.batches(cfg.batch_size, rng, negatives, shared),
             loss,
             validate,
             epochs=cfg.epochs,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
             patience=cfg.patience,
+            schedule=cfg.lr_schedule,
             metric_name=cfg.valid_metric,
             steps_per_epoch=examples.n_batches(cfg.batch_size),
             progress=progress,
@@ -259,7 +269,7 @@ class RecallStage:
             )
         if cfg.objective == "bpr":
             if batch.negatives is None:
-                raise ConfigError("recall.objective=bpr needs recall.negatives >= 1")
+                raise ConfigError("recall.objective=bpr needs recall.pair_negatives >= 1")
             negatives = items(batch.negatives, batch.times[:, None])
             return bpr_loss(users, positives, negatives, model.temperature)
         logits = model.logits(users, positives) + model.bias
