@@ -42,8 +42,6 @@ import dataclasses
 import difflib
 import functools
 import json
-import os
-import tempfile
 import tomllib
 import types
 import typing
@@ -51,6 +49,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from recfunnel.atomic import write_atomic
 from recfunnel.errors import ConfigError
 
 C = TypeVar("C")
@@ -155,16 +154,7 @@ def save_config(config: Any, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(to_dict(config), indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text.encode("utf-8"))
 
 
 def config_from_json(cls: type[C], path: str | Path) -> C:

@@ -35,8 +35,6 @@ import hashlib
 import io
 import json
 import math
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +46,7 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
+from recfunnel.atomic import write_atomic
 from recfunnel.errors import ConfigError, NotFittedError
 
 EMBEDDINGS_FILE = "item_embeddings.npy"
@@ -171,7 +170,7 @@ class ItemIndex(ABC):
                 IDS_FILE: _write_array(directory / IDS_FILE, self.item_ids_),
             },
         }
-        _write_atomic(directory / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+        write_atomic(directory / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
 
     def _excluded_positions(self, exclude: Exclude, n_queries: int) -> sp.csr_matrix:
         n_items = len(self.item_ids_)
@@ -557,21 +556,8 @@ def _write_array(path: Path, array: np.ndarray) -> str:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     data = buffer.getvalue()
-    _write_atomic(path, data)
+    write_atomic(path, data)
     return hashlib.sha256(data).hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextmanager
