@@ -93,3 +93,18 @@ def test_foreign_runs_are_refused(trained, synthetic_ml, tmp_path, capsys):
             load_run(copy, synthetic_ml)
     assert main(["evaluate", str(tmp_path / "missing"), *data]) == 2
     assert "not a complete run directory" in capsys.readouterr().err
+
+
+def test_example_config_file_and_config_listing(synthetic_dir, tmp_path, capsys):
+    from pathlib import Path
+
+    from recfunnel.config import load_config
+    from recfunnel.run import PipelineConfig
+
+    example = Path(__file__).resolve().parents[1] / "configs" / "recall-softmax.toml"
+    config = load_config(PipelineConfig, example, ["--recall.epochs=1"])
+    assert config.recall.objective == "softmax" and config.index.backend == "exact"
+    assert config.recall.epochs == 1  # the command line wins over the file
+    assert main(["config"]) == 0
+    listing = capsys.readouterr().out
+    assert "recall.objective" in listing and "index.backend" in listing
