@@ -169,23 +169,28 @@ def test_cold_users_get_feature_only_vectors(setup):
 
 
 def test_item_popularity_is_causal_and_relative():
+    day = 86_400
     liked = pd.DataFrame(
-        # Item 10 liked at t = 100, 200, 300; item 20 at t = 250.
-        [(1, 10, 5, 100), (2, 10, 4, 200), (3, 10, 5, 300), (4, 20, 4, 250)],
+        # Item 10 liked on days 1, 2 and 3; item 20 on day 3 (a few hours later).
+        [(1, 10, 5, 1 * day), (2, 10, 4, 2 * day), (3, 10, 5, 3 * day), (4, 20, 4, 3 * day + 5000)],
         columns=["user_id", "item_id", "rating", "timestamp"],
     )
     vocab = Vocab.fit(np.array([10, 20]))
-    pop = ItemPopularity(liked, vocab, window_seconds=120)
-    items = vocab.index(np.array([10, 10, 20, 10]))
-    times = np.array([200, 301, 301, 100])
+    pop = ItemPopularity(liked, vocab, window_days=2)
+    items = vocab.index(np.array([10, 10, 20, 10, 10]))
+    times = np.array([2 * day + 10, 3 * day + 9000, 3 * day + 9000, 1 * day, 9 * day])
     recent, total = pop.counts(items, times)
-    # At t=200 item 10 has one earlier like (t=100, inside [80, 200)); its own like at 200
-    # does not count. At t=301: likes at 200 and 300 are recent ([181, 301)), 3 in total.
-    # Item 20 at 301: one like. At t=100 nothing came before.
-    assert recent.tolist() == [1, 2, 1, 0] and total.tolist() == [1, 3, 1, 0]
+    # Item 10 on day 2: only day 1's like came before (its own day never counts).
+    # On day 3: days 1 and 2 are both in the 2-day window. Item 20 on day 3: nothing before,
+    # not even its like earlier that same day. On day 1: nothing. Day 9 is after train: it
+    # reads as "the day after train" (day 4): days 2 and 3 recent, 3 in total.
+    assert recent.tolist() == [1, 2, 0, 0, 2] and total.tolist() == [1, 2, 0, 0, 3]
     r_bucket, t_bucket = pop.buckets(items, times)
-    # Shares at t=301: recent 2/3 and 1/3 of the 3 likes in [181, 301).
-    assert r_bucket[1] == share_bucket(np.array([2 / 3]))[0] > r_bucket[2]
+    # Shares: item 10 on day 2 has all (1 of 1) recent likes -> the top bucket (31).
+    assert r_bucket[0] == share_bucket(np.array([1.0]))[0] == 31
+    # After train: item 10 has 2 of the 3 likes of days 2-3, item 20 has 1 of 3.
+    after = pop.buckets(vocab.index(np.array([10, 20])), np.array([pop.end, pop.end]))
+    assert after[0].tolist() == share_bucket(np.array([2 / 3, 1 / 3])).tolist()
     assert t_bucket[3] == 0 and r_bucket[3] == 0
     # share_bucket: 1 -> 1 + floor(2 * 16) = 33, clipped to 31; 2^-16 -> 1; 0 -> 0.
     assert share_bucket(np.array([1.0, 2.0**-16, 0.0])).tolist() == [31, 1, 0]

@@ -135,6 +135,7 @@ def ordered_sequences(
     return user_ids, starts, items.index(ratings[ITEM].to_numpy()[order]), order
 
 
+DAY = 86_400
 N_SHARE_BUCKETS = 32  # half-log2 buckets of a share in [2^-16, 1]; 0 = none
 
 
@@ -147,42 +148,51 @@ def share_bucket(share: np.ndarray) -> np.ndarray:
 
 
 class ItemPopularity:
-    """Causal item popularity: an item's share of the liked ratings before a given moment.
+    """Causal item popularity: an item's share of the liked ratings before a given day.
 
-    Built from train ratings only. `shares(items, times)` gives, for each (item, t), the
-    item's share of all likes in [t - window, t) ("recent") and in (-inf, t) ("total").
-    Shares rather than counts, because ML-1M's activity swings tenfold over its timeline: a
-    count learnt in the busy summer of 2000 would mean something else in December. At
-    training time t is the event's own time, so an example never sees its own or later likes;
-    at serving time t is the end of train, so no valid or test rating feeds the feature.
+    Built from train ratings only, at the granularity of whole (UTC) days: for each (item, t)
+    it counts the likes on the `window_days` days before t's day ("recent") and on all days
+    before it ("total"), and divides by the same counts over all items. Shares rather than
+    counts, because ML-1M's activity swings tenfold over its timeline: a count learnt in the
+    busy summer of 2000 would mean something else in December. A like never counts on its own
+    day, so a training example never sees its own or later likes; when serving, t is the day
+    after the last train day, so no valid or test rating ever feeds the feature. Whole days
+    make every lookup a table read, which keeps training fast.
     """
 
-    def __init__(self, liked_train: pd.DataFrame, items: Vocab, window_seconds: int) -> None:
+    def __init__(self, liked_train: pd.DataFrame, items: Vocab, window_days: int) -> None:
         item = items.index(liked_train[ITEM].to_numpy())
-        time = liked_train[TIME].to_numpy().astype(np.int64)
-        self.t0 = int(time.min()) - window_seconds - 1
-        self.span = np.int64(int(time.max()) - self.t0 + 2 * window_seconds + 2)
-        self.keys = np.sort(item * self.span + (time - self.t0))
-        self.times = np.sort(time)
-        self.window = window_seconds
-        self.end = int(time.max()) + 1  # "now" when serving: just after the last train event
+        day = liked_train[TIME].to_numpy().astype(np.int64) // DAY
+        self.day0 = int(day.min())
+        n_days = int(day.max()) - self.day0 + 1
+        per_day = np.bincount(
+            item * n_days + (day - self.day0), minlength=len(items) * n_days
+        ).reshape(len(items), n_days)
+        # before[i, d]: likes of item i on days < d, for d = 0 .. n_days (n_days = "after train").
+        before = np.zeros((len(items), n_days + 1), dtype=np.int64)
+        np.cumsum(per_day, axis=1, out=before[:, 1:])
+        recent = (
+            before
+            - np.concatenate(
+                [np.zeros((len(items), window_days), np.int64), before[:, :-window_days]], axis=1
+            )[:, : n_days + 1]
+        )
+        self.recent_counts, self.total_counts = recent, before
+        self.recent_bucket = share_bucket(recent / np.maximum(recent.sum(0), 1))
+        self.total_bucket = share_bucket(before / np.maximum(before.sum(0), 1))
+        self.n_days = n_days
+        self.end = (self.day0 + n_days) * DAY  # "now" when serving: the day after train
+
+    def _day(self, times: np.ndarray) -> np.ndarray:
+        day = np.asarray(times, dtype=np.int64) // DAY - self.day0
+        return np.clip(day, 0, self.n_days)
 
     def counts(self, items: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """items (n,) vocab indices, times (n,) unix seconds -> (recent, total) like counts."""
-        t = np.clip(np.asarray(times, dtype=np.int64) - self.t0, 0, self.span - 1)
-        base = np.asarray(items, dtype=np.int64) * self.span
-        now = np.searchsorted(self.keys, base + t, side="left")
-        recent_start = np.searchsorted(self.keys, base + np.maximum(t - self.window, 0))
-        first = np.searchsorted(self.keys, base, side="left")
-        return now - recent_start, now - first
+        day = self._day(times)
+        return self.recent_counts[items, day], self.total_counts[items, day]
 
     def buckets(self, items: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(recent, total) share buckets (n,) int64 of the items at the given times."""
-        times = np.asarray(times, dtype=np.int64)
-        recent, total = self.counts(items, times)
-        all_now = np.searchsorted(self.times, times, side="left")
-        all_recent = all_now - np.searchsorted(self.times, times - self.window, side="left")
-        return (
-            share_bucket(recent / np.maximum(all_recent, 1)),
-            share_bucket(total / np.maximum(all_now, 1)),
-        )
+        day = self._day(times)
+        return self.recent_bucket[items, day], self.total_bucket[items, day]

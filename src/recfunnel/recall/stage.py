@@ -73,10 +73,10 @@ class RecallConfig:
     pair_negatives: int = param(4, "bpr/bce: uniformly drawn negatives per positive")
     logq: bool = param(True, "softmax: subtract log sampling probability (logQ correction)")
     dislikes_as_negatives: bool = param(True, "bce: disliked train ratings are negatives")
-    batch_size: int = param(1024, "examples per batch")
+    batch_size: int = param(2048, "examples per batch")
     epochs: int = param(3, "maximum epochs (early stopping on valid may end sooner)")
     patience: int = param(2, "epochs without valid improvement before stopping")
-    lr: float = param(1e-3, "Adam learning rate")
+    lr: float = param(2e-3, "Adam learning rate")
     weight_decay: float = param(0.0, "Adam weight decay")
     lr_schedule: Literal["constant", "cosine"] = param(
         "cosine", "learning rate: constant, or cosine decay to 0 over the epochs"
@@ -143,7 +143,7 @@ class RecallStage:
         self.item_ids_ = np.asarray(item_ids, dtype=np.int64)
         self.space_ = FeatureSpace.fit(ml, split.train)
         self.popularity_ = ItemPopularity(
-            liked(split.train), self.space_.items, cfg.popularity_window_days * 86_400
+            liked(split.train), self.space_.items, cfg.popularity_window_days
         )
         # Serving-time popularity of the catalogue: as of the end of train, for valid and test
         # alike, so no valid or test rating feeds a feature.
