@@ -123,14 +123,6 @@ class EvalResult:
     history: str
     groups: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return {
-            "part": self.part,
-            "split": self.split_kind,
-            "history": self.history,
-            **self.groups,
-        }
-
 
 class Evaluator:
     """Full-ranking evaluator for one split.

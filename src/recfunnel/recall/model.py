@@ -152,10 +152,5 @@ class TwoTower(nn.Module):
         return F.normalize(x, dim=-1) if self.normalize else x
 
     def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Pairwise logits: users (B, d) and items (B, d) -> (B,); items (N, d) 2-D with
-        `users` (B, d) gives the (B, N) matrix when called through `all_logits`."""
+        """Row-wise logits of matching users (B, d) and items (B, d) -> (B,)."""
         return (users * items).sum(-1) / self.temperature
-
-    def all_logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """users (B, d), items (N, d) -> (B, N) logits."""
-        return users @ items.T / self.temperature
