@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recfunnel.data.dataset import MovieLens
-from recfunnel.data.schema import AGE_BUCKETS, GENRES, ITEM, N_OCCUPATIONS, TIME, USER
+from recfunnel.data.dataset import MovieLens, genre_multi_hot
+from recfunnel.data.schema import AGE_BUCKETS, ITEM, N_OCCUPATIONS, TIME, USER
 
 # Release years are bucketed in 5-year bins from 1920 (older films share the first bin).
 YEAR_MIN, YEAR_STEP, N_YEAR_BUCKETS = 1920, 5, 17
@@ -89,11 +89,7 @@ class FeatureSpace:
         """Per item: "item" (id index, int64 (n,)), "genres" (float32 (n, 18)), "year" (int64)."""
         raw = np.asarray(raw_item_ids, dtype=np.int64)
         table = self.item_table.reindex(raw)
-        genres = np.zeros((len(raw), len(GENRES)), dtype=np.float32)
-        column = {g: j for j, g in enumerate(GENRES)}
-        for row, text in enumerate(table["genres"].to_numpy()):
-            if isinstance(text, str) and text:
-                genres[row, [column[g] for g in text.split("|")]] = 1.0
+        genres = genre_multi_hot(table["genres"].to_numpy(), np.float32)
         year = pd.to_numeric(table["year"], errors="coerce").to_numpy(dtype=np.float64)
         bucket = np.clip((year - YEAR_MIN) // YEAR_STEP, 0, N_YEAR_BUCKETS - 1) + 1
         return {

@@ -34,9 +34,15 @@ class MovieLens:
         missing = np.setdiff1d(item_ids, lookup.index.to_numpy())
         if missing.size:
             raise KeyError(f"item ids not in movies.dat, e.g. {missing[:5].tolist()}")
-        out = np.zeros((len(item_ids), len(GENRES)), dtype=np.float64)
-        index = {g: j for j, g in enumerate(GENRES)}
-        for row, genres in enumerate(lookup.loc[item_ids].to_numpy()):
-            for g in genres.split("|") if genres else ():
-                out[row, index[g]] = 1.0
-        return out
+        return genre_multi_hot(lookup.loc[item_ids].to_numpy())
+
+
+def genre_multi_hot(genres: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+    """(n,) "|"-joined genre strings (missing or empty: no genre) -> (n, 18) multi-hot rows,
+    columns in GENRES order."""
+    column = {g: j for j, g in enumerate(GENRES)}
+    out = np.zeros((len(genres), len(GENRES)), dtype=dtype)
+    for row, text in enumerate(genres):
+        if isinstance(text, str) and text:
+            out[row, [column[g] for g in text.split("|")]] = 1.0
+    return out
