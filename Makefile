@@ -18,12 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 ## run: fetch or read ML-1M, print its statistics and the baselines on test, then train the
-## recall stage into $(RUN_DIR) and evaluate it beside the baselines
+## whole funnel into $(RUN_DIR) and print its report (also written to $(RUN_DIR)/report.md)
 run: $(STAMP)
 	$(BIN)/recfunnel data
 	$(BIN)/recfunnel evaluate --model pop,ease --split $(SPLIT)
-	$(BIN)/recfunnel train --stage recall --out $(RUN_DIR) --overwrite
-	$(BIN)/recfunnel evaluate $(RUN_DIR)
+	$(BIN)/recfunnel train --out $(RUN_DIR) --overwrite
+	$(BIN)/recfunnel evaluate $(RUN_DIR) --split $(SPLIT)
 
 ## test: the whole suite (real-data checks run when ML-1M is found, are skipped otherwise)
 test: $(STAMP)
@@ -33,17 +33,18 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not realdata"
 
-## bench: recall-stage training time and memory, index quality and latency -> bench/results.json
+## bench: training and evaluation time and memory, index quality, recommend_for_user latency
+## and batch throughput -> bench/results.json
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench notebooks .ci
+	$(BIN)/ruff format --check src tests bench notebooks .ci
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix src tests bench
-	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench notebooks .ci
+	$(BIN)/ruff format src tests bench notebooks .ci
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""The `recfunnel` command line: `recfunnel data`, `recfunnel evaluate`.
+"""The `recfunnel` command line: data, train, evaluate, recommend, bench, config.
 
 Every user mistake (missing data, bad option, corrupt file) ends in one clear message on
 stderr and exit status 2, never a traceback.
@@ -12,10 +12,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recfunnel import __version__
 from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.report import format_table
+
+if TYPE_CHECKING:  # heavy imports stay lazy so `recfunnel --help` starts fast
+    from recfunnel.data import MovieLens
+    from recfunnel.run import Run
 
 DATA_HELP = (
     "folder holding ratings.dat, users.dat and movies.dat (default: $RECFUNNEL_DATA_DIR, "
@@ -108,28 +113,49 @@ def _parse_ks(text: str) -> list[int]:
 def cmd_train(args: argparse.Namespace) -> int:
     from recfunnel.config import load_config
     from recfunnel.data.split import make_split
-    from recfunnel.evaluate import catalogue
-    from recfunnel.recall import RecallStage
+    from recfunnel.pipeline import train_funnel
     from recfunnel.run import PipelineConfig, write_run
 
     config = load_config(PipelineConfig, args.config, args.overrides)
-    out = args.out or Path("runs") / time.strftime(f"{args.stage}-%Y%m%d-%H%M%S")
+    out = args.out or Path("runs") / time.strftime("funnel-%Y%m%d-%H%M%S")
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")
     ml = _load(args)
     split = make_split(ml.ratings, config.split)
-    items = catalogue(ml.ratings)
     _log(
-        f"training the recall stage ({config.recall.objective}) on {len(split.train):,} "
-        "train ratings; early stopping on valid"
+        f"training the funnel on {len(split.train):,} train ratings: recall on the first "
+        f"{1 - config.stacking.slice_fraction:.0%}, pre-rank and rank on the rest; "
+        "early stopping on valid"
     )
-    recall = RecallStage(config.recall).fit(ml, split, items, progress=not args.no_progress)
+    start = time.perf_counter()
+    funnel, report = train_funnel(
+        ml,
+        split,
+        recall_config=config.recall,
+        stacking=config.stacking,
+        prerank_config=config.prerank,
+        rank_config=config.rank,
+        rerank_config=config.rerank,
+        funnel_config=config.funnel,
+        index=config.index.build(),
+        progress=not args.no_progress,
+    )
+    for name, stage in (
+        ("recall", funnel.recall),
+        ("prerank", funnel.prerank),
+        ("rank", funnel.rank),
+    ):
+        log = stage.log_
+        _log(
+            f"{name}: best valid {log.metric_name} {log.best_metric:.4f} at epoch "
+            f"{log.best_epoch}, {log.seconds:.0f} s"
+        )
     _log(
-        f"recall: best valid {recall.log_.metric_name} {recall.log_.best_metric:.4f} at epoch "
-        f"{recall.log_.best_epoch}, {recall.log_.seconds:.0f} s"
+        f"stacking: {report.examples['requests']:,} replayed requests, "
+        f"{report.examples['examples']:,} examples; trained in "
+        f"{time.perf_counter() - start:.0f} s"
     )
-    index = config.index.build().build(recall.item_embeddings(), recall.item_ids_)
-    write_run(out, config, ml, recall, index, overwrite=args.overwrite)
+    write_run(out, config, ml, funnel, report, overwrite=args.overwrite)
     print(out)
     return 0
 
@@ -140,29 +166,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return _evaluate_baselines(args)
 
 
-def _evaluate_run(args: argparse.Namespace) -> int:
-    from recfunnel.data.split import make_split
+def _evaluate_recall(args: argparse.Namespace, run: Run, ml: MovieLens) -> int:
     from recfunnel.recall.report import RECALL_COLUMNS, evaluate_recall
-    from recfunnel.report import format_table
-    from recfunnel.run import load_run, read_manifest
 
-    read_manifest(args.run_dir)  # a clear error before any data is loaded
-    if not args.ease_lambda > 0:
-        raise ConfigError(f"--lambda must be > 0, got {args.ease_lambda}")
-    ml = _load(args)
-    run = load_run(args.run_dir, ml)
-    split = make_split(ml.ratings, run.config.split)
     history = args.history or "known"
     report = evaluate_recall(
-        run.recall, run.index, ml, split, history=history, ease_lambda=args.ease_lambda
+        run.funnel.recall,
+        run.funnel.index,
+        ml,
+        run.split,
+        history=history,
+        ease_lambda=args.ease_lambda,
     )
-    report["train"] = run.recall.log_.to_dict()
-    (run.path / "metrics.json").write_text(json.dumps(report, indent=2))
+    report["train"] = run.funnel.recall.log_.to_dict()
+    (run.path / "recall_metrics.json").write_text(json.dumps(report, indent=2))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(
-        f"Recall stage of {run.path} ({split.kind} temporal split; scorer input: {history} "
+        f"Recall stage of {run.path} ({run.split.kind} temporal split; scorer input: {history} "
         "ratings; candidates: all rated movies minus known history)"
     )
     print(format_table(report["rows"], ["part", "group", "model", "users", *RECALL_COLUMNS]))
@@ -174,6 +196,100 @@ def _evaluate_run(args: argparse.Namespace) -> int:
             ["backend", "build_s", "recall@200_vs_exact", "queries", "search_s", "ms_per_query"],
         )
     )
+    return 0
+
+
+def _evaluate_run(args: argparse.Namespace) -> int:
+    from recfunnel.atomic import write_atomic
+    from recfunnel.funnel_eval import evaluate_funnel
+    from recfunnel.funnel_report import render_markdown, write_plots
+    from recfunnel.run import load_run, read_manifest
+
+    read_manifest(args.run_dir)  # a clear error before any data is loaded
+    if not args.ease_lambda > 0:
+        raise ConfigError(f"--lambda must be > 0, got {args.ease_lambda}")
+    if args.history is not None and args.stage == "funnel":
+        raise ConfigError(
+            "--history applies to baselines and --stage recall; the funnel is evaluated with "
+            "the protocol's history (train for valid, train + valid for test)"
+        )
+    ml = _load(args)
+    run = load_run(args.run_dir, ml)
+    if args.stage == "recall":
+        return _evaluate_recall(args, run, ml)
+    start = time.perf_counter()
+    report = evaluate_funnel(
+        run.funnel, run.split, ml.genre_matrix(run.funnel.item_ids), part=args.split
+    )
+    report["title"] = f"Funnel report: {run.path.name} ({args.split})"
+    report["manifest"] = run.manifest
+    report.setdefault("timing", {})["evaluate_seconds"] = time.perf_counter() - start
+    text = render_markdown(report)
+    write_plots(report, run.path)
+    write_atomic(run.path / "report.json", json.dumps(report, indent=2).encode())
+    write_atomic(run.path / "report.md", text.encode())
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(text)
+        _log(f"wrote {run.path / 'report.md'}, report.json and the plots")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from recfunnel.recommender import Pipeline
+    from recfunnel.run import read_manifest
+
+    read_manifest(args.run_dir)
+    ml = _load(args)
+    pipeline = Pipeline.load(args.run_dir, ml)
+    rec = pipeline.recommend_for_user(
+        args.user,
+        topk_recall=args.topk_recall,
+        topk_final=args.topk_final,
+        lambda_mmr=args.lambda_mmr,
+    )
+    if args.json:
+        print(json.dumps(rec.to_dict(), indent=2))
+        return 0
+    note = {
+        "funnel": "warm user: the whole funnel",
+        "cold": "cold user (no rating yet): the funnel on demographics and item features only",
+        "popularity": "unknown user id: the most liked movies of train",
+    }[rec.path]
+    print(f"user {rec.user_id}: {note}")
+    if rec.candidates:
+        print("candidates: " + " -> ".join(f"{k} {v}" for k, v in rec.candidates.items()))
+    rows = [
+        {
+            "#": item.rank,
+            "movie": item.movie_id,
+            "title": item.title,
+            "genres": item.genres,
+            **{f"{k} pos": v for k, v in item.positions.items() if k != "rerank"},
+            **{f"{k} score": round(v, 3) for k, v in item.scores.items()},
+        }
+        for item in rec.items
+    ]
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    print(format_table(rows, columns))
+    print(f"ILD@{len(rec.items)} (genres): {rec.ild:.4f}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from recfunnel.bench import bench_run
+    from recfunnel.run import read_manifest
+
+    read_manifest(args.run_dir)
+    ml = _load(args)
+    result = bench_run(args.run_dir, ml, repeats=args.repeats)
+    out = args.out or Path(args.run_dir) / "bench.json"
+    from recfunnel.atomic import write_atomic
+
+    write_atomic(out, json.dumps(result, indent=2).encode())
+    print(json.dumps(result, indent=2))
+    _log(f"wrote {out}")
     return 0
 
 
@@ -265,26 +381,24 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train a stage into a run directory",
-        description="Train the recall stage (two-tower + index) on train, early-stopping on "
-        "valid, and write a run directory (config, manifest, weights, index).",
-        epilog="Overrides set any config field: --recall.objective=bpr --recall.lr=1e-3 "
+        description="Train every stage of the funnel (recall + index, pre-rank, rank; "
+        "re-rank has no weights) on train, early-stopping each on valid, and write a run "
+        "directory (resolved config, manifest, weights, index).",
+        epilog="Overrides set any config field: --recall.objective=bpr --rank.epochs=2 "
         "--index.backend=exact. See `recfunnel config` for every field and its default.",
     )
     _add_data_options(train)
     train.add_argument(
-        "--stage", choices=("recall",), default="recall", help="stage to train (default: recall)"
-    )
-    train.add_argument(
         "--config",
         type=Path,
         default=None,
-        help="TOML file with [recall] / [index] tables (optional)",
+        help="TOML file with [recall], [index], [prerank], [rank], ... tables (optional)",
     )
     train.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="run directory to create (default: runs/STAGE-DATE-TIME)",
+        help="run directory to create (default: runs/funnel-DATE-TIME)",
     )
     train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     train.set_defaults(func=cmd_train)
@@ -302,8 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate baselines, or a trained run directory, under the protocol",
         description="Without RUN_DIR: fit baselines on train and evaluate them with full "
         "ranking under the protocol (shared/docs/protocol.md), warm and cold users "
-        "separately. With RUN_DIR: evaluate its recall stage beside popularity and EASE on "
-        "valid and test, and its ANN index against exact search; writes RUN_DIR/metrics.json.",
+        "separately. With RUN_DIR: run its whole funnel for every evaluated user and write "
+        "the funnel report (report.md, report.json, PNG plots) into RUN_DIR.",
     )
     evaluate.add_argument(
         "run_dir",
@@ -314,6 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a run directory made by `recfunnel train` (optional)",
     )
     _add_data_options(evaluate)
+    evaluate.add_argument(
+        "--stage",
+        choices=("funnel", "recall"),
+        default="funnel",
+        help="with RUN_DIR: the whole funnel (report.md + plots), or the recall stage alone "
+        "beside the baselines with every ANN backend (default: funnel)",
+    )
     evaluate.add_argument(
         "--model",
         default="pop,ease",
@@ -353,6 +474,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print a JSON object (keys like ndcg@20)"
     )
     evaluate.set_defaults(func=cmd_evaluate)
+
+    recommend = sub.add_parser(
+        "recommend",
+        help="recommend movies to one user with a trained run",
+        description="Run the funnel of RUN_DIR for one user and print the final list with "
+        "titles, genres and every stage's score and position.",
+    )
+    recommend.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
+    recommend.add_argument("--user", type=int, required=True, help="user id (users.dat)")
+    recommend.add_argument(
+        "--topk-recall", type=int, default=None, help="recall candidates (default: the run's, 200)"
+    )
+    recommend.add_argument(
+        "--topk-final", type=int, default=None, help="final list length (default: the run's, 20)"
+    )
+    recommend.add_argument(
+        "--lambda",
+        dest="lambda_mmr",
+        type=float,
+        default=None,
+        help="MMR lambda in [0, 1] (default: the run's, 0.5)",
+    )
+    recommend.add_argument("--json", action="store_true", help="print a JSON object")
+    _add_data_options(recommend)
+    recommend.set_defaults(func=cmd_recommend)
+
+    bench = sub.add_parser(
+        "bench",
+        help="time recommend_for_user and batch scoring of a trained run",
+        description="Latency of recommend_for_user for every warm test user (after warm-up) "
+        "and the batch throughput of the whole funnel; writes RUN_DIR/bench.json.",
+    )
+    bench.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
+    bench.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    bench.add_argument("--repeats", type=int, default=1, help="passes over the users")
+    _add_data_options(bench)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

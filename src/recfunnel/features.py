@@ -10,6 +10,7 @@ and movies tables are static metadata and may describe anyone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,25 @@ class FeatureSpace:
         )
 
     def user_features(self, raw_user_ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Per user: "user" (id index), "gender", "age", "occupation", "zip"; each (n,) int64."""
+        """Per user: "user" (id index), "gender", "age", "occupation", "zip"; each (n,) int64.
+        Users missing from users.dat get 0 (unknown) everywhere."""
         raw = np.asarray(raw_user_ids, dtype=np.int64)
+        ids, table = self._user_lookup
+        pos = np.clip(np.searchsorted(ids, raw), 0, max(len(ids) - 1, 0))
+        found = (ids[pos] == raw) if len(ids) else np.zeros(len(raw), dtype=bool)
+        out = {name: np.where(found, column[pos], 0) for name, column in table.items()}
+        out["user"] = self.users.index(raw)
+        return out
+
+    @cached_property
+    def _user_lookup(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        # Computed once for every user of users.dat: serving one user is then an array read
+        # instead of a pandas reindex (which cost milliseconds per call).
+        ids = np.sort(self.user_table.index.to_numpy(dtype=np.int64))
+        features = self._user_features_from_table(ids)
+        return ids, {name: v for name, v in features.items() if name != "user"}
+
+    def _user_features_from_table(self, raw: np.ndarray) -> dict[str, np.ndarray]:
         table = self.user_table.reindex(raw)
         known = table["gender"].notna().to_numpy()
         gender = np.where(table["gender"].to_numpy() == "F", 2, 1) * known

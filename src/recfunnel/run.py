@@ -5,7 +5,12 @@
       manifest.json   package version, data checksum, split, seed, stages, training time
       recall/         the two-tower stage (config, vocabularies, weights, training curve)
       index/          item embeddings and ids + index.json (rebuildable for other backends)
-      metrics.json    written by `recfunnel evaluate RUN_DIR`
+      prerank/        the pre-rank MLP (config, weights, input scaling, training curve)
+      rank/           the rank model (config, weights, input scaling, training curve) and the
+                      item-to-item weights it reads
+      report.md, report.json, *.png   written by `recfunnel evaluate RUN_DIR`
+
+Every file is JSON, NPY or a torch state dict loaded with weights_only=True: no pickle.
 
 A run is built in a hidden sibling folder and renamed into place only when complete, so an
 interrupted `train` never leaves a directory that looks finished. Loading checks the manifest:
@@ -26,9 +31,15 @@ from typing import Any, Literal
 from recfunnel import __version__
 from recfunnel.config import config_from_json, param, save_config, section
 from recfunnel.data.dataset import MovieLens
+from recfunnel.data.split import Split, make_split
 from recfunnel.errors import ConfigError, RecfunnelError
-from recfunnel.index import ItemIndex, load_index, make_index
-from recfunnel.recall import RecallConfig, RecallStage
+from recfunnel.index import ItemIndex, make_index
+from recfunnel.pipeline import Funnel, FunnelConfig, TrainReport
+from recfunnel.prerank import PreRankConfig
+from recfunnel.rank import RankConfig
+from recfunnel.recall import RecallConfig
+from recfunnel.rerank import RerankConfig
+from recfunnel.stacking import StackingConfig
 
 MANIFEST = "manifest.json"
 
@@ -63,16 +74,21 @@ class PipelineConfig:
     """Everything `recfunnel train` needs; written to RUN_DIR/config.json."""
 
     split: Literal["global", "per_user"] = param("global", "split protocol (protocol.md)")
+    funnel: FunnelConfig = section(FunnelConfig, "list sizes of the funnel")
     recall: RecallConfig = section(RecallConfig, "two-tower recall model")
     index: IndexConfig = section(IndexConfig, "top-K index over the recall item vectors")
+    stacking: StackingConfig = section(StackingConfig, "leakage-free data for pre-rank and rank")
+    prerank: PreRankConfig = section(PreRankConfig, "pre-rank MLP")
+    rank: RankConfig = section(RankConfig, "rank model (DIN + DCN-v2)")
+    rerank: RerankConfig = section(RerankConfig, "MMR re-rank")
 
 
 def write_run(
     out: Path,
     config: PipelineConfig,
     ml: MovieLens,
-    recall: RecallStage,
-    index: ItemIndex,
+    funnel: Funnel,
+    report: TrainReport,
     *,
     overwrite: bool = False,
 ) -> Path:
@@ -84,17 +100,17 @@ def write_run(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         save_config(config, tmp / "config.json")
-        recall.save(tmp / "recall")
-        index.save(tmp / "index")
+        funnel.save(tmp)
         manifest = {
             "package": "recfunnel",
             "version": __version__,
             "data_sha256": ml.checksum,
             "split": config.split,
             "seed": config.recall.seed,
-            "stages": ["recall"],
+            "stages": ["recall", "prerank", "rank", "rerank"],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "train_seconds": {"recall": recall.log_.seconds},
+            "train_seconds": report.seconds,
+            "stacking_examples": report.examples,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if out.exists():
@@ -113,8 +129,8 @@ class Run:
     path: Path
     config: PipelineConfig
     manifest: dict[str, Any]
-    recall: RecallStage
-    index: ItemIndex
+    split: Split
+    funnel: Funnel
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -146,10 +162,8 @@ def load_run(path: Path, ml: MovieLens) -> Run:
             f", this data {ml.checksum[:12]}); point --data-dir at the data it was trained on"
         )
     config = config_from_json(PipelineConfig, path / "config.json")
-    return Run(
-        path=path,
-        config=config,
-        manifest=manifest,
-        recall=RecallStage.load(path / "recall", ml),
-        index=load_index(path / "index"),
+    split = make_split(ml.ratings, config.split)
+    funnel = Funnel.load(
+        path, ml, split, rank_config=config.rank, rerank=config.rerank, funnel=config.funnel
     )
+    return Run(path=path, config=config, manifest=manifest, split=split, funnel=funnel)

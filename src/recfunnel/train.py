@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+# Plain tqdm, not tqdm.auto: in a notebook without ipywidgets the auto version warns on import.
+from tqdm import tqdm
 
 
 @dataclass
@@ -40,12 +42,18 @@ class TrainLog:
             "epochs": self.epochs,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainLog:
+        return cls(
+            data["metric"], data["epochs"], data["best_epoch"], data["best_metric"], data["seconds"]
+        )
+
 
 def fit(
     model: nn.Module,
     batches: Callable[[int], Iterable[Any]],
     loss: Callable[[Any], torch.Tensor],
-    validate: Callable[[], float],
+    validate: Callable[[], float] | None,
     *,
     epochs: int,
     lr: float,
@@ -57,7 +65,8 @@ def fit(
     progress: bool = True,
     description: str = "train",
 ) -> TrainLog:
-    """Train `model` in place; returns the curve. The weights left are the best epoch's.
+    """Train `model` in place; returns the curve. The weights left are the best epoch's, or
+    with `validate=None` (no early stopping) the last epoch's.
 
     schedule: "constant" learning rate, or "cosine" decay to 0 over `epochs` (needs
     `steps_per_epoch`): large steps early, small ones at the end, so the last epoch settles
@@ -106,7 +115,8 @@ def fit(
         bar.close()
         model.eval()
         with torch.no_grad():
-            metric = float(validate())
+            # Without a valid metric the epoch number stands in: the last epoch is "best".
+            metric = float(validate()) if validate is not None else float(epoch + 1)
         log.epochs.append(
             {
                 "epoch": epoch + 1,
@@ -115,7 +125,7 @@ def fit(
                 "seconds": time.perf_counter() - start,
             }
         )
-        if progress:
+        if progress and validate is not None:
             tqdm.write(
                 f"{description} epoch {epoch + 1}: loss {total / max(count, 1):.4f}, "
                 f"valid {metric_name} {metric:.4f}"

@@ -14,14 +14,17 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import torch
 
+from recfunnel.candidates import Candidates, Requests
 from recfunnel.config import config_from_json, param, save_config
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.split import Split, liked
 from recfunnel.errors import ConfigError, NotFittedError
-from recfunnel.evaluate import Evaluator, History
+from recfunnel.evaluate import Evaluator, History, top_k
 from recfunnel.features import FeatureSpace, ItemPopularity
+from recfunnel.index import ItemIndex
 from recfunnel.recall.losses import bce_loss, bpr_loss, sampled_softmax_loss
 from recfunnel.recall.model import TowerSizes, TwoTower
 from recfunnel.recall.sampling import (
@@ -328,6 +331,50 @@ class RecallStage:
         users = self.user_embeddings(user_ids, history)
         return (users @ self.item_embeddings().T).astype(np.float64)
 
+    def candidates(
+        self,
+        requests: Requests,
+        k: int,
+        index: ItemIndex | None = None,
+        users: np.ndarray | None = None,
+    ) -> Candidates:
+        """The top-k unseen items of each request, through `index` (exact search if None).
+        `users` (B, d): the requests' user vectors when the caller already has them.
+
+        scores["recall"] is the model's logit, <u, v> / temperature, the scale the later
+        stages read it on.
+        """
+        if users is None:
+            users = self.user_embeddings(requests.user_ids, requests.history)
+        known = requests.history.ratings
+        if index is None:
+            items = top_k((users @ self.item_embeddings().T).astype(np.float64), known, k)
+        else:
+            ids, _ = index.search(users, k, exclude=known)
+            items = np.where(ids >= 0, np.searchsorted(self.item_ids_, ids), -1)
+        cands = Candidates(items.astype(np.int64))
+        rows, cols = cands.pairs()
+        cands.scores["recall"] = cands.unflatten(self.pair_logits(users, rows, cols))
+        return cands
+
+    def pair_logits(self, users: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Logits (n,) of pairs: user vectors users[rows] (n, d) with catalogue items (n,)."""
+        vectors = self.item_embeddings()
+        dots = np.einsum("nd,nd->n", users[rows], vectors[items])
+        return dots.astype(np.float64) / self.model_.temperature
+
+    def refresh_popularity(self, train: pd.DataFrame) -> None:
+        """Recompute the catalogue's popularity inputs as of the day after `train` (a daily
+        feature refresh: the weights stay, the item vectors move with the like shares)."""
+        self._check_fitted()
+        self.popularity_ = ItemPopularity(
+            liked(train), self.space_.items, self.config.popularity_window_days
+        )
+        column_vocab = self.space_.items.index(self.item_ids_)
+        now = np.full(len(column_vocab), self.popularity_.end)
+        self.item_popularity_ = np.stack(self.popularity_.buckets(column_vocab, now))
+        self._prepare_items()
+
     # ------------------------------------------------------------------ persistence
     def save(self, directory: Path) -> None:
         """config.json, vocabularies, weights (state dict), training log, catalogue ids."""
@@ -351,9 +398,6 @@ class RecallStage:
         state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
         stage.model_.load_state_dict(state)
         stage.model_.eval()
-        log = json.loads((directory / "train_log.json").read_text())
-        stage.log_ = TrainLog(
-            log["metric"], log["epochs"], log["best_epoch"], log["best_metric"], log["seconds"]
-        )
+        stage.log_ = TrainLog.from_dict(json.loads((directory / "train_log.json").read_text()))
         stage._prepare_items()
         return stage

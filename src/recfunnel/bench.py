@@ -1,0 +1,74 @@
+"""Serving benchmark of a trained run: `recommend_for_user` latency and batch throughput.
+
+Latency is measured per call for every warm test user (after a warm-up), the way a service
+would answer them one by one; throughput runs the whole funnel for all test users in one
+batch. Both use the protocol's known history (train + valid).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recfunnel import __version__
+from recfunnel.data.dataset import MovieLens
+from recfunnel.data.schema import USER
+from recfunnel.data.split import liked
+from recfunnel.recommender import Pipeline
+
+
+def _percentiles(ms: np.ndarray) -> dict[str, float]:
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "max_ms": float(ms.max()),
+    }
+
+
+def bench_run(run_dir: str | Path, ml: MovieLens, *, repeats: int = 1) -> dict[str, Any]:
+    """Timings of a run directory (see the module docstring), as a JSON-able dict."""
+    start = time.perf_counter()
+    pipeline = Pipeline.load(run_dir, ml)
+    load_s = time.perf_counter() - start
+    split = pipeline.run.split
+    test_users = np.unique(liked(split.test)[USER].to_numpy())
+    warm = test_users[np.isin(test_users, split.train[USER].to_numpy())]
+
+    for user in warm[:20]:  # warm-up: first calls allocate and fill caches
+        pipeline.recommend_for_user(int(user))
+    ms = []
+    for _ in range(max(repeats, 1)):
+        for user in warm:
+            t = time.perf_counter()
+            pipeline.recommend_for_user(int(user))
+            ms.append(1000 * (time.perf_counter() - t))
+
+    funnel = pipeline.funnel
+    funnel.timings.clear()
+    t = time.perf_counter()
+    pipeline.recommend_batch(test_users)
+    batch_s = time.perf_counter() - t
+    return {
+        "version": __version__,
+        "machine": {
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "load_seconds": load_s,
+        "recommend_for_user": {"users": len(warm), "calls": len(ms), **_percentiles(np.array(ms))},
+        "batch": {
+            "users": len(test_users),
+            "seconds": batch_s,
+            "users_per_second": len(test_users) / batch_s,
+            "stage_seconds": dict(funnel.timings),
+        },
+    }

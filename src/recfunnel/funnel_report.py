@@ -1,0 +1,444 @@
+"""The funnel report as markdown and PNG plots, from the plain dict the evaluation writes.
+
+The input is JSON-able data (as loaded from `metrics.json`); nothing here trains or scores.
+Every section but "stages" is optional and is skipped when absent or empty:
+
+    {
+      "title": str,
+      "part": "test",                      # the evaluated part
+      "history": "known",
+      "users": {"warm": int, "cold": int},
+      "stages": {                          # required; recall, prerank, rank, rerank
+        "<stage>": {
+          "candidates": int,               # length of the stage's output list
+          "ndcg@20": float, "recall@20": float, "precision@20": float, "hit_rate@20": float,
+          "recall@<candidates>": float,    # e.g. "recall@200": recall at the stage's own cut
+          "retention": float,              # share of recall's liked test hits still kept, 0..1
+          "latency_ms_per_user": float,
+          "ild@20": float,                 # optional
+        },
+      },
+      "cold": {"<stage>": {...same keys as a stage...}},
+      "pointwise": {"<stage>": {"auc": float, "gauc": float, "logloss": float}},
+      "baselines": {"<name>": {"ndcg@20": float, "recall@20": float, "precision@20": float,
+                               "hit_rate@20": float, "ild@20": float}},
+      "lambda_sweep": [{"lambda": float, "ndcg@20": float, "ild@20": float,
+                        "precision@20": float}, ...],
+      "rerank": {"lambda_mmr": float, "similarity": "genre"},
+      "training": {"<stage>": {"metric": str, "best_epoch": int, "best_metric": float,
+                               "seconds": float,
+                               "epochs": [{"epoch": int, "loss": float, "<metric>": float,
+                                           "seconds": float}, ...]}},
+      "timing": {"<name>": float},         # seconds, free-form
+    }
+
+Stages are shown in funnel order (recall, prerank, rank, rerank); any other stage name
+follows in the order the dict gives it. A missing or non-numeric value prints as a blank
+cell and is left out of the plots.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# Figure (not pyplot) keeps matplotlib's global backend and figure registry out of it:
+# savefig picks the Agg canvas for PNG by itself, so this is safe on a headless machine.
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+
+from recfunnel.atomic import write_atomic
+
+__all__ = ["STAGE_ORDER", "render_markdown", "write_plots"]
+
+STAGE_ORDER = ("recall", "prerank", "rank", "rerank")
+
+# (header, key, decimals) of the end-to-end and cold tables; "recall@K" is resolved per row
+# to "recall@<candidates>".
+_LIST_COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("candidates", "candidates", 0),
+    ("Recall@K", "recall@K", 4),
+    ("NDCG@20", "ndcg@20", 4),
+    ("Recall@20", "recall@20", 4),
+    ("Precision@20", "precision@20", 4),
+    ("HitRate@20", "hit_rate@20", 4),
+    ("ILD@20", "ild@20", 4),
+    ("retention", "retention", 4),
+    ("latency ms/user", "latency_ms_per_user", 2),
+)
+_POINTWISE_COLUMNS = (("AUC", "auc", 4), ("GAUC", "gauc", 4), ("LogLoss", "logloss", 4))
+_SWEEP_COLUMNS = (
+    ("NDCG@20", "ndcg@20", 4),
+    ("ILD@20", "ild@20", 4),
+    ("Precision@20", "precision@20", 4),
+)
+
+# Plot file name -> (alt text, whether the report has the data for it).
+_PLOTS: dict[str, tuple[str, Callable[[Mapping[str, Any]], bool]]] = {
+    "funnel.png": ("funnel", lambda r: bool(_stages(r))),
+    "lambda_sweep.png": ("lambda sweep", lambda r: bool(_sweep_points(r))),
+    "training_curves.png": ("training curves", lambda r: bool(_training(r))),
+}
+
+
+# ----------------------------------------------------------------------------- data access
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    """`value` if it is a dict, else an empty one: absent or null sections read as empty."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _number(value: object) -> float | None:
+    """A finite-or-nan float from an int/float; None for anything else (bools, text, null)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _ordered(names: Iterable[str]) -> list[str]:
+    """Funnel stages in funnel order, then any others in their given order."""
+    names = list(names)
+    return [s for s in STAGE_ORDER if s in names] + [s for s in names if s not in STAGE_ORDER]
+
+
+def _stages(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """report["stages"] in funnel order; raises ValueError when it is missing or empty."""
+    stages = report.get("stages")
+    if not isinstance(stages, Mapping) or not stages:
+        raise ValueError(
+            'funnel report has no "stages": expected a non-empty dict of stage name -> '
+            f"metrics (recall, prerank, rank, rerank); got {type(stages).__name__}"
+            + (" (empty)" if isinstance(stages, Mapping) else "")
+        )
+    return {s: _mapping(stages[s]) for s in _ordered(stages)}
+
+
+def _list_value(row: Mapping[str, Any], key: str) -> float | None:
+    if key == "recall@K":
+        k = _number(row.get("candidates"))
+        return _number(row.get(f"recall@{int(k)}")) if k is not None and math.isfinite(k) else None
+    return _number(row.get(key))
+
+
+def _sweep_points(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Sweep entries that have a lambda, sorted by it."""
+    sweep = report.get("lambda_sweep")
+    if not isinstance(sweep, Sequence) or isinstance(sweep, str):
+        return []
+    points = [p for p in sweep if isinstance(p, Mapping) and _number(p.get("lambda")) is not None]
+    return sorted(points, key=lambda p: _number(p["lambda"]))
+
+
+def _default_lambda(report: Mapping[str, Any]) -> float | None:
+    return _number(_mapping(report.get("rerank")).get("lambda_mmr"))
+
+
+def _is_default(lam: float | None, default: float | None) -> bool:
+    return lam is not None and default is not None and math.isclose(lam, default, abs_tol=1e-9)
+
+
+def _training(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Trained stages (funnel order) that have a non-empty epoch log."""
+    training = _mapping(report.get("training"))
+    out = {}
+    for stage in _ordered(training):
+        entry = _mapping(training[stage])
+        epochs = entry.get("epochs")
+        if isinstance(epochs, Sequence) and any(isinstance(e, Mapping) for e in epochs):
+            out[stage] = entry
+    return out
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def _fmt(value: float | None, decimals: int) -> str:
+    """Blank for a missing value; counts (0 decimals) as integers."""
+    if value is None:
+        return ""
+    if decimals == 0 and math.isfinite(value):
+        return str(round(value))
+    return f"{value:.{decimals}f}"
+
+
+def _fmt_lambda(value: float | None) -> str:
+    # A setting, not a measurement: print it as written (0.5, not 0.5000).
+    return "" if value is None else f"{value:g}"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> str:
+    """A GitHub-flavoured markdown table; the first `text_columns` left-aligned, numbers right."""
+    align = [":---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _list_table(rows: Iterable[tuple[str, Mapping[str, Any]]], first: str) -> str:
+    """One row per (name, metrics) list, stage or baseline, with the `_LIST_COLUMNS`."""
+    body = [
+        [name] + [_fmt(_list_value(row, key), d) for _, key, d in _LIST_COLUMNS]
+        for name, row in rows
+    ]
+    return _md_table([first] + [h for h, _, _ in _LIST_COLUMNS], body)
+
+
+def _how_to_read(report: Mapping[str, Any]) -> str:
+    users = _mapping(report.get("users"))
+    warm, cold = _number(users.get("warm")), _number(users.get("cold"))
+    rerank = _mapping(report.get("rerank"))
+    lam = _default_lambda(report)
+    who = []
+    if warm is not None:
+        who.append(f"{round(warm):,} warm users")
+    if cold is not None:
+        who.append(f"{round(cold):,} cold users (reported separately)")
+    on = f"the {report.get('part', 'test')} part"
+    if "history" in report:
+        on += f" (history: {report['history']})"
+    if who:
+        on += " over " + " and ".join(who)
+    mmr = "MMR"
+    if lam is not None:
+        mmr += f" with lambda = {_fmt_lambda(lam)}"
+    if "similarity" in rerank:
+        mmr += f" and {rerank['similarity']} similarity"
+    return (
+        "Each stage narrows every user's candidate list: recall retrieves from the whole "
+        "catalogue, pre-rank and rank cut the list down, and re-rank reorders the final list "
+        f"for diversity ({mmr}). Each row scores that stage's output list as if it were the "
+        f"final recommendation, on {on}. Recall@K is recall at the stage's own list length "
+        "(K = candidates); ILD@20 is intra-list diversity (higher is more varied); retention "
+        "is the share of recall's liked test hits that the stage still keeps; latency is the "
+        "stage's wall time per user. Baselines are single models scored the same way. "
+        "A blank cell is a value the run did not measure."
+    )
+
+
+def render_markdown(report: dict) -> str:
+    """The whole report as markdown: title, how to read it, tables, links to the plots.
+
+    Raises ValueError when report["stages"] is missing or empty; every other section is
+    optional. Plot links assume the PNGs from `write_plots` sit beside the markdown file.
+    """
+    stages = _stages(report)
+    out = [f"# {report.get('title') or 'Funnel report'}", "", _how_to_read(report), ""]
+
+    # Pairs, not a merged dict: a baseline may share a stage's name.
+    baselines = [(str(n), _mapping(v)) for n, v in _mapping(report.get("baselines")).items()]
+    out += ["## End to end", "", _list_table([*stages.items(), *baselines], "list"), ""]
+
+    cold = _mapping(report.get("cold"))
+    if cold:
+        cold_rows = [(s, _mapping(cold[s])) for s in _ordered(cold)]
+        out += ["## Cold users", "", _list_table(cold_rows, "stage"), ""]
+
+    pointwise = _mapping(report.get("pointwise"))
+    if pointwise:
+        body = [
+            [s]
+            + [_fmt(_number(_mapping(pointwise[s]).get(k)), d) for _, k, d in _POINTWISE_COLUMNS]
+            for s in _ordered(pointwise)
+        ]
+        out += ["## Pointwise scores", "", _md_table(["stage", "AUC", "GAUC", "LogLoss"], body), ""]
+
+    sweep = _sweep_points(report)
+    if sweep:
+        default = _default_lambda(report)
+        body = []
+        for p in sweep:
+            lam = _number(p["lambda"])
+            name = _fmt_lambda(lam) + (" (default)" if _is_default(lam, default) else "")
+            body.append([name] + [_fmt(_number(p.get(k)), d) for _, k, d in _SWEEP_COLUMNS])
+        header = ["lambda"] + [h for h, _, _ in _SWEEP_COLUMNS]
+        out += ["## MMR lambda sweep", "", _md_table(header, body), ""]
+
+    training = _mapping(report.get("training"))
+    if training:
+        body = []
+        for s in _ordered(training):
+            t = _mapping(training[s])
+            body.append(
+                [
+                    s,
+                    str(t.get("metric", "")),
+                    _fmt(_number(t.get("best_epoch")), 0),
+                    _fmt(_number(t.get("best_metric")), 4),
+                    _fmt(_number(t.get("seconds")), 2),
+                ]
+            )
+        header = ["stage", "valid metric", "best epoch", "best valid", "seconds"]
+        out += ["## Training", "", _md_table(header, body, text_columns=2), ""]
+
+    timing = _mapping(report.get("timing"))
+    if timing:
+        body = [[str(n), _fmt(_number(v), 2)] for n, v in timing.items()]
+        out += ["## Timing", "", _md_table(["step", "seconds"], body), ""]
+
+    links = [f"![{alt}]({name})" for name, (alt, has) in _PLOTS.items() if has(report)]
+    out += ["## Plots", "", *(line for link in links for line in (link, "")), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _plot_funnel(report: Mapping[str, Any]) -> Figure:
+    """Candidate count per stage (bars, log axis) and recall-hit retention (line, twin axis)."""
+    stages = _stages(report)
+    names = list(stages)
+    x = list(range(len(names)))
+    counts = [_nan(_number(row.get("candidates"))) for row in stages.values()]
+    kept = [_nan(_number(row.get("retention"))) for row in stages.values()]
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    bars = ax.bar(x, counts, color="tab:blue", alpha=0.6, label="candidates per user")
+    if any(c > 0 for c in counts):  # a log axis needs something positive to show
+        ax.set_yscale("log")
+        # Tick the actual counts: a 20..500 range has a single power of ten to label.
+        ax.set_yticks(sorted({c for c in counts if c > 0}))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    # Counts sit inside the bars so they never collide with the retention labels above.
+    ax.bar_label(
+        bars, labels=[_fmt(_number(c), 0) if c == c else "" for c in counts], label_type="center"
+    )
+    ax.set_xticks(x, names)
+    ax.set_ylabel("candidates per user (log)")
+    ax.set_title(f"{report.get('title') or 'Funnel'}: candidates and retained hits")
+
+    twin = ax.twinx()
+    twin.plot(x, kept, "o-", color="tab:red", label="retention of recall's liked hits")
+    for xi, r in zip(x, kept, strict=True):
+        if r == r:
+            twin.annotate(
+                f"{r:.0%}",
+                (xi, r),
+                textcoords="offset points",
+                xytext=(0, 7),
+                ha="center",
+                color="tab:red",
+            )
+    twin.set_ylim(0, 1.15)
+    twin.set_ylabel("share of recall's liked hits kept")
+    handles = [bars, *twin.get_lines()]
+    fig.legend(handles, [h.get_label() for h in handles], loc="outside lower center", ncols=2)
+    return fig
+
+
+def _plot_lambda_sweep(report: Mapping[str, Any]) -> Figure:
+    """NDCG@20 (y) against ILD@20 (x) per MMR lambda, the default lambda starred."""
+    points = _sweep_points(report)
+    default = _default_lambda(report)
+    lams = [_number(p["lambda"]) for p in points]
+    ild = [_nan(_number(p.get("ild@20"))) for p in points]
+    ndcg = [_nan(_number(p.get("ndcg@20"))) for p in points]
+
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    # Points are sorted by lambda, so the line traces the accuracy/diversity trade-off.
+    ax.plot(ild, ndcg, "o-", color="tab:blue", alpha=0.8)
+    for lam, xi, yi in zip(lams, ild, ndcg, strict=True):
+        if xi == xi and yi == yi:
+            ax.annotate(
+                f"λ={_fmt_lambda(lam)}",
+                (xi, yi),
+                textcoords="offset points",
+                xytext=(5, 5),
+                fontsize=8,
+            )
+            if _is_default(lam, default):
+                ax.plot(
+                    xi,
+                    yi,
+                    "*",
+                    color="tab:red",
+                    markersize=16,
+                    zorder=3,
+                    label=f"default λ={_fmt_lambda(lam)}",
+                )
+    ax.set_xlabel("ILD@20 (diversity)")
+    ax.set_ylabel("NDCG@20 (accuracy)")
+    ax.set_title("MMR lambda sweep")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best")
+    return fig
+
+
+def _plot_training(report: Mapping[str, Any]) -> Figure:
+    """One panel per trained stage: loss per epoch, the valid metric on a twin axis."""
+    training = _training(report)
+    fig = Figure(figsize=(4.5 * len(training), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(training), squeeze=False)[0]
+    for ax, (stage, entry) in zip(axes, training.items(), strict=True):
+        metric = str(entry.get("metric", "metric"))
+        epochs = [e for e in entry["epochs"] if isinstance(e, Mapping)]
+        x = [_nan(_number(e.get("epoch"))) for e in epochs]
+        # Fall back to 1..n when the log does not number its epochs.
+        if any(v != v for v in x):
+            x = list(range(1, len(epochs) + 1))
+        loss = [_nan(_number(e.get("loss"))) for e in epochs]
+        valid = [_nan(_number(e.get(metric))) for e in epochs]
+
+        ax.plot(x, loss, "o-", color="tab:blue", label="train loss")
+        ax.set_xlabel("epoch")
+        if len(x) <= 12:
+            ax.set_xticks(x)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("loss", color="tab:blue")
+        twin = ax.twinx()
+        twin.plot(x, valid, "s--", color="tab:green", label=f"valid {metric}")
+        twin.set_ylabel(f"valid {metric}", color="tab:green")
+
+        best = _number(entry.get("best_epoch"))
+        title = stage
+        if best is not None:
+            ax.axvline(best, color="grey", linestyle=":", linewidth=1)
+            best_metric = _number(entry.get("best_metric"))
+            if best_metric is None and best in x:
+                best_metric = valid[x.index(best)]
+            if best_metric is not None and best_metric == best_metric:
+                twin.plot(best, best_metric, "*", color="tab:red", markersize=14, zorder=3)
+                title += f" (best {metric} {best_metric:.4f} @ {round(best)})"
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+_PLOTTERS: dict[str, Callable[[Mapping[str, Any]], Figure]] = {
+    "funnel.png": _plot_funnel,
+    "lambda_sweep.png": _plot_lambda_sweep,
+    "training_curves.png": _plot_training,
+}
+
+
+def write_plots(report: dict, out_dir: Path) -> list[Path]:
+    """Write funnel.png, lambda_sweep.png and training_curves.png into `out_dir`.
+
+    A plot whose section is missing or empty is skipped. Each file is written atomically
+    (a reader never sees half a PNG). Returns the paths written, in that order. Raises
+    ValueError when report["stages"] is missing or empty.
+    """
+    _stages(report)  # fail before writing anything
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, plot in _PLOTTERS.items():
+        if not _PLOTS[name][1](report):
+            continue
+        fig = plot(report)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
+        write_atomic(out_dir / name, buf.getvalue())
+        written.append(out_dir / name)
+    return written

@@ -1,0 +1,228 @@
+"""`Pipeline`: a trained run directory, loaded once, answering one user or a batch.
+
+    pipeline = Pipeline.load("runs/default")
+    rec = pipeline.recommend_for_user(42, topk_recall=200, topk_final=20, lambda_mmr=0.5)
+    for item in rec.items: print(item.rank, item.title, item.scores["rank"])
+
+A user's history is everything known when serving: their train and valid ratings (the
+protocol's known history before test). A user with no rating at all goes through the same
+funnel on demographics and item features alone ("cold"); an id that is not in users.dat gets
+the most liked movies of train ("popularity"). Both are flagged in the result.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from recfunnel import metrics
+from recfunnel.baselines import Popularity
+from recfunnel.candidates import Candidates, Requests
+from recfunnel.data.dataset import MovieLens
+from recfunnel.data.schema import ITEM, TIME, USER
+from recfunnel.errors import ConfigError
+from recfunnel.evaluate import History, interaction_matrix
+from recfunnel.pipeline import STAGES
+from recfunnel.run import Run, load_run
+
+Path_ = Literal["funnel", "cold", "popularity"]
+
+
+@dataclass(frozen=True)
+class RecommendedItem:
+    """One final item: its 1-based place, ids and text, and every stage's score and place."""
+
+    rank: int
+    movie_id: int
+    title: str
+    genres: str
+    scores: dict[str, float]
+    positions: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The answer for one user. `path`: "funnel" (warm), "cold" (no rating yet: features
+    only) or "popularity" (unknown id). `candidates`: list length after each stage."""
+
+    user_id: int
+    path: Path_
+    items: list[RecommendedItem]
+    ild: float
+    candidates: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def cold(self) -> bool:
+        return self.path != "funnel"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["cold"] = self.cold
+        return out
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class Pipeline:
+    """A loaded run plus the serving-time history of every user."""
+
+    def __init__(self, run: Run, ml: MovieLens) -> None:
+        self.run, self.ml, self.funnel = run, ml, run.funnel
+        known = run.split.known_history("test")
+        self.user_ids = np.sort(ml.users[USER].to_numpy().astype(np.int64))
+        self._ratings = interaction_matrix(known, self.user_ids, self.funnel.item_ids)
+        self._times = interaction_matrix(known, self.user_ids, self.funnel.item_ids, TIME)
+        movies = ml.items.set_index(ITEM).reindex(self.funnel.item_ids)
+        self._titles = movies["title"].astype(str).to_numpy()
+        self._genre_text = movies["genres"].astype(str).to_numpy()
+        self._popular = Popularity().fit(run.split.train, self.funnel.item_ids)
+
+    @classmethod
+    def load(cls, run_dir: str | Path, ml: MovieLens | None = None) -> Pipeline:
+        """Load a run directory; `ml` defaults to `load_movielens()` (env var or download)."""
+        if ml is None:
+            from recfunnel.data import load_movielens
+
+            ml = load_movielens(progress=False)
+        return cls(load_run(Path(run_dir), ml), ml)
+
+    def _defaults(self, topk_recall: Any, topk_final: Any, lambda_mmr: Any) -> tuple[Any, Any, Any]:
+        config = self.run.config
+        return (
+            config.funnel.topk_recall if topk_recall is None else topk_recall,
+            config.funnel.topk_final if topk_final is None else topk_final,
+            config.rerank.lambda_mmr if lambda_mmr is None else lambda_mmr,
+        )
+
+    def _check(self, topk_recall: Any, topk_final: Any, lambda_mmr: Any) -> tuple[int, int, float]:
+        topk_recall = _positive_int(topk_recall, "topk_recall")
+        topk_final = _positive_int(topk_final, "topk_final")
+        if topk_final > topk_recall:
+            raise ConfigError(
+                f"topk_final ({topk_final}) cannot exceed topk_recall ({topk_recall})"
+            )
+        if topk_recall > len(self.funnel.item_ids):
+            raise ConfigError(
+                f"topk_recall must be <= {len(self.funnel.item_ids)} (the catalogue size), "
+                f"got {topk_recall}"
+            )
+        if (
+            isinstance(lambda_mmr, bool)
+            or not isinstance(lambda_mmr, numbers.Real)
+            or math.isnan(lambda_mmr)
+            or not 0 <= lambda_mmr <= 1
+        ):
+            raise ConfigError(f"lambda_mmr must be a number in [0, 1], got {lambda_mmr!r}")
+        return topk_recall, topk_final, float(lambda_mmr)
+
+    def requests(self, user_ids: np.ndarray) -> Requests:
+        """Requests of known users (users.dat ids), with their known history, as of now."""
+        rows = np.searchsorted(self.user_ids, user_ids)
+        history = History(self._ratings[rows], self._times[rows])
+        return Requests(np.asarray(user_ids), history, np.full(len(rows), self.funnel.now))
+
+    def recommend_batch(
+        self,
+        user_ids: np.ndarray,
+        *,
+        topk_recall: int | None = None,
+        topk_final: int | None = None,
+        lambda_mmr: float | None = None,
+    ) -> dict[str, Candidates]:
+        """Every stage's lists for many known users at once (see `Funnel.run`). Arguments left
+        None take the run's config (by default 200, 20 and 0.5)."""
+        topk_recall, topk_final, lam = self._check(
+            *self._defaults(topk_recall, topk_final, lambda_mmr)
+        )
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        unknown = user_ids[~np.isin(user_ids, self.user_ids)]
+        if unknown.size:
+            raise ConfigError(f"unknown user ids (not in users.dat): {unknown[:5].tolist()}")
+        keep = min(max(self.funnel.prerank.config.keep, topk_final), topk_recall)
+        return self.funnel.run(
+            self.requests(user_ids),
+            topk_recall=topk_recall,
+            keep=keep,
+            topk_final=topk_final,
+            lambda_mmr=lam,
+        )
+
+    def recommend_for_user(
+        self,
+        user_id: int,
+        topk_recall: int | None = None,
+        topk_final: int | None = None,
+        lambda_mmr: float | None = None,
+    ) -> Recommendation:
+        """The final list for one user with titles, genres and each stage's score and place.
+        Arguments left None take the run's config: with the default config, topk_recall=200,
+        topk_final=20, lambda_mmr=0.5."""
+        if isinstance(user_id, bool) or not isinstance(user_id, numbers.Integral):
+            raise ConfigError(f"user_id must be an integer, got {user_id!r}")
+        user_id = int(user_id)
+        topk_recall, topk_final, lam = self._check(
+            *self._defaults(topk_recall, topk_final, lambda_mmr)
+        )
+        if not np.isin(user_id, self.user_ids):
+            return self._popular_list(user_id, topk_final)
+        lists = self.recommend_batch(
+            np.array([user_id]), topk_recall=topk_recall, topk_final=topk_final, lambda_mmr=lam
+        )
+        row = np.searchsorted(self.user_ids, user_id)
+        cold = self._ratings.indptr[row + 1] == self._ratings.indptr[row]
+        final = lists["rerank"]
+        items = []
+        for place, position in enumerate(final.items[0]):
+            if position < 0:
+                break
+            scores, positions = {}, {}
+            for stage in ("recall", "prerank", "rank"):
+                columns = np.flatnonzero(lists[stage].items[0] == position)
+                if columns.size:
+                    positions[stage] = int(columns[0]) + 1
+                    scores[stage] = float(lists[stage].scores[stage][0, columns[0]])
+            positions["rerank"] = place + 1
+            items.append(self._item(place + 1, int(position), scores, positions))
+        return Recommendation(
+            user_id=user_id,
+            path="cold" if cold else "funnel",
+            items=items,
+            ild=self._ild(final.items[0]),
+            candidates={stage: int(lists[stage].valid[0].sum()) for stage in STAGES},
+        )
+
+    def _item(
+        self, rank: int, position: int, scores: dict[str, float], positions: dict[str, int]
+    ) -> RecommendedItem:
+        return RecommendedItem(
+            rank=rank,
+            movie_id=int(self.funnel.item_ids[position]),
+            title=str(self._titles[position]),
+            genres=str(self._genre_text[position]),
+            scores=scores,
+            positions=positions,
+        )
+
+    def _ild(self, positions: np.ndarray) -> float:
+        positions = positions[positions >= 0]
+        if len(positions) < 2:
+            return float("nan")
+        return float(metrics.ild_at_k(positions[None, :], self.funnel.genres)[0])
+
+    def _popular_list(self, user_id: int, k: int) -> Recommendation:
+        # Stable sort: equal counts go to the smaller movie id, as everywhere else.
+        order = np.argsort(-self._popular.counts_, kind="stable")[:k]
+        items = [
+            self._item(i + 1, int(p), {"popularity": float(self._popular.counts_[p])}, {})
+            for i, p in enumerate(order)
+        ]
+        return Recommendation(user_id, "popularity", items, self._ild(order), {"popularity": k})

@@ -1,0 +1,265 @@
+"""Training data for the stages after recall, without stacking leakage.
+
+Pre-rank and rank read the recall model's logit as a feature. If the recall model had been
+trained on the pairs they learn from, its logits there would be too good (it has seen those
+likes), and the later stages would learn to over-trust a signal that is weaker at serving
+time. So the recall model never sees the pairs the later stages train on:
+
+    train ratings, by time:  [ ---------- early (80 %) ---------- | -- slice (20 %) -- ]
+                               recall model trains here             pre-rank and rank here
+
+In the slice we replay requests the way test users make them. A test user comes back months
+after their last known rating, so by default (`replay = "return"`) a request is replayed for
+each user who rates in the slice after a pause of at least `min_gap_days`: their history is
+everything before that moment, "now" is that moment, and their ratings from then on are the
+targets. The recall model (trained on early only) proposes its candidates for the request; the
+candidates are labelled with what the user did next. Every recall logit of a slice example is
+therefore out of sample. The item-to-item score the later stages read is fitted on the early
+part too. The rank stage's `prerank_logit` input is produced by cross-fitting instead: the
+pre-rank model is trained on K-1 folds of slice requests and scores the held-out fold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recfunnel.candidates import Candidates, Requests
+from recfunnel.config import param
+from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, TIME, USER
+from recfunnel.data.split import Split
+from recfunnel.errors import ConfigError
+from recfunnel.evaluate import History, interaction_matrix
+from recfunnel.features import DAY
+
+
+@dataclass(frozen=True)
+class StackingConfig:
+    """How the pre-rank and rank stages get leakage-free training data."""
+
+    slice_fraction: float = param(
+        0.2, "latest share of train held out from the recall model; later stages train on it"
+    )
+    replay: Literal["return", "split"] = param(
+        "return",
+        "which requests to replay: return (users coming back to rate after a pause of "
+        "min_gap_days, like test users do) or split (every slice user, the first "
+        "history_fraction of their slice ratings as history)",
+    )
+    min_gap_days: float = param(1.0, "return: the pause before the replayed request, in days")
+    history_fraction: float = param(
+        0.5, "split: of a slice user's slice ratings, the earliest share joins their history"
+    )
+    unrated_negatives: int = param(
+        200, "unrated recall candidates kept per slice user as negatives (0: rated pairs only)"
+    )
+    rated_pairs: bool = param(
+        True, "also train on the targets' rated pairs that recall missed (label rating >= 4)"
+    )
+    folds: int = param(2, "cross-fitting folds for the rank stage's prerank_logit input")
+
+    def validate(self) -> None:
+        if not 0 < self.slice_fraction < 1 or not 0 <= self.history_fraction < 1:
+            raise ConfigError(
+                "stacking.slice_fraction must be in (0, 1) and history_fraction in [0, 1)"
+            )
+        if self.min_gap_days < 0:
+            raise ConfigError("stacking.min_gap_days must be >= 0")
+        if self.unrated_negatives < 0 or self.folds < 2:
+            raise ConfigError("stacking.unrated_negatives must be >= 0 and folds >= 2")
+        if self.unrated_negatives == 0 and not self.rated_pairs:
+            raise ConfigError("stacking needs unrated_negatives > 0 or rated_pairs = true")
+
+
+def time_slice(split: Split, fraction: float) -> tuple[Split, pd.DataFrame]:
+    """(the split with train cut to its early part, the slice): the last `fraction` of train
+    rows by time (train is time-sorted) form the slice; a timestamp is never cut in two."""
+    train = split.train
+    cut = int(train[TIME].iloc[int((1 - fraction) * len(train))])
+    early = train[train[TIME] < cut].reset_index(drop=True)
+    late = train[train[TIME] >= cut].reset_index(drop=True)
+    if early.empty or late.empty:
+        raise ConfigError(f"stacking.slice_fraction={fraction} leaves an empty part of train")
+    return Split(early, split.valid, split.test, split.kind), late
+
+
+@dataclass(frozen=True)
+class SliceRequests:
+    """Replayed requests of the slice users and what they did next.
+
+    targets (B, n_items) CSR of the target ratings' values over catalogue columns.
+    """
+
+    requests: Requests
+    targets: sp.csr_matrix
+
+
+def slice_requests(
+    early: pd.DataFrame,
+    late: pd.DataFrame,
+    item_ids: np.ndarray,
+    config: StackingConfig,
+) -> SliceRequests:
+    """Replayed requests of slice users (see the module docstring and `StackingConfig.replay`).
+
+    Each user's ratings are ordered by time. "split": the first `history_fraction` of their
+    slice ratings join the history and the rest are targets. "return": the request happens at
+    the user's first slice rating that follows a pause of at least `min_gap_days`; everything
+    before is history, everything from it on is a target; users without such a pause are
+    not replayed. Test users are returning users (their test ratings come months after their
+    last known one), which "return" imitates and "split" does not.
+    """
+    late = late.sort_values([USER, TIME, ITEM], kind="stable").reset_index(drop=True)
+    users, first, counts = np.unique(late[USER].to_numpy(), return_index=True, return_counts=True)
+    position = np.arange(len(late)) - np.repeat(first, counts)
+    times = late[TIME].to_numpy()
+    if config.replay == "split":
+        n_history = np.floor(config.history_fraction * counts).astype(np.int64)
+        in_history = position < np.repeat(n_history, counts)
+        has_target = np.ones(len(users), dtype=bool)
+    else:
+        # The previous rating of each slice rating, looking into the early part for the first.
+        last_early = early.groupby(USER)[TIME].max().reindex(users).to_numpy()
+        previous = np.r_[0, times[:-1]].astype(np.float64)
+        previous[first] = last_early  # NaN for users new in the slice: no pause to return from
+        pause = (times - previous) >= config.min_gap_days * DAY
+        pause_rank = np.where(pause, position, np.iinfo(np.int64).max)
+        start = np.minimum.reduceat(pause_rank, first)  # per user; max int when none
+        has_target = start < counts
+        in_history = position < np.repeat(start, counts)
+    keep_user = np.repeat(has_target, counts)
+    users = users[has_target]
+    history = pd.concat(
+        [early[early[USER].isin(users)], late[keep_user & in_history]], ignore_index=True
+    )
+    targets = late[keep_user & ~in_history]
+    if targets.empty:
+        raise ConfigError("no slice request to replay; lower stacking.min_gap_days")
+    now = targets.groupby(USER)[TIME].min().reindex(users).to_numpy()
+    return SliceRequests(
+        requests=Requests(
+            user_ids=users,
+            history=History(
+                interaction_matrix(history, users, item_ids),
+                interaction_matrix(history, users, item_ids, TIME),
+            ),
+            now=now.astype(np.int64),
+        ),
+        targets=interaction_matrix(targets, users, item_ids),
+    )
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Labelled (request, item) pairs: rows (n,) into the requests, items (n,) catalogue
+    positions, labels (n,) float32 (liked), rated (n,) bool (the user rated the item at all),
+    recall (n,) the recall logit, candidate (n,) whether the recall stage proposed the item."""
+
+    rows: np.ndarray
+    items: np.ndarray
+    labels: np.ndarray
+    rated: np.ndarray
+    recall: np.ndarray
+    candidate: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, keep: np.ndarray) -> Examples:
+        return Examples(
+            self.rows[keep],
+            self.items[keep],
+            self.labels[keep],
+            self.rated[keep],
+            self.recall[keep],
+            self.candidate[keep],
+        )
+
+
+def build_examples(
+    cands: Candidates,
+    targets: sp.csr_matrix,
+    missed_recall: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    unrated_negatives: int,
+    rated_pairs: bool,
+    rng: np.random.Generator,
+) -> Examples:
+    """Examples from recall candidates and target ratings (B users, catalogue columns).
+
+    A candidate the user went on to like is a positive, one they rated lower a negative, and
+    up to `unrated_negatives` of the never-rated candidates per user (drawn at random) are
+    negatives: what the stage must learn to push down at serving time. With `rated_pairs`,
+    target ratings that recall missed are added too (label rating >= 4), their recall logit
+    from `missed_recall(rows, items) -> (n,)`.
+    """
+    rows, items = cands.pairs()
+    recall = cands.scores["recall"][cands.valid]
+    rating = np.asarray(targets[rows, items]).ravel()
+    rated = rating > 0
+    keep = rated.copy()
+    if unrated_negatives > 0:
+        # Random order within each user, then keep the first `unrated_negatives` unrated ones.
+        noise = rng.random(len(rows))
+        order = np.lexsort((noise, ~rated, rows))
+        unrated_sorted = ~rated[order]
+        rank = _rank_within(rows[order], unrated_sorted)
+        chosen = np.zeros(len(rows), dtype=bool)
+        chosen[order] = unrated_sorted & (rank < unrated_negatives)
+        keep |= chosen
+    out = Examples(
+        rows=rows[keep],
+        items=items[keep],
+        labels=(rating[keep] >= LIKE_THRESHOLD).astype(np.float32),
+        rated=rated[keep],
+        recall=recall[keep],
+        candidate=np.ones(int(keep.sum()), dtype=bool),
+    )
+    if not rated_pairs:
+        return out
+    proposed = sp.csr_matrix(
+        (np.ones(len(rows)), (rows, items)), shape=targets.shape, dtype=np.float64
+    )
+    missed = sp.csr_matrix(targets - targets.multiply(proposed > 0))
+    missed.eliminate_zeros()
+    m_rows, m_items = missed.nonzero()
+    m_rating = np.asarray(missed[m_rows, m_items]).ravel()
+    return Examples(
+        rows=np.r_[out.rows, m_rows].astype(np.int64),
+        items=np.r_[out.items, m_items].astype(np.int64),
+        labels=np.r_[out.labels, (m_rating >= LIKE_THRESHOLD).astype(np.float32)],
+        rated=np.r_[out.rated, np.ones(len(m_rows), dtype=bool)],
+        recall=np.r_[out.recall, missed_recall(m_rows, m_items)],
+        candidate=np.r_[out.candidate, np.zeros(len(m_rows), dtype=bool)],
+    )
+
+
+def _rank_within(groups: np.ndarray, flag: np.ndarray) -> np.ndarray:
+    """For sorted `groups` (n,), the 0-based count of earlier flagged entries in the group."""
+    csum = np.cumsum(flag) - flag
+    starts = np.r_[0, np.flatnonzero(np.diff(groups)) + 1]
+    base = np.repeat(csum[starts], np.diff(np.r_[starts, len(groups)]))
+    return csum - base
+
+
+def liked_matrix(ratings: sp.csr_matrix) -> sp.csr_matrix:
+    """Binary CSR of the entries >= LIKE_THRESHOLD."""
+    out = (ratings >= LIKE_THRESHOLD).astype(np.float64)
+    out.eliminate_zeros()
+    return out
+
+
+__all__ = [
+    "Examples",
+    "SliceRequests",
+    "StackingConfig",
+    "build_examples",
+    "liked_matrix",
+    "slice_requests",
+    "time_slice",
+]

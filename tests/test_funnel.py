@@ -1,0 +1,180 @@
+"""The whole funnel on the synthetic data: train through the CLI into a run directory, load it,
+evaluate it, recommend with it. One small training run is shared by the module."""
+
+import json
+
+import numpy as np
+import pytest
+
+from recfunnel.cli import main
+from recfunnel.errors import ConfigError, RecfunnelError
+from recfunnel.recommender import Pipeline
+from recfunnel.run import load_run
+
+FAST = [
+    "--recall.epochs=2",
+    "--recall.dim=16",
+    "--recall.out_dim=16",
+    "--recall.hidden=32",
+    "--recall.batch_size=512",
+    "--recall.threads=1",
+    "--recall.valid_metric=recall@50",
+    "--funnel.topk_recall=50",
+    "--prerank.keep=30",
+    "--prerank.epochs=2",
+    "--prerank.valid_metric=recall@30",
+    "--rank.epochs=2",
+    "--rank.dim=8",
+    "--rank.deep=32",
+    "--rank.max_sequence=10",
+    "--index.backend=exact",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("funnel")
+    data = ["--data-dir", str(synthetic_dir), "--cache-dir", str(root / "cache"), "--no-progress"]
+    out = root / "run"
+    assert main(["train", *data, "--out", str(out), *FAST]) == 0
+    return out, data
+
+
+@pytest.fixture(scope="module")
+def pipeline(trained, synthetic_ml):
+    return Pipeline(load_run(trained[0], synthetic_ml), synthetic_ml)
+
+
+def test_train_writes_every_stage_without_pickle(trained):
+    out, _ = trained
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"] == ["recall", "prerank", "rank", "rerank"]
+    assert manifest["stacking_examples"]["requests"] > 0
+    for name in (
+        "config.json",
+        "recall/model.pt",
+        "index/index.json",
+        "prerank/model.pt",
+        "prerank/state.json",
+        "rank/model.pt",
+        "rank/dense_stats.json",
+        "rank/cf_weights.npy",
+    ):
+        assert (out / name).is_file(), name
+    assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pickle"))
+    assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
+
+
+def test_evaluate_writes_the_funnel_report(trained, capsys):
+    out, data = trained
+    assert main(["evaluate", str(out), *data]) == 0
+    text = capsys.readouterr().out
+    assert "| rerank" in text and "AUC" in text
+    report = json.loads((out / "report.json").read_text())
+    stages = report["stages"]
+    assert [stages[s]["candidates"] for s in ("recall", "prerank", "rank", "rerank")] == [
+        50,
+        30,
+        30,
+        20,
+    ]
+    assert stages["recall"]["retention"] == 1.0
+    assert 0 <= stages["rerank"]["retention"] <= stages["rank"]["retention"] <= 1
+    # The rank stage learned the planted structure: better than chance on rated pairs.
+    assert report["pointwise"]["rank"]["auc"] > 0.6
+    assert stages["rank"]["ndcg@20"] > 0
+    sweep = {row["lambda"]: row for row in report["lambda_sweep"]}
+    assert sweep[1.0]["ndcg@20"] == pytest.approx(stages["rank"]["ndcg@20"])
+    assert sweep[0.0]["ild@20"] >= sweep[1.0]["ild@20"]
+    for png in ("funnel.png", "lambda_sweep.png", "training_curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recommend_for_user_warm(pipeline):
+    warm = int(pipeline.run.split.train["user_id"].iloc[0])
+    rec = pipeline.recommend_for_user(warm, topk_recall=50, topk_final=10, lambda_mmr=0.5)
+    assert rec.path == "funnel" and not rec.cold and len(rec.items) == 10
+    assert [item.rank for item in rec.items] == list(range(1, 11))
+    ids = [item.movie_id for item in rec.items]
+    assert len(set(ids)) == 10
+    known = pipeline.run.split.known_history("test")
+    assert not set(ids) & set(known.loc[known["user_id"] == warm, "item_id"])
+    first = rec.items[0]
+    assert first.title and first.genres and set(first.scores) == {"recall", "prerank", "rank"}
+    assert 0 <= rec.ild <= 1
+    assert rec.candidates == {"recall": 50, "prerank": 30, "rank": 30, "rerank": 10}
+    # lambda = 1 keeps the rank order: positions in the rank list are 1..k.
+    plain = pipeline.recommend_for_user(warm, topk_recall=50, topk_final=10, lambda_mmr=1.0)
+    assert [item.positions["rank"] for item in plain.items] == list(range(1, 11))
+    assert json.loads(json.dumps(rec.to_dict()))["user_id"] == warm
+
+
+def test_cold_and_unknown_users_are_flagged(pipeline, synthetic_ml):
+    known = set(pipeline.run.split.known_history("test")["user_id"])
+    cold = [u for u in synthetic_ml.users["user_id"] if u not in known]
+    if cold:
+        rec = pipeline.recommend_for_user(int(cold[0]), topk_recall=50, topk_final=5)
+        assert rec.path == "cold" and rec.cold and len(rec.items) == 5
+    rec = pipeline.recommend_for_user(10**9, topk_recall=50, topk_final=5)
+    assert rec.path == "popularity" and len(rec.items) == 5
+    counts = [item.scores["popularity"] for item in rec.items]
+    assert counts == sorted(counts, reverse=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"topk_final": 30, "topk_recall": 20}, "cannot exceed"),
+        ({"lambda_mmr": 1.5}, "lambda_mmr"),
+        ({"lambda_mmr": float("nan")}, "lambda_mmr"),
+        ({"topk_final": 0}, "topk_final"),
+        ({"topk_recall": -1}, "topk_recall"),
+        ({"topk_recall": 10**6}, "catalogue"),
+        ({"user_id": "42"}, "user_id"),
+        ({"user_id": 4.5}, "user_id"),
+    ],
+)
+def test_invalid_arguments_are_clear_errors(pipeline, kwargs, message):
+    args = {"user_id": 1, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        pipeline.recommend_for_user(**args)
+
+
+def test_recommend_cli_table_and_json(trained, capsys):
+    out, data = trained
+    assert main(["recommend", str(out), "--user", "1", "--topk-recall", "50", *data]) == 0
+    text = capsys.readouterr().out
+    assert "user 1" in text and "ILD@20" in text
+    assert main(["recommend", str(out), "--user", "1", "--json", "--topk-recall", "50", *data]) == 0
+    assert json.loads(capsys.readouterr().out)["user_id"] == 1
+    assert main(["recommend", str(out), "--user", "1", "--lambda", "2", *data]) == 2
+    assert "lambda_mmr" in capsys.readouterr().err
+
+
+def test_bench_writes_latencies(trained, capsys, tmp_path):
+    out, data = trained
+    target = tmp_path / "bench.json"
+    assert main(["bench", str(out), "--out", str(target), *data]) == 0
+    result = json.loads(target.read_text())
+    assert result["recommend_for_user"]["p50_ms"] > 0 and result["batch"]["users"] > 0
+
+
+def test_foreign_or_partial_runs_are_refused(trained, synthetic_ml, tmp_path):
+    out, _ = trained
+    manifest = json.loads((out / "manifest.json").read_text())
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "version": "0.0.1"}))
+    with pytest.raises(RecfunnelError, match="recfunnel 0.0.1"):
+        load_run(copy, synthetic_ml)
+    with pytest.raises(RecfunnelError, match="not a complete run directory"):
+        load_run(tmp_path / "nothing", synthetic_ml)
+
+
+def test_batch_form_matches_single_calls(pipeline):
+    users = np.sort(pipeline.run.split.train["user_id"].unique())[:5]
+    lists = pipeline.recommend_batch(users, topk_recall=50, topk_final=10)
+    for row, user in enumerate(users):
+        single = pipeline.recommend_for_user(int(user), topk_recall=50, topk_final=10)
+        ids = pipeline.funnel.item_ids[lists["rerank"].items[row]]
+        assert [item.movie_id for item in single.items] == ids.tolist()

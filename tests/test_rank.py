@@ -1,0 +1,93 @@
+"""The funnel's value type and the pre-rank / rank modules, on hand-sized tensors."""
+
+import numpy as np
+import pytest
+import torch
+
+from recfunnel.candidates import Candidates
+from recfunnel.prerank import PreRankMLP
+from recfunnel.rank.features import DENSE
+from recfunnel.rank.model import CrossNetwork, RankModel, RankSizes, TargetAttention
+
+
+def test_candidates_top_reorder_pairs_unflatten():
+    c = Candidates(
+        np.array([[7, 3, 5], [2, 9, -1]]),
+        {"recall": np.array([[3.0, 2.0, 1.0], [2.0, 1.0, np.nan]])},
+    )
+    c.scores["prerank"] = np.array([[0.1, 0.9, 0.9], [0.5, 0.7, np.nan]])
+    top = c.top("prerank", 2)
+    # Row 0: 0.9 ties between columns 1 and 2 -> the earlier column (item 3) first.
+    assert top.items.tolist() == [[3, 5], [9, 2]]
+    assert top.scores["recall"].tolist() == [[2.0, 1.0], [1.0, 2.0]]
+    rows, items = c.pairs()
+    assert rows.tolist() == [0, 0, 0, 1, 1] and items.tolist() == [7, 3, 5, 2, 9]
+    back = c.unflatten(np.arange(5.0))
+    assert back[0].tolist() == [0, 1, 2] and back[1, :2].tolist() == [3, 4]
+    assert np.isnan(back[1, 2])
+    # Asking for more than a row holds pads with -1 and NaN.
+    wide = c.top("recall", 3)
+    assert wide.items[1].tolist() == [2, 9, -1] and np.isnan(wide.scores["recall"][1, 2])
+
+
+def test_target_attention_ignores_padding_and_empty_history_pools_to_zero():
+    torch.manual_seed(0)
+    att = TargetAttention(dim=4, hidden=8)
+    keys = torch.randn(2, 3, 4)
+    query = torch.randn(2, 4)
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    out = att(keys, query, mask)
+    changed = keys.clone()
+    changed[0, 2] = 100.0  # a padded position: must not matter
+    assert torch.allclose(att(changed, query, mask)[0], out[0])
+    assert torch.equal(out[1], torch.zeros(4))
+
+
+def test_cross_layer_is_x0_times_linear_plus_residual():
+    net = CrossNetwork(width=2, layers=1)
+    with torch.no_grad():
+        net.layers[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        net.layers[0].bias.copy_(torch.tensor([0.5, 0.0]))
+    x0 = torch.tensor([[2.0, 3.0]])
+    # x1 = x0 * (W x0 + b) + x0 = [2 * 2.5 + 2, 3 * 6 + 3] = [7, 21]
+    assert net(x0).tolist() == [[7.0, 21.0]]
+
+
+def _batch(n: int, seq: int = 5) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        name: torch.randint(0, 3, (n,), generator=g)
+        for name in ("item", "year", "recent", "total", "age", "gender", "age_group")
+    }
+    batch |= {
+        "occupation": torch.randint(0, 5, (n,), generator=g),
+        "zip": torch.randint(0, 5, (n,), generator=g),
+        "user": torch.randint(0, 3, (n,), generator=g),
+        "lengths": torch.randint(0, 40, (n,), generator=g),
+        "genres": torch.rand(n, 18, generator=g),
+        "sequence": torch.randint(0, 3, (n, seq), generator=g),
+    }
+    return batch | {name: torch.randn(n, generator=g) for name in DENSE}
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_rank_model_shapes_and_dense_inputs_matter(heads):
+    torch.manual_seed(0)
+    model = RankModel(RankSizes(n_users=4, n_items=4), dim=4, deep=(8,), heads=heads).eval()
+    batch = _batch(6)
+    out = model(batch)
+    assert out.shape == (6, heads) and torch.isfinite(out).all()
+    moved = dict(batch, recall=batch["recall"] + 5.0)
+    assert not torch.allclose(model(moved), out)
+    # Without the recall logit among its dense inputs the model cannot read it.
+    blind = RankModel(
+        RankSizes(4, 4), dim=4, deep=(8,), dense=tuple(d for d in DENSE if d != "recall")
+    ).eval()
+    assert torch.allclose(blind(moved), blind(batch))
+
+
+def test_prerank_mlp_reads_vectors_and_scalars():
+    torch.manual_seed(0)
+    mlp = PreRankMLP(dim=3, hidden=(5,), n_scalars=2)
+    out = mlp(torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 2))
+    assert out.shape == (4,)

@@ -1,0 +1,374 @@
+"""MMR re-ranking: hand-worked examples (arithmetic in comments), a brute-force reference,
+the edge cases of the tie rule, and a check that diversity goes up."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from recfunnel.config import load_config
+from recfunnel.errors import ConfigError
+from recfunnel.metrics import ild_at_k
+from recfunnel.rerank import RerankConfig, cosine_similarity, mmr, relevance_scale
+
+# ----------------------------------------------------------------------------- reference
+
+
+def _cos(a: list[float], b: list[float]) -> float:
+    na = math.sqrt(sum(x * x for x in a))
+    nb = math.sqrt(sum(x * x for x in b))
+    if na == 0 or nb == 0:
+        return 0.0
+    return math.fsum(x * y for x, y in zip(a, b, strict=True)) / (na * nb)
+
+
+def reference_mmr(
+    rel: np.ndarray, vectors: np.ndarray, k: int, lam: float, valid: np.ndarray
+) -> np.ndarray:
+    """MMR straight from the definition, one user at a time, plain Python."""
+    out = []
+    for r, vecs, ok in zip(rel.tolist(), vectors.tolist(), valid.tolist(), strict=True):
+        chosen: list[int] = []
+        for _ in range(k):
+            best, best_value = -1, -math.inf
+            for i in range(len(r)):
+                if not ok[i] or i in chosen:
+                    continue
+                penalty = max((_cos(vecs[i], vecs[j]) for j in chosen), default=0.0)
+                value = lam * r[i] - (1 - lam) * penalty
+                if value > best_value:  # strict: a tie keeps the smaller position
+                    best, best_value = i, value
+            if best >= 0:
+                chosen.append(best)
+        out.append(chosen + [-1] * (k - len(chosen)))
+    return np.array(out, dtype=np.int64).reshape(len(out), k)
+
+
+def _dyadic_inputs(seed: int, n_users: int = 40, n: int = 9, d: int = 6):
+    """Inputs whose every cosine and objective is exact in floating point, so the vectorised
+    and the reference code must agree bit for bit, ties included: binary vectors with 0, 1
+    or 4 ones (norm 0, 1 or 2: cosines are multiples of 1/4) and relevance in quarters."""
+    rng = np.random.default_rng(seed)
+    vectors = np.zeros((n_users, n, d))
+    n_ones = rng.choice([0, 1, 4], size=(n_users, n), p=[0.1, 0.45, 0.45])
+    for u in range(n_users):
+        for i in range(n):
+            vectors[u, i, rng.choice(d, size=n_ones[u, i], replace=False)] = 1.0
+    rel = rng.integers(0, 5, size=(n_users, n)) / 4.0
+    valid = rng.random((n_users, n)) < 0.8
+    valid[0] = True  # one full row
+    valid[1] = False  # one empty row
+    valid[2, 1:] = False  # one single-candidate row
+    return rel, vectors, valid
+
+
+# ----------------------------------------------------------------------------- mmr by hand
+
+# Four candidates in 2-d; position 1 duplicates position 0, position 3 lies between 0 and 2.
+#   pos:  0       1       2       3
+#   rel:  1.0     0.9     0.5     0.8
+#   vec:  (1,0)   (1,0)   (0,1)   (1,1)
+# cos to (1,0): 1, 1, 0, 1/sqrt(2) = 0.7071; cos to (0,1): 0, 0, 1, 0.7071.
+REL = np.array([[1.0, 0.9, 0.5, 0.8]])
+VEC = np.array([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+
+
+def test_mmr_hand_example_half():
+    # lambda = 0.5, objective 0.5 rel - 0.5 maxsim.
+    # step 0: 0.5 rel = [.5, .45, .25, .4] -> 0.
+    # step 1: pos1 .45 - .5 = -.05; pos2 .25 - 0 = .25; pos3 .4 - .3536 = .0464 -> 2.
+    # step 2: maxsim pos1 = max(1, 0) = 1 -> -.05; pos3 = max(.7071, .7071) -> .0464 -> 3.
+    assert mmr(REL, VEC, 3, 0.5).tolist() == [[0, 2, 3]]
+
+
+def test_mmr_hand_example_three_quarters():
+    # lambda = 0.75, objective .75 rel - .25 maxsim.
+    # step 0: -> 0.  step 1: pos1 .675 - .25 = .425; pos2 .375; pos3 .6 - .1768 = .4232 -> 1.
+    # step 2: pos2 .375 - 0 = .375; pos3 .4232 -> 3.  step 3: only 2 is left.
+    assert mmr(REL, VEC, 4, 0.75).tolist() == [[0, 1, 3, 2]]
+
+
+def test_mmr_lambda_one_is_relevance_order():
+    # rel 1.0 > 0.9 > 0.8 > 0.5 -> positions 0, 1, 3, 2; similarity plays no part.
+    assert mmr(REL, VEC, 4, 1.0).tolist() == [[0, 1, 3, 2]]
+
+
+def test_mmr_lambda_zero_starts_at_first_position_then_least_similar():
+    # Step 0: every objective is 0, so the tie rule picks position 0 (not the most relevant
+    # candidate, position 2). Then -maxsim to (1,0): pos1 -1, pos2 -.7071, pos3 0 -> 3.
+    # Then maxsim to {0, 3}: pos1 max(1, .7071) = 1; pos2 max(.7071, 0) -> 2.
+    rel = np.array([[0.1, 0.2, 1.0, 0.3]])
+    vec = np.array([[[1.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]])
+    assert mmr(rel, vec, 4, 0.0).tolist() == [[0, 3, 2, 1]]
+
+
+def test_mmr_lambda_zero_first_pick_skips_padding():
+    valid = np.array([[False, False, True, True]])
+    assert mmr(REL, VEC, 1, 0.0, valid).tolist() == [[2]]
+
+
+def test_mmr_negative_cosine_is_a_bonus():
+    # Embeddings may point away from each other. lambda = 0.5, after picking 0 = (1,0):
+    # pos1 = (-1,0): .5 * .2 - .5 * (-1) = .6; pos2 = (0,1): .5 * .3 - 0 = .15 -> 1.
+    # (Clipping the max at 0, as if the empty-set 0 stayed in it, would pick 2.)
+    rel = np.array([[1.0, 0.2, 0.3]])
+    vec = np.array([[[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]])
+    assert mmr(rel, vec, 2, 0.5).tolist() == [[0, 1]]
+
+
+def test_mmr_ties_go_to_smaller_position():
+    # Equal relevance and identical vectors: every step is a tie.
+    rel = np.full((2, 4), 0.5)
+    vec = np.ones((2, 4, 3))
+    for lam in (0.0, 0.5, 1.0):
+        assert mmr(rel, vec, 4, lam).tolist() == [[0, 1, 2, 3]] * 2
+
+
+def test_mmr_pads_short_lists():
+    valid = np.array([[True, False, True, False], [False] * 4])
+    rel = np.vstack([REL, REL])
+    vec = np.vstack([VEC, VEC])
+    out = mmr(rel, vec, 3, 0.5, valid)
+    assert out.dtype == np.int64
+    assert out.tolist() == [[0, 2, -1], [-1, -1, -1]]
+
+
+def test_mmr_k_larger_than_n():
+    assert mmr(REL, VEC, 6, 1.0).tolist() == [[0, 1, 3, 2, -1, -1]]
+
+
+def test_mmr_ignores_non_finite_padding():
+    rel = np.array([[np.nan, 0.5, np.inf, 0.2]])
+    valid = np.array([[False, True, False, True]])
+    for lam in (0.0, 0.5, 1.0):
+        assert mmr(rel, VEC, 3, lam, valid).tolist() == [[1, 3, -1]]
+
+
+def test_mmr_empty_inputs():
+    out = mmr(np.zeros((2, 0)), np.zeros((2, 0, 3)), 3, 0.5)
+    assert out.shape == (2, 3) and (out == -1).all()
+    assert mmr(np.zeros((0, 4)), np.zeros((0, 4, 3)), 2, 0.5).shape == (0, 2)
+
+
+def test_mmr_accepts_numpy_scalars_and_float32():
+    out = mmr(REL.astype(np.float32), VEC.astype(np.float32), np.int64(3), np.float32(0.5))
+    assert out.tolist() == [[0, 2, 3]]
+
+
+# ----------------------------------------------------------------------------- mmr vs reference
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("lam", [0.0, 0.3, 0.5, 1.0])
+def test_mmr_matches_reference_with_ties(seed: int, lam: float):
+    rel, vectors, valid = _dyadic_inputs(seed)
+    expected = reference_mmr(rel, vectors, 6, lam, valid)
+    np.testing.assert_array_equal(mmr(rel, vectors, 6, lam, valid), expected)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mmr_matches_reference_continuous(seed: int):
+    # Gaussian embeddings (negative cosines included) and continuous relevance.
+    rng = np.random.default_rng(100 + seed)
+    rel = rng.random((30, 12))
+    vectors = rng.normal(size=(30, 12, 5))
+    vectors[0, 3] = 0.0  # a zero vector
+    valid = rng.random((30, 12)) < 0.85
+    lam = float(rng.uniform(0.2, 0.8))
+    expected = reference_mmr(rel, vectors, 8, lam, valid)
+    np.testing.assert_array_equal(mmr(rel, vectors, 8, lam, valid), expected)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mmr_lambda_one_is_stable_argsort(seed: int):
+    rng = np.random.default_rng(seed)
+    rel = rng.integers(0, 4, size=(50, 15)).astype(np.float64)  # many ties
+    vectors = rng.normal(size=(50, 15, 4))
+    valid = rng.random((50, 15)) < 0.7
+    k = 10
+    order = np.argsort(np.where(valid, -rel, np.inf), axis=1, kind="stable")[:, :k]
+    n_valid = valid.sum(axis=1, keepdims=True)
+    expected = np.where(np.arange(k)[None, :] < n_valid, order, -1)
+    np.testing.assert_array_equal(mmr(rel, vectors, k, 1.0, valid), expected)
+
+
+def test_mmr_lists_are_valid_and_unique():
+    rel, vectors, valid = _dyadic_inputs(7)
+    out = mmr(rel, vectors, 9, 0.4, valid)
+    for row, ok in zip(out, valid, strict=True):
+        picked = row[row >= 0]
+        assert len(picked) == min(9, ok.sum())
+        assert len(set(picked.tolist())) == len(picked)
+        assert ok[picked].all()
+        assert (row[len(picked) :] == -1).all()  # padding only at the end
+
+
+# ----------------------------------------------------------------------------- mmr errors
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.0, True, "3", None])
+def test_mmr_rejects_bad_k(k):
+    with pytest.raises(ValueError, match="k must"):
+        mmr(REL, VEC, k, 0.5)
+
+
+@pytest.mark.parametrize("lam", [-0.1, 1.1, math.nan, "0.5", None, True])
+def test_mmr_rejects_bad_lambda(lam):
+    with pytest.raises(ValueError, match="lambda_mmr"):
+        mmr(REL, VEC, 2, lam)
+
+
+def test_mmr_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="relevance must be 2-D"):
+        mmr(REL[0], VEC, 2, 0.5)
+    with pytest.raises(ValueError, match="vectors must have shape"):
+        mmr(REL, VEC[:, :3], 2, 0.5)
+    with pytest.raises(ValueError, match="vectors must have shape"):
+        mmr(REL, VEC[0], 2, 0.5)
+    with pytest.raises(ValueError, match="valid has shape"):
+        mmr(REL, VEC, 2, 0.5, np.ones((1, 3), dtype=bool))
+    with pytest.raises(ValueError, match="bool mask"):
+        mmr(REL, VEC, 2, 0.5, np.ones((1, 4), dtype=np.int64))
+    with pytest.raises(ValueError, match="finite"):
+        mmr(np.array([[1.0, np.nan, 0.0, 0.0]]), VEC, 2, 0.5)
+
+
+# ----------------------------------------------------------------------------- relevance_scale
+
+
+def test_minmax_by_hand():
+    # Valid scores 2, 4, 3: min 2, span 2 -> 0, 1, .5; the padding slot gets 0.
+    scores = np.array([[2.0, 4.0, 3.0, -np.inf]])
+    valid = np.array([[True, True, True, False]])
+    np.testing.assert_allclose(relevance_scale(scores, valid), [[0.0, 1.0, 0.5, 0.0]])
+
+
+def test_minmax_logits_any_scale():
+    # Logits -3, 1, -1: (s + 3) / 4 -> 0, 1, .5; a shift and a scale do not change it.
+    scores = np.array([[-3.0, 1.0, -1.0]])
+    np.testing.assert_allclose(relevance_scale(scores), [[0.0, 1.0, 0.5]])
+    np.testing.assert_allclose(relevance_scale(10 * scores + 7), [[0.0, 1.0, 0.5]])
+
+
+def test_rank_by_hand():
+    # Descending: pos1 (3.0) 0th, pos3 (2.0) 1st, pos0 and pos2 tie at 0.1 -> pos0 2nd, pos2
+    # 3rd. 1 - position / 3 -> pos0 1/3, pos1 1, pos2 0, pos3 2/3.
+    scores = np.array([[0.1, 3.0, 0.1, 2.0]])
+    np.testing.assert_allclose(relevance_scale(scores, how="rank"), [[1 / 3, 1.0, 0.0, 2 / 3]])
+
+
+def test_rank_with_padding():
+    # Valid 5.0 (pos0) and 9.0 (pos2): n_valid 2 -> 9.0 gets 1, 5.0 gets 0; padding 0.
+    scores = np.array([[5.0, 100.0, 9.0]])
+    valid = np.array([[True, False, True]])
+    np.testing.assert_allclose(relevance_scale(scores, valid, "rank"), [[0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize("how", ["minmax", "rank"])
+def test_scale_constant_single_and_empty_rows(how: str):
+    scores = np.array([[5.0, 5.0, 5.0], [7.0, 1.0, 2.0], [1.0, 2.0, 3.0]])
+    valid = np.array([[True, True, True], [True, False, False], [False, False, False]])
+    out = relevance_scale(scores, valid, how)
+    assert out.dtype == np.float64
+    assert out[1].tolist() == [1.0, 0.0, 0.0]  # a single valid candidate is fully relevant
+    assert out[2].tolist() == [0.0, 0.0, 0.0]  # no valid candidate
+    if how == "minmax":
+        assert out[0].tolist() == [1.0, 1.0, 1.0]  # all equal -> all 1
+    else:
+        np.testing.assert_allclose(out[0], [1.0, 0.5, 0.0])  # ties by position
+
+
+@pytest.mark.parametrize("how", ["minmax", "rank"])
+def test_scale_range_and_order(how: str):
+    rng = np.random.default_rng(0)
+    scores = rng.normal(scale=5.0, size=(20, 30))
+    valid = rng.random((20, 30)) < 0.7
+    out = relevance_scale(scores, valid, how)
+    assert (out >= 0).all() and (out <= 1).all()
+    assert (out[~valid] == 0).all()
+    for s, r, ok in zip(scores, out, valid, strict=True):
+        # The scale keeps each user's order (scores are distinct here).
+        np.testing.assert_array_equal(np.argsort(-s[ok]), np.argsort(-r[ok]))
+        assert r[ok].max() == 1.0 and r[ok].min() == 0.0
+
+
+def test_scale_then_mmr_at_lambda_one_keeps_score_order():
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(10, 20))
+    vectors = rng.normal(size=(10, 20, 4))
+    for how in ("minmax", "rank"):
+        out = mmr(relevance_scale(scores, how=how), vectors, 5, 1.0)
+        np.testing.assert_array_equal(out, np.argsort(-scores, axis=1)[:, :5])
+
+
+def test_scale_errors():
+    with pytest.raises(ValueError, match="how must be"):
+        relevance_scale(np.zeros((1, 2)), how="zscore")
+    with pytest.raises(ValueError, match="finite"):
+        relevance_scale(np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match="2-D"):
+        relevance_scale(np.zeros(3))
+
+
+# ----------------------------------------------------------------------------- cosine
+
+
+def test_cosine_by_hand_with_zero_vector():
+    # (1,0).(3,4) / (1 * 5) = .6; the zero vector is 0 with everything, itself included.
+    vectors = np.array([[[1.0, 0.0], [0.0, 0.0], [3.0, 4.0]]])
+    expected = [[[1.0, 0.0, 0.6], [0.0, 0.0, 0.0], [0.6, 0.0, 1.0]]]
+    np.testing.assert_allclose(cosine_similarity(vectors), expected, atol=1e-12)
+
+
+def test_cosine_matches_reference_and_keeps_float32():
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    vectors[1, 2] = 0.0
+    sim = cosine_similarity(vectors)
+    assert sim.shape == (3, 5, 5) and sim.dtype == np.float32
+    v = vectors.astype(np.float64).tolist()
+    expected = [[[_cos(a, b) for b in user] for a in user] for user in v]
+    np.testing.assert_allclose(sim, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="3-D"):
+        cosine_similarity(vectors[0])
+
+
+# ----------------------------------------------------------------------------- diversity
+
+
+def test_mmr_raises_genre_diversity():
+    # Genre-like catalogue: 300 items with sparse multi-hot vectors over 18 genres; each user
+    # has 50 candidates in rank order. MMR at lambda = .3 must give more diverse top-10
+    # lists than the ranker's order (lambda = 1), by the protocol's ILD.
+    rng = np.random.default_rng(0)
+    features = (rng.random((300, 18)) < 0.12).astype(np.float64)
+    candidates = np.argsort(rng.random((200, 300)), axis=1)[:, :50]
+    rel = np.sort(rng.random((200, 50)), axis=1)[:, ::-1]
+    vectors = features[candidates]
+    ild = {}
+    for lam in (1.0, 0.3):
+        picks = mmr(rel, vectors, 10, lam)
+        topk = np.take_along_axis(candidates, picks, axis=1)
+        ild[lam] = float(np.nanmean(ild_at_k(topk, features)))
+    assert ild[0.3] >= ild[1.0] + 0.05
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_defaults_and_validation():
+    config = RerankConfig()
+    config.validate()
+    assert (config.lambda_mmr, config.similarity, config.relevance) == (0.5, "genre", "minmax")
+    assert load_config(RerankConfig, overrides=["lambda_mmr=0"]).lambda_mmr == 0.0
+    for bad in (-0.1, 1.5, math.nan):
+        with pytest.raises(ConfigError, match="lambda_mmr"):
+            RerankConfig(lambda_mmr=bad).validate()
+    with pytest.raises(ConfigError, match="lambda_mmr"):
+        load_config(RerankConfig, overrides=["lambda_mmr=2"])
+    with pytest.raises(ConfigError):
+        load_config(RerankConfig, overrides=["similarity=jaccard"])
+    with pytest.raises(ConfigError, match="relevance"):
+        RerankConfig(relevance="zscore").validate()  # type: ignore[arg-type]

@@ -1,0 +1,151 @@
+"""Leakage-free training data for pre-rank and rank: the time slice, the replayed requests, the
+labelled examples and the cross-fitted pre-rank logits. Hand-sized inputs, no training."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from recfunnel.candidates import Candidates
+from recfunnel.data.split import Split
+from recfunnel.errors import ConfigError
+from recfunnel.features import DAY
+from recfunnel.pipeline import cross_fit_prerank
+from recfunnel.prerank import PairInputs, PreRankStage
+from recfunnel.stacking import StackingConfig, build_examples, slice_requests, time_slice
+
+
+def ratings(rows):
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+
+
+def test_time_slice_never_cuts_a_timestamp_in_two():
+    train = ratings([(1, 10, 5, t) for t in (1, 2, 3, 3, 3, 4, 5, 6, 7, 8)])
+    early, late = time_slice(Split(train, train[:0], train[:0], "global"), 0.7)
+    # int(0.3 * 10) = 3: the cut lands inside the three ratings at t=3, which all go late.
+    assert early.train["timestamp"].max() < late["timestamp"].min()
+    assert len(early.train) + len(late) == len(train) and late["timestamp"].min() == 3
+    with pytest.raises(ConfigError, match="empty"):
+        time_slice(Split(train[:1], train[:0], train[:0], "global"), 0.5)
+
+
+def test_return_replay_asks_when_a_user_comes_back_after_a_pause():
+    d = DAY
+    early = ratings([(1, 10, 5, 0), (1, 11, 2, 10), (2, 10, 4, 5)])
+    late = ratings(
+        [
+            # user 1: last early rating at t=10, back 3 days later -> request at 3d + 10.
+            (1, 12, 5, 3 * d + 10),
+            (1, 13, 1, 3 * d + 20),
+            # user 2: rates again 1 s later (no pause), then again 2 days later.
+            (2, 12, 4, 6),
+            (2, 13, 5, 2 * d + 6),
+            # user 3: new in the slice, one burst: never replayed.
+            (3, 10, 5, 100),
+            (3, 11, 5, 101),
+        ]
+    )
+    items = np.array([10, 11, 12, 13])
+    replay = slice_requests(early, late, items, StackingConfig(replay="return", min_gap_days=1))
+    req = replay.requests
+    assert req.user_ids.tolist() == [1, 2]
+    assert req.now.tolist() == [3 * d + 10, 2 * d + 6]
+    # History: everything before "now"; targets: everything from it on.
+    assert sorted(req.history.ratings[0].indices.tolist()) == [0, 1]
+    assert sorted(req.history.ratings[1].indices.tolist()) == [0, 2]
+    assert replay.targets[0].toarray().tolist() == [[0, 0, 5, 1]]
+    assert replay.targets[1].toarray().tolist() == [[0, 0, 0, 5]]
+    # Every history timestamp is before the request, every target at or after it.
+    times = req.history.timestamps.toarray()
+    assert (times[0][times[0] > 0] < req.now[0]).all()
+
+
+def test_split_replay_uses_a_share_of_slice_ratings_as_history():
+    early = ratings([(1, 10, 5, 0)])
+    late = ratings([(1, 11, 5, 10), (1, 12, 5, 11), (1, 13, 2, 12), (2, 10, 4, 13)])
+    items = np.array([10, 11, 12, 13])
+    config = StackingConfig(replay="split", history_fraction=0.5)
+    replay = slice_requests(early, late, items, config)
+    assert replay.requests.user_ids.tolist() == [1, 2]
+    # user 1: floor(0.5 * 3) = 1 slice rating joins the early one in the history.
+    assert sorted(replay.requests.history.ratings[0].indices.tolist()) == [0, 1]
+    assert replay.targets[0].toarray().tolist() == [[0, 0, 5, 2]]
+    assert replay.requests.now.tolist() == [11, 13]
+
+
+def test_build_examples_labels_candidates_and_adds_missed_rated_pairs():
+    # 2 users x 4 candidates (catalogue positions), user 1 has one padded slot.
+    cands = Candidates(
+        np.array([[0, 1, 2, 3], [4, 5, 6, -1]]),
+        {"recall": np.array([[4.0, 3.0, 2.0, 1.0], [3.0, 2.0, 1.0, np.nan]])},
+    )
+    targets = sp.csr_matrix(np.array([[5, 0, 2, 0, 0, 0, 0, 4], [0, 0, 0, 0, 0, 1, 0, 0]]))
+    seen = {}
+
+    def missed(rows, items):
+        seen["pairs"] = list(zip(rows.tolist(), items.tolist(), strict=True))
+        return np.full(len(rows), -9.0)
+
+    ex = build_examples(
+        cands, targets, missed, unrated_negatives=1, rated_pairs=True, rng=np.random.default_rng(0)
+    )
+    # Candidates: rated ones kept (0: liked, 2: disliked, 5: disliked), one unrated per user.
+    cand = ex.candidate
+    kept = sorted(zip(ex.rows[cand].tolist(), ex.items[cand].tolist(), strict=True))
+    rated_kept = [(0, 0), (0, 2), (1, 5)]
+    assert all(p in kept for p in rated_kept) and len(kept) == 5
+    label = {
+        (r, i): lab
+        for r, i, lab in zip(ex.rows.tolist(), ex.items.tolist(), ex.labels.tolist(), strict=True)
+    }
+    assert label[(0, 0)] == 1 and label[(0, 2)] == 0 and label[(1, 5)] == 0
+    # The missed rated pair (user 0, item 7, rating 4) is added with the callable's logit.
+    assert seen["pairs"] == [(0, 7)]
+    extra = ~cand
+    assert ex.items[extra].tolist() == [7] and ex.labels[extra].tolist() == [1.0]
+    assert ex.recall[extra].tolist() == [-9.0] and ex.rated[extra].all()
+    # Recall logits travel with their pairs.
+    assert ex.recall[cand][ex.items[cand] == 0].tolist() == [4.0]
+
+
+def test_cross_fitted_logits_never_come_from_a_model_that_saw_the_request(monkeypatch):
+    rng = np.random.default_rng(0)
+    n_req, n_items, d = 12, 30, 4
+    rows = np.repeat(np.arange(n_req), 10)
+    inputs = PairInputs(
+        rng.normal(size=(n_req, d)).astype(np.float32),
+        rng.normal(size=(n_items, d)).astype(np.float32),
+        rows,
+        rng.integers(0, n_items, len(rows)),
+        rng.normal(size=len(rows)),
+        rng.normal(size=len(rows)),
+    )
+    labels = (rng.random(len(rows)) < 0.3).astype(np.float32)
+    trained_on, scored = [], []
+    fit, score = PreRankStage.fit, PreRankStage.score_pairs
+
+    def spy_fit(self, inputs, labels, *args, **kwargs):
+        trained_on.append(set(inputs.rows.tolist()))
+        return fit(self, inputs, labels, *args, **kwargs)
+
+    def spy_score(self, inputs):
+        scored.append(set(inputs.rows.tolist()))
+        return score(self, inputs)
+
+    monkeypatch.setattr(PreRankStage, "fit", spy_fit)
+    monkeypatch.setattr(PreRankStage, "score_pairs", spy_score)
+    from recfunnel.prerank import PreRankConfig
+
+    oof = cross_fit_prerank(
+        PreRankConfig(batch_size=32),
+        inputs,
+        labels,
+        np.ones(len(rows), bool),
+        folds=3,
+        epochs=1,
+        seed=0,
+    )
+    assert len(trained_on) == len(scored) == 3 and np.isfinite(oof).all()
+    for seen, held in zip(trained_on, scored, strict=True):
+        assert seen and held and not (seen & held)
+    assert set().union(*scored) == set(range(n_req))
