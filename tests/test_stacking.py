@@ -43,13 +43,18 @@ def test_return_replay_asks_when_a_user_comes_back_after_a_pause():
             # user 3: new in the slice, one burst: never replayed.
             (3, 10, 5, 100),
             (3, 11, 5, 101),
+            # user 4: new in the slice, comes back twice: one request, at the first return.
+            (4, 10, 5, 200),
+            (4, 11, 4, 5 * d),
+            (4, 12, 3, 9 * d),
         ]
     )
     items = np.array([10, 11, 12, 13])
     replay = slice_requests(early, late, items, StackingConfig(replay="return", min_gap_days=1))
     req = replay.requests
-    assert req.user_ids.tolist() == [1, 2]
-    assert req.now.tolist() == [3 * d + 10, 2 * d + 6]
+    assert req.user_ids.tolist() == [1, 2, 4]
+    assert req.now.tolist() == [3 * d + 10, 2 * d + 6, 5 * d]
+    assert replay.targets[2].toarray().tolist() == [[0, 4, 3, 0]]
     # History: everything before "now"; targets: everything from it on.
     assert sorted(req.history.ratings[0].indices.tolist()) == [0, 1]
     assert sorted(req.history.ratings[1].indices.tolist()) == [0, 2]
@@ -149,3 +154,37 @@ def test_cross_fitted_logits_never_come_from_a_model_that_saw_the_request(monkey
     for seen, held in zip(trained_on, scored, strict=True):
         assert seen and held and not (seen & held)
     assert set().union(*scored) == set(range(n_req))
+
+
+def test_like_pairs_add_only_rated_non_candidate_pairs_of_other_users():
+    from recfunnel.pipeline import _add_like_pairs
+    from recfunnel.stacking import Examples
+
+    class Recall:  # the two methods _add_like_pairs reads
+        def user_embeddings(self, ids, history):
+            return np.zeros((len(ids), 2), np.float32)
+
+        def pair_logits(self, users, rows, items):
+            return np.full(len(rows), 0.5)
+
+    d = DAY
+    early = ratings([(1, 10, 5, 0)])
+    late = ratings([(1, 11, 4, 3 * d), (2, 10, 5, 10), (2, 11, 2, 11), (2, 12, 4, 12)])
+    items = np.array([10, 11, 12])
+    config = StackingConfig(history_fraction=0.5)
+    replay = slice_requests(early, late, items, config)  # user 1 only
+    none = np.zeros(0, np.int64)
+    empty = Examples(
+        none, none, none.astype(np.float32), none.astype(bool), none * 1.0, none.astype(bool)
+    )
+    merged, users, ex = _add_like_pairs(
+        replay, np.zeros((1, 2), np.float32), empty, Recall(), early, late, items, config
+    )
+    assert merged.requests.user_ids.tolist() == [1, 2] and users.shape == (2, 2)
+    # user 2: floor(0.5 * 3) = 1 rating of history, the two later ones become pairs (row 1).
+    pairs = zip(ex.rows.tolist(), ex.items.tolist(), ex.labels.tolist(), strict=True)
+    assert sorted(pairs) == [
+        (1, 1, 0.0),
+        (1, 2, 1.0),
+    ]
+    assert ex.rated.all() and not ex.candidate.any() and (ex.recall == 0.5).all()

@@ -33,6 +33,32 @@ def _percentiles(ms: np.ndarray) -> dict[str, float]:
     }
 
 
+def _model_latency(pipeline: Pipeline, users: np.ndarray) -> dict[str, Any]:
+    """Per user, the pre-rank model on its 200 recall candidates and the rank model on the
+    100 it keeps, inputs prepared beforehand: the models' own time, as the issue sets it."""
+    funnel = pipeline.funnel
+    prerank_ms, rank_ms = [], []
+    for i, user in enumerate(users[:300]):
+        requests = pipeline.requests(np.array([user]))
+        lists = funnel.run(requests)
+        vectors = funnel.recall.user_embeddings(requests.user_ids, requests.history)
+        inputs = funnel._prerank_inputs(vectors, lists["recall"])
+        features = funnel.features.requests(requests)
+        ranked = lists["prerank"]
+        t = time.perf_counter()
+        funnel.prerank.score_pairs(inputs)
+        t1 = time.perf_counter()
+        funnel.rank.score(features, ranked)
+        t2 = time.perf_counter()
+        if i >= 20:  # warm-up
+            prerank_ms.append(1000 * (t1 - t))
+            rank_ms.append(1000 * (t2 - t1))
+    return {
+        "prerank_200_candidates": _percentiles(np.array(prerank_ms)),
+        "rank_100_candidates": _percentiles(np.array(rank_ms)),
+    }
+
+
 def bench_run(run_dir: str | Path, ml: MovieLens, *, repeats: int = 1) -> dict[str, Any]:
     """Timings of a run directory (see the module docstring), as a JSON-able dict."""
     start = time.perf_counter()
@@ -52,6 +78,7 @@ def bench_run(run_dir: str | Path, ml: MovieLens, *, repeats: int = 1) -> dict[s
             ms.append(1000 * (time.perf_counter() - t))
 
     funnel = pipeline.funnel
+    models = _model_latency(pipeline, warm)
     funnel.timings.clear()
     t = time.perf_counter()
     pipeline.recommend_batch(test_users)
@@ -65,6 +92,7 @@ def bench_run(run_dir: str | Path, ml: MovieLens, *, repeats: int = 1) -> dict[s
         },
         "load_seconds": load_s,
         "recommend_for_user": {"users": len(warm), "calls": len(ms), **_percentiles(np.array(ms))},
+        "model_only": models,
         "batch": {
             "users": len(test_users),
             "seconds": batch_s,
