@@ -178,3 +178,15 @@ def test_batch_form_matches_single_calls(pipeline):
         single = pipeline.recommend_for_user(int(user), topk_recall=50, topk_final=10)
         ids = pipeline.funnel.item_ids[lists["rerank"].items[row]]
         assert [item.movie_id for item in single.items] == ids.tolist()
+
+
+def test_run_directory_and_report_are_readable_like_any_file(trained):
+    import os
+    import stat
+
+    out, _ = trained
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+    for name in ("config.json", "manifest.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name

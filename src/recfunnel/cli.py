@@ -225,14 +225,18 @@ def _evaluate_run(args: argparse.Namespace) -> int:
     report["manifest"] = run.manifest
     report.setdefault("timing", {})["evaluate_seconds"] = time.perf_counter() - start
     text = render_markdown(report)
-    write_plots(report, run.path)
-    write_atomic(run.path / "report.json", json.dumps(report, indent=2).encode())
-    write_atomic(run.path / "report.md", text.encode())
+    # The test report sits at the top of the run directory; a valid one in its own folder,
+    # so evaluating on valid never overwrites the test report (or the reverse).
+    out = run.path if args.split == "test" else run.path / f"report-{args.split}"
+    out.mkdir(exist_ok=True)
+    write_plots(report, out)
+    write_atomic(out / "report.json", json.dumps(report, indent=2).encode())
+    write_atomic(out / "report.md", text.encode())
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(text)
-        _log(f"wrote {run.path / 'report.md'}, report.json and the plots")
+        _log(f"wrote {out / 'report.md'}, report.json and the plots")
     return 0
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from recfunnel import __version__
+from recfunnel.atomic import umask_mode
 from recfunnel.config import config_from_json, param, save_config, section
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.split import Split, make_split
@@ -113,6 +114,7 @@ def write_run(
             "stacking_examples": report.examples,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        tmp.chmod(umask_mode(directory=True))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
