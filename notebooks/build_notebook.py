@@ -425,9 +425,11 @@ slice_start = pd.to_datetime(replay["slice_start"], unit="s").date()
 display(
     Markdown(
         f"The slice starts on {slice_start} and holds {replay['slice_ratings']:,} train "
-        f"ratings. {replay['requests']:,} requests were replayed, giving "
-        f"{replay['examples']:,} labelled (request, movie) pairs, {replay['positives']:,} of "
-        f"them liked; {replay['from_candidates']:,} pairs were proposed by recall."
+        f"ratings. {replay['requests']:,} returning users' requests were replayed and "
+        f"{replay['like_pair_requests']:,} other slice users lent their rated pairs to the "
+        f"like head, giving {replay['examples']:,} labelled (request, movie) pairs, "
+        f"{replay['positives']:,} of them liked; {replay['from_candidates']:,} pairs were "
+        "proposed by recall."
     )
 )
 """,

@@ -151,7 +151,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{log.best_epoch}, {log.seconds:.0f} s"
         )
     _log(
-        f"stacking: {report.examples['requests']:,} replayed requests, "
+        f"stacking: {report.examples['requests']:,} replayed requests (+"
+        f"{report.examples['like_pair_requests']:,} for the like head), "
         f"{report.examples['examples']:,} examples; trained in "
         f"{time.perf_counter() - start:.0f} s"
     )

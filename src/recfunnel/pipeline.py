@@ -265,6 +265,7 @@ def train_funnel(
         rated_pairs=stacking.rated_pairs,
         rng=rng,
     )
+    n_replayed = len(replay.requests)
     if stacking.like_pairs:
         replay, slice_users, examples = _add_like_pairs(
             replay, slice_users, examples, recall, recall_split.train, late, item_ids, stacking
@@ -281,7 +282,8 @@ def train_funnel(
     report.examples = {
         "slice_start": int(late["timestamp"].min()),
         "slice_ratings": len(late),
-        "requests": len(replay.requests),
+        "requests": n_replayed,
+        "like_pair_requests": len(replay.requests) - n_replayed,
         "examples": len(examples),
         "positives": int(examples.labels.sum()),
         "from_candidates": int(examples.candidate.sum()),
