@@ -122,30 +122,14 @@ TOPK_FINAL = 20  # length of the final list
 
 if MODE == "fast":
     from recfunnel.data.synthetic import write_synthetic_movielens
+    from recfunnel.run import SMOKE_OVERRIDES
 
     WORK_DIR = Path(tempfile.mkdtemp(prefix="recfunnel-notebook-"))
     DATA_DIR = write_synthetic_movielens(WORK_DIR / "data")
     CACHE_DIR = WORK_DIR / "cache"  # parsed tables; keeps the user's cache clean
     RUN_DIR = WORK_DIR / "run"
     TOPK_RECALL = 50
-    OVERRIDES = [  # small models (the same as the test suite's)
-        "--recall.epochs=2",
-        "--recall.dim=16",
-        "--recall.out_dim=16",
-        "--recall.hidden=32",
-        "--recall.batch_size=512",
-        "--recall.threads=1",
-        "--recall.valid_metric=recall@50",
-        f"--funnel.topk_recall={TOPK_RECALL}",
-        "--prerank.keep=30",
-        "--prerank.epochs=2",
-        "--prerank.valid_metric=recall@30",
-        "--rank.epochs=2",
-        "--rank.dim=8",
-        "--rank.deep=32",
-        "--rank.max_sequence=10",
-        "--index.backend=exact",
-    ]
+    OVERRIDES = list(SMOKE_OVERRIDES)  # tiny models, the same as the test suite's
 elif MODE == "full":
     env_dir = os.environ.get("RECFUNNEL_DATA_DIR")
     DATA_DIR = Path(env_dir) if env_dir else None  # None: the package downloads ML-1M

@@ -9,26 +9,9 @@ import pytest
 from recfunnel.cli import main
 from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.recommender import Pipeline
-from recfunnel.run import load_run
+from recfunnel.run import SMOKE_OVERRIDES, load_run
 
-FAST = [
-    "--recall.epochs=2",
-    "--recall.dim=16",
-    "--recall.out_dim=16",
-    "--recall.hidden=32",
-    "--recall.batch_size=512",
-    "--recall.threads=1",
-    "--recall.valid_metric=recall@50",
-    "--funnel.topk_recall=50",
-    "--prerank.keep=30",
-    "--prerank.epochs=2",
-    "--prerank.valid_metric=recall@30",
-    "--rank.epochs=2",
-    "--rank.dim=8",
-    "--rank.deep=32",
-    "--rank.max_sequence=10",
-    "--index.backend=exact",
-]
+FAST = list(SMOKE_OVERRIDES)
 
 
 @pytest.fixture(scope="module")

@@ -7,21 +7,10 @@ import pytest
 
 from recfunnel.cli import main
 from recfunnel.errors import RecfunnelError
-from recfunnel.run import load_run
+from recfunnel.run import SMOKE_OVERRIDES, load_run
 
-FAST = [
-    "--recall.epochs=1",
-    "--recall.dim=16",
-    "--recall.out_dim=16",
-    "--recall.hidden=32",
-    "--recall.batch_size=512",
-    "--recall.threads=1",
-    "--recall.valid_metric=recall@50",
-    "--prerank.epochs=1",
-    "--rank.epochs=1",
-    "--rank.dim=4",
-    "--rank.deep=16",
-]
+# The smoke config, with a one-epoch recall and the HNSW index this file's checks read.
+FAST = [*SMOKE_OVERRIDES, "--recall.epochs=1", "--index.backend=hnsw"]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +19,7 @@ def trained(synthetic_dir, tmp_path_factory):
     cache = root / "cache"
     data = ["--data-dir", str(synthetic_dir), "--cache-dir", str(cache), "--no-progress"]
     out = root / "run"
-    assert main(["train", *data, "--out", str(out), *FAST, "--index.backend=hnsw"]) == 0
+    assert main(["train", *data, "--out", str(out), *FAST]) == 0
     return out, data
 
 

@@ -44,6 +44,27 @@ from recfunnel.stacking import StackingConfig
 
 MANIFEST = "manifest.json"
 
+# Tiny models for smoke runs on the synthetic data: the test suite and the notebook's fast mode
+# train with these overrides (a few seconds on two cores). Not a config to report numbers of.
+SMOKE_OVERRIDES: tuple[str, ...] = (
+    "--recall.epochs=2",
+    "--recall.dim=16",
+    "--recall.out_dim=16",
+    "--recall.hidden=32",
+    "--recall.batch_size=512",
+    "--recall.threads=1",
+    "--recall.valid_metric=recall@50",
+    "--funnel.topk_recall=50",
+    "--prerank.keep=30",
+    "--prerank.epochs=2",
+    "--prerank.valid_metric=recall@30",
+    "--rank.epochs=2",
+    "--rank.dim=8",
+    "--rank.deep=32",
+    "--rank.max_sequence=10",
+    "--index.backend=exact",
+)
+
 
 @dataclass(frozen=True)
 class IndexConfig:
