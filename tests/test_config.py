@@ -370,3 +370,12 @@ def test_programming_errors_are_not_config_errors() -> None:
         from_dict(NotFrozen, {})
     with pytest.raises(TypeError, match="sequence of strings"):
         apply_overrides(Pipeline(), "--name=x")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key", ["recall", "prerank", "rank"])
+def test_every_stage_checks_its_valid_metric(key):
+    from recfunnel.config import load_config
+    from recfunnel.run import PipelineConfig
+
+    with pytest.raises(ConfigError, match=f"{key}.valid_metric"):
+        load_config(PipelineConfig, None, [f"--{key}.valid_metric=auc@20"])

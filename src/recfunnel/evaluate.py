@@ -62,6 +62,17 @@ class Scorer(Protocol):
     def score(self, user_ids: np.ndarray, history: History) -> np.ndarray: ...
 
 
+LIST_METRICS = ("recall", "ndcg", "hit_rate", "precision")
+
+
+def metric_cutoff(name: str, key: str) -> int:
+    """K of a list-metric name such as "ndcg@20"; a ConfigError naming `key` otherwise."""
+    metric, _, k = name.partition("@")
+    if metric not in LIST_METRICS or not k.isdigit() or int(k) <= 0:
+        raise ConfigError(f"{key} must look like recall@200 or ndcg@20, got {name!r}")
+    return int(k)
+
+
 def catalogue(ratings: pd.DataFrame) -> np.ndarray:
     """The protocol's candidate set: every movie id that appears in the ratings, ascending.
 

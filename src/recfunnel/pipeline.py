@@ -1,11 +1,12 @@
 """The funnel: recall -> pre-rank -> rank -> re-rank, trained together and run together.
 
-    train_funnel(ml, split, config)      trains every stage without stacking leakage
-    Funnel.run(requests, ...)            one batch of requests through every stage
+    train_funnel(ml, split, recall_config=..., ...)   trains every stage without stacking leakage
+    Funnel.run(requests, ...)                         one batch of requests through every stage
 
 Reading `train_funnel` top to bottom is the training recipe:
-  1. cut train in time: the recall model learns on the early 80 %, the later stages on the
-     latest 20 % (see `stacking`), so the logits they read are out of sample;
+  1. cut train in time: the recall model (and the item-to-item model) learn on the early
+     80 %, the later stages on the latest 20 % (see `stacking`), so the scores they read are
+     out of sample;
   2. replay the slice users' requests and label the recall candidates with what they did next;
   3. refresh the recall model's popularity inputs to the end of train and index its items;
   4. train pre-rank (early stopping on valid), then cross-fit it to get out-of-fold logits;
@@ -29,7 +30,7 @@ from recfunnel.data.dataset import MovieLens
 from recfunnel.data.schema import LIKE_THRESHOLD
 from recfunnel.data.split import Split
 from recfunnel.errors import ConfigError
-from recfunnel.evaluate import Evaluator, EvalUsers, History, catalogue
+from recfunnel.evaluate import Evaluator, EvalUsers, History, catalogue, metric_cutoff
 from recfunnel.index import ItemIndex, load_index
 from recfunnel.prerank import PairInputs, PreRankConfig, PreRankStage
 from recfunnel.rank import RankConfig, RankFeatureSpace, RankStage
@@ -308,7 +309,14 @@ def train_funnel(
     report.seconds["examples"] = time.perf_counter() - start
 
     # Valid: warm users, history = train, through the trained recall (and its index).
-    evaluator = Evaluator(split, item_ids, ks=(20, prerank_config.keep, funnel_config.topk_recall))
+    ks = {
+        20,
+        prerank_config.keep,
+        funnel_config.topk_recall,
+        metric_cutoff(prerank_config.valid_metric, "prerank.valid_metric"),
+        metric_cutoff(rank_config.valid_metric, "rank.valid_metric"),
+    }
+    evaluator = Evaluator(split, item_ids, ks=sorted(ks))
     valid_users = evaluator.users("valid", "warm")
     valid_requests = funnel.requests(valid_users)
     valid_vectors = recall.user_embeddings(valid_users.user_ids, valid_users.history)
@@ -356,7 +364,7 @@ def train_funnel(
     def rank_valid(stage: RankStage) -> float:
         cands = Candidates(valid_prerank.items, dict(valid_prerank.scores))
         cands.scores["rank"] = stage.score(valid_features, cands)
-        top = cands.top("rank", funnel_config.topk_final)
+        top = cands.top("rank", prerank_config.keep)
         return evaluator.list_metrics(top.items, valid_users)[rank_config.valid_metric]
 
     start = time.perf_counter()

@@ -25,6 +25,7 @@ from torch import nn
 
 from recfunnel.config import config_from_json, param, save_config
 from recfunnel.errors import ConfigError, NotFittedError
+from recfunnel.evaluate import metric_cutoff
 from recfunnel.train import TrainLog, fit
 
 
@@ -49,6 +50,7 @@ class PreRankConfig:
             raise ConfigError("prerank keep, batch_size, epochs and patience must be > 0")
         if self.lr <= 0 or self.weight_decay < 0 or any(h <= 0 for h in self.hidden):
             raise ConfigError("prerank lr must be > 0, weight_decay >= 0, hidden sizes > 0")
+        metric_cutoff(self.valid_metric, "prerank.valid_metric")
 
 
 class PreRankMLP(nn.Module):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from recfunnel.candidates import Candidates, Requests
 from recfunnel.config import config_from_json, param, save_config
 from recfunnel.errors import ConfigError, NotFittedError
+from recfunnel.evaluate import metric_cutoff
 from recfunnel.rank.features import DENSE, RankFeatureSpace, RequestFeatures
 from recfunnel.rank.model import RankModel, RankSizes
 from recfunnel.stacking import Examples
@@ -59,6 +60,7 @@ class RankConfig:
             raise ConfigError("rank.cross_layers must be >= 0 and rank.deep sizes > 0")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
             raise ConfigError("rank.lr must be > 0, weight_decay >= 0, 0 <= dropout < 1")
+        metric_cutoff(self.valid_metric, "rank.valid_metric")
 
     @property
     def dense(self) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ from recfunnel.config import config_from_json, param, save_config
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.split import Split, liked
 from recfunnel.errors import ConfigError, NotFittedError
-from recfunnel.evaluate import Evaluator, History, top_k
+from recfunnel.evaluate import Evaluator, History, metric_cutoff, top_k
 from recfunnel.features import FeatureSpace, ItemPopularity
 from recfunnel.index import ItemIndex
 from recfunnel.recall.losses import bce_loss, bpr_loss, sampled_softmax_loss
@@ -114,12 +114,7 @@ class RecallConfig:
             )
         if any(h <= 0 for h in self.hidden):
             raise ConfigError(f"recall.hidden sizes must be > 0, got {self.hidden}")
-        metric, _, k = self.valid_metric.partition("@")
-        if metric not in ("recall", "ndcg", "hit_rate", "precision") or not k.isdigit():
-            raise ConfigError(
-                f"recall.valid_metric must look like recall@200 or ndcg@20, "
-                f"got {self.valid_metric!r}"
-            )
+        metric_cutoff(self.valid_metric, "recall.valid_metric")
 
 
 class RecallStage:
@@ -170,7 +165,9 @@ class RecallStage:
         def loss(batch: RecallBatch) -> torch.Tensor:
             return self._loss(batch, item_table, log_prob, examples.n_items)
 
-        evaluator = Evaluator(split, self.item_ids_, ks=(int(cfg.valid_metric.split("@")[1]),))
+        evaluator = Evaluator(
+            split, self.item_ids_, ks=(metric_cutoff(cfg.valid_metric, "recall.valid_metric"),)
+        )
         valid_users = evaluator.users("valid", "warm")
 
         def validate() -> float:
