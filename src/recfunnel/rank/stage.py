@@ -224,7 +224,7 @@ class RankStage:
         self._check_fitted()
         table = self._pair_table(req, pairs)
         out = np.empty(len(pairs.rows), dtype=np.float64)
-        with torch.no_grad():
+        with torch.inference_mode():
             for start in range(0, len(out), batch_size):
                 idx = np.arange(start, min(start + batch_size, len(out)))
                 logits = self.model_(self._batch(table, req, idx))
