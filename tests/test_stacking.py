@@ -157,10 +157,9 @@ def test_cross_fitted_logits_never_come_from_a_model_that_saw_the_request(monkey
 
 
 def test_like_pairs_add_only_rated_non_candidate_pairs_of_other_users():
-    from recfunnel.pipeline import _add_like_pairs
-    from recfunnel.stacking import Examples
+    from recfunnel.stacking import Examples, add_like_pairs
 
-    class Recall:  # the two methods _add_like_pairs reads
+    class Recall:  # the two methods add_like_pairs reads
         def user_embeddings(self, ids, history):
             return np.zeros((len(ids), 2), np.float32)
 
@@ -177,7 +176,7 @@ def test_like_pairs_add_only_rated_non_candidate_pairs_of_other_users():
     empty = Examples(
         none, none, none.astype(np.float32), none.astype(bool), none * 1.0, none.astype(bool)
     )
-    merged, users, ex = _add_like_pairs(
+    merged, users, ex = add_like_pairs(
         replay, np.zeros((1, 2), np.float32), empty, Recall(), early, late, items, config
     )
     assert merged.requests.user_ids.tolist() == [1, 2] and users.shape == (2, 2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 
 from recfunnel.evaluate import History
 
@@ -33,6 +34,14 @@ class Requests:
 
     def __getitem__(self, rows: slice | np.ndarray) -> Requests:
         return Requests(self.user_ids[rows], self.history[rows], self.now[rows])
+
+    def concat(self, other: Requests) -> Requests:
+        """These requests followed by `other`'s (same catalogue columns)."""
+        history = History(
+            sp.vstack([self.history.ratings, other.history.ratings]).tocsr(),
+            sp.vstack([self.history.timestamps, other.history.timestamps]).tocsr(),
+        )
+        return Requests(np.r_[self.user_ids, other.user_ids], history, np.r_[self.now, other.now])
 
 
 @dataclass

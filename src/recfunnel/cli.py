@@ -168,6 +168,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_recall(args: argparse.Namespace, run: Run, ml: MovieLens) -> int:
+    from recfunnel.atomic import write_atomic
     from recfunnel.recall.report import RECALL_COLUMNS, evaluate_recall
 
     history = args.history or "known"
@@ -180,7 +181,7 @@ def _evaluate_recall(args: argparse.Namespace, run: Run, ml: MovieLens) -> int:
         ease_lambda=args.ease_lambda,
     )
     report["train"] = run.funnel.recall.log_.to_dict()
-    (run.path / "recall_metrics.json").write_text(json.dumps(report, indent=2))
+    write_atomic(run.path / "recall_metrics.json", json.dumps(report, indent=2).encode())
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -16,21 +16,18 @@ Reading `train_funnel` top to bottom is the training recipe:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import scipy.sparse as sp
 
 from recfunnel.candidates import Candidates, Requests
 from recfunnel.config import param
 from recfunnel.data.dataset import MovieLens
-from recfunnel.data.schema import LIKE_THRESHOLD
 from recfunnel.data.split import Split
 from recfunnel.errors import ConfigError
-from recfunnel.evaluate import Evaluator, EvalUsers, History, catalogue, metric_cutoff
+from recfunnel.evaluate import Evaluator, EvalUsers, catalogue, metric_cutoff
 from recfunnel.index import ItemIndex, load_index
 from recfunnel.prerank import PairInputs, PreRankConfig, PreRankStage
 from recfunnel.rank import RankConfig, RankFeatureSpace, RankStage
@@ -39,9 +36,8 @@ from recfunnel.rank.stage import RankPairs
 from recfunnel.recall import RecallConfig, RecallStage
 from recfunnel.rerank import RerankConfig, mmr, relevance_scale
 from recfunnel.stacking import (
-    Examples,
-    SliceRequests,
     StackingConfig,
+    add_like_pairs,
     build_examples,
     slice_requests,
     time_slice,
@@ -268,7 +264,7 @@ def train_funnel(
     )
     n_replayed = len(replay.requests)
     if stacking.like_pairs:
-        replay, slice_users, examples = _add_like_pairs(
+        replay, slice_users, examples = add_like_pairs(
             replay, slice_users, examples, recall, recall_split.train, late, item_ids, stacking
         )
     slice_cf = features.cf_pairs(features.requests(replay.requests), examples.rows, examples.items)
@@ -373,53 +369,6 @@ def train_funnel(
     )
     report.seconds["rank"] = time.perf_counter() - start
     return funnel, report
-
-
-def _add_like_pairs(
-    replay: SliceRequests,
-    users: np.ndarray,
-    examples: Examples,
-    recall: RecallStage,
-    early: pd.DataFrame,
-    late: pd.DataFrame,
-    item_ids: np.ndarray,
-    stacking: StackingConfig,
-) -> tuple[SliceRequests, np.ndarray, Examples]:
-    """More rated pairs for the rank stage's P(liked | rated) head: the slice users who were
-    not replayed, each split in two by `history_fraction`, with their later ratings as pairs.
-    They are not candidates (pre-rank and the watch head never see them); recall never saw
-    them either, so their recall logits are out of sample too."""
-    extra = slice_requests(early, late, item_ids, replace(stacking, replay="split"))
-    keep = ~np.isin(extra.requests.user_ids, replay.requests.user_ids)
-    extra = SliceRequests(extra.requests[np.flatnonzero(keep)], extra.targets[keep])
-    extra_users = recall.user_embeddings(extra.requests.user_ids, extra.requests.history)
-    rows, items = extra.targets.nonzero()
-    rating = np.asarray(extra.targets[rows, items]).ravel()
-    offset = len(replay.requests)
-    added = Examples(
-        rows=(rows + offset).astype(np.int64),
-        items=items.astype(np.int64),
-        labels=(rating >= LIKE_THRESHOLD).astype(np.float32),
-        rated=np.ones(len(rows), dtype=bool),
-        recall=recall.pair_logits(extra_users, rows, items),
-        candidate=np.zeros(len(rows), dtype=bool),
-    )
-    merged = SliceRequests(
-        Requests(
-            np.r_[replay.requests.user_ids, extra.requests.user_ids],
-            History(
-                sp.vstack(
-                    [replay.requests.history.ratings, extra.requests.history.ratings]
-                ).tocsr(),
-                sp.vstack(
-                    [replay.requests.history.timestamps, extra.requests.history.timestamps]
-                ).tocsr(),
-            ),
-            np.r_[replay.requests.now, extra.requests.now],
-        ),
-        sp.vstack([replay.targets, extra.targets]).tocsr(),
-    )
-    return merged, np.vstack([users, extra_users]), examples.concat(added)
 
 
 def cross_fit_prerank(

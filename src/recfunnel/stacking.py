@@ -22,8 +22,8 @@ pre-rank model is trained on K-1 folds of slice requests and scores the held-out
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -286,19 +286,57 @@ def _rank_within(groups: np.ndarray, flag: np.ndarray) -> np.ndarray:
     return csum - base
 
 
-def liked_matrix(ratings: sp.csr_matrix) -> sp.csr_matrix:
-    """Binary CSR of the entries >= LIKE_THRESHOLD."""
-    out = (ratings >= LIKE_THRESHOLD).astype(np.float64)
-    out.eliminate_zeros()
-    return out
+class _RecallScores(Protocol):
+    """What `add_like_pairs` needs of the recall stage."""
+
+    def user_embeddings(self, user_ids: np.ndarray, history: History) -> np.ndarray: ...
+
+    def pair_logits(self, users: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray: ...
+
+
+def add_like_pairs(
+    replay: SliceRequests,
+    users: np.ndarray,
+    examples: Examples,
+    recall: _RecallScores,
+    early: pd.DataFrame,
+    late: pd.DataFrame,
+    item_ids: np.ndarray,
+    config: StackingConfig,
+) -> tuple[SliceRequests, np.ndarray, Examples]:
+    """More rated pairs for the rank stage's P(liked | rated) head: the slice users who were
+    not replayed, each split in two by `history_fraction`, their later ratings as pairs.
+
+    They are not candidates (pre-rank and the watch head never see them); recall never saw
+    them either, so their recall logits are out of sample too. Returns the requests, user
+    vectors (B, d) and examples with the new ones appended (their rows follow the old)."""
+    extra = slice_requests(early, late, item_ids, replace(config, replay="split"))
+    keep = np.flatnonzero(~np.isin(extra.requests.user_ids, replay.requests.user_ids))
+    extra = SliceRequests(extra.requests[keep], extra.targets[keep])
+    extra_users = recall.user_embeddings(extra.requests.user_ids, extra.requests.history)
+    rows, items = extra.targets.nonzero()
+    rating = np.asarray(extra.targets[rows, items]).ravel()
+    added = Examples(
+        rows=(rows + len(replay.requests)).astype(np.int64),
+        items=items.astype(np.int64),
+        labels=(rating >= LIKE_THRESHOLD).astype(np.float32),
+        rated=np.ones(len(rows), dtype=bool),
+        recall=recall.pair_logits(extra_users, rows, items),
+        candidate=np.zeros(len(rows), dtype=bool),
+    )
+    merged = SliceRequests(
+        replay.requests.concat(extra.requests),
+        sp.vstack([replay.targets, extra.targets]).tocsr(),
+    )
+    return merged, np.vstack([users, extra_users]), examples.concat(added)
 
 
 __all__ = [
     "Examples",
     "SliceRequests",
     "StackingConfig",
+    "add_like_pairs",
     "build_examples",
-    "liked_matrix",
     "slice_requests",
     "time_slice",
 ]
