@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from recfunnel.baselines import EASE
 from recfunnel.candidates import Requests
 from recfunnel.data.dataset import MovieLens
-from recfunnel.data.schema import ITEM, TIME
+from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, TIME
 from recfunnel.data.split import liked
 from recfunnel.features import DAY, FeatureSpace, ItemPopularity
 
@@ -68,7 +68,8 @@ class RankFeatureSpace:
         self.cf_weights = np.asarray(cf_weights, dtype=np.float32)
         self.space = FeatureSpace.fit(ml, train)
         self.max_sequence = max_sequence
-        self.likes = ItemPopularity(liked(train), self.space.items, window_days)
+        train_likes = liked(train)
+        self.likes = ItemPopularity(train_likes, self.space.items, window_days)
         self.ratings = ItemPopularity(train, self.space.items, window_days)
         n_vocab = len(self.space.items)
         first = train.groupby(ITEM)[TIME].min()
@@ -78,7 +79,7 @@ class RankFeatureSpace:
         self.column_vocab = catalogue["item"]  # catalogue column -> vocab slot
         self.column_genres = catalogue["genres"]  # (n_items, 18) float32
         self.column_year = catalogue["year"]
-        self.mean_like_rate = float(liked(train).shape[0] / len(train))
+        self.mean_like_rate = float(len(train_likes) / len(train))
 
     def requests(self, requests: Requests) -> RequestFeatures:
         """Per-request features from the requests' own history (their input, not a label)."""
@@ -92,7 +93,7 @@ class RankFeatureSpace:
         for b in range(n):  # B is at most a few thousand; each row is a short sort
             lo, hi = ratings.indptr[b], ratings.indptr[b + 1]
             cols, vals, ts = ratings.indices[lo:hi], ratings.data[lo:hi], times.data[lo:hi]
-            like = vals >= 4
+            like = vals >= LIKE_THRESHOLD
             cols, ts = cols[like], ts[like]
             n_liked[b] = len(cols)
             if len(cols):

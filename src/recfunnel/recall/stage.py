@@ -20,6 +20,7 @@ import torch
 from recfunnel.candidates import Candidates, Requests
 from recfunnel.config import config_from_json, param, save_config
 from recfunnel.data.dataset import MovieLens
+from recfunnel.data.schema import LIKE_THRESHOLD
 from recfunnel.data.split import Split, liked
 from recfunnel.errors import ConfigError, NotFittedError
 from recfunnel.evaluate import Evaluator, History, metric_cutoff, top_k
@@ -305,7 +306,9 @@ class RecallStage:
         times = history.timestamps.tocoo()
         if not (np.array_equal(ratings.row, times.row) and np.array_equal(ratings.col, times.col)):
             raise ConfigError("history ratings and timestamps must share one sparsity pattern")
-        keep = ratings.data >= 4 if cfg.history == "liked" else np.ones(ratings.nnz, bool)
+        keep = (
+            ratings.data >= LIKE_THRESHOLD if cfg.history == "liked" else np.ones(ratings.nnz, bool)
+        )
         row, col, t = ratings.row[keep], ratings.col[keep], times.data[keep]
         order = np.lexsort((col, t, row))
         row, col = row[order], col[order]
