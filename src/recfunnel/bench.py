@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ def bench_run(run_dir: str | Path, ml: MovieLens, *, repeats: int = 1) -> dict[s
     for user in warm[:20]:  # warm-up: first calls allocate and fill caches
         pipeline.recommend_for_user(int(user))
     ms = []
-    for _ in range(max(repeats, 1)):
+    for _ in range(repeats):
         for user in warm:
             t = time.perf_counter()
             pipeline.recommend_for_user(int(user))
@@ -83,6 +84,7 @@ def bench_run(run_dir: str | Path, ml: MovieLens, *, repeats: int = 1) -> dict[s
     t = time.perf_counter()
     pipeline.recommend_batch(test_users)
     batch_s = time.perf_counter() - t
+    memory = _chunked_memory(pipeline, test_users)
     return {
         "version": __version__,
         "machine": {
@@ -99,4 +101,26 @@ def bench_run(run_dir: str | Path, ml: MovieLens, *, repeats: int = 1) -> dict[s
             "users_per_second": len(test_users) / batch_s,
             "stage_seconds": dict(funnel.timings),
         },
+        "chunked_batch_memory": memory,
     }
+
+
+def _chunked_memory(pipeline: Pipeline, users: np.ndarray, times: int = 8) -> dict[str, Any]:
+    """Peak resident memory before and after streaming `times` x the test users through
+    `recommend_chunks`: with chunked batches, the peak should not grow with the count."""
+    before = _peak_rss_mb()
+    ids = np.tile(users, times)
+    t = time.perf_counter()
+    for _ in pipeline.recommend_chunks(ids):
+        pass
+    return {
+        "users": len(ids),
+        "seconds": time.perf_counter() - t,
+        "peak_rss_mb_before": before,
+        "peak_rss_mb_after": _peak_rss_mb(),
+    }
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -82,6 +82,13 @@ class Candidates:
         }
         return Candidates(items, scores)
 
+    @staticmethod
+    def concat(parts: list[Candidates]) -> Candidates:
+        """The rows of `parts` stacked in order (all of one width, with the same scores)."""
+        items = np.concatenate([p.items for p in parts])
+        names = parts[0].scores.keys()
+        return Candidates(items, {n: np.concatenate([p.scores[n] for p in parts]) for n in names})
+
     def top(self, stage: str, k: int) -> Candidates:
         """The k best of each row by `stage`'s score (ties: the earlier column first)."""
         score = np.where(self.valid, self.scores[stage], -np.inf)

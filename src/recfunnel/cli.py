@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recfunnel import __version__
+from recfunnel.atomic import Terminated, terminate_as_interrupt
 from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.report import format_table
 
@@ -114,12 +116,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from recfunnel.config import load_config
     from recfunnel.data.split import make_split
     from recfunnel.pipeline import train_funnel
-    from recfunnel.run import PipelineConfig, write_run
+    from recfunnel.run import PipelineConfig, check_out, write_run
 
     config = load_config(PipelineConfig, args.config, args.overrides)
     out = args.out or Path("runs") / time.strftime("funnel-%Y%m%d-%H%M%S")
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")
+    check_out(out, overwrite=args.overwrite)  # refuse before minutes of training, not after
     ml = _load(args)
     split = make_split(ml.ratings, config.split)
     _log(
@@ -208,6 +209,11 @@ def _evaluate_run(args: argparse.Namespace) -> int:
     from recfunnel.run import load_run, read_manifest
 
     read_manifest(args.run_dir)  # a clear error before any data is loaded
+    if args.model is not None:
+        raise ConfigError(
+            "--model picks baselines to evaluate without RUN_DIR; a run directory's report "
+            "always compares the funnel with popularity and EASE"
+        )
     if not args.ease_lambda > 0:
         raise ConfigError(f"--lambda must be > 0, got {args.ease_lambda}")
     if args.history is not None and args.stage == "funnel":
@@ -225,6 +231,10 @@ def _evaluate_run(args: argparse.Namespace) -> int:
     )
     report["title"] = f"Funnel report: {run.path.name} ({args.split})"
     report["manifest"] = run.manifest
+    if run.index_missing:
+        report.setdefault("notes", []).append(
+            "The run's index/ folder is missing: recall was served by exact search."
+        )
     report.setdefault("timing", {})["evaluate_seconds"] = time.perf_counter() - start
     text = render_markdown(report)
     # The test report sits at the top of the run directory; a valid one in its own folder,
@@ -288,6 +298,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from recfunnel.run import read_manifest
 
     read_manifest(args.run_dir)
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
     ml = _load(args)
     result = bench_run(args.run_dir, ml, repeats=args.repeats)
     out = args.out or Path(args.run_dir) / "bench.json"
@@ -305,7 +317,7 @@ def _evaluate_baselines(args: argparse.Namespace) -> int:
     from recfunnel.evaluate import Evaluator, catalogue
     from recfunnel.report import REFERENCE_COLUMNS, format_table
 
-    models = _parse_models(args.model)
+    models = _parse_models(args.model or "pop,ease")
     ks = _parse_ks(args.ks)
     if not args.ease_lambda > 0:
         raise ConfigError(f"--lambda must be > 0, got {args.ease_lambda}")
@@ -443,8 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--model",
-        default="pop,ease",
-        help="baseline(s) to evaluate, comma-separated: pop, ease (default: pop,ease)",
+        default=None,
+        help="baseline(s) to evaluate without RUN_DIR, comma-separated: pop, ease "
+        "(default: pop,ease)",
     )
     evaluate.add_argument(
         "--split",
@@ -535,10 +548,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        with terminate_as_interrupt():
+            return args.func(args)
     except RecfunnelError as error:
         print(f"recfunnel: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("recfunnel: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("recfunnel: interrupted", file=sys.stderr)
         return 130

@@ -42,6 +42,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import math
 import tomllib
 import types
 import typing
@@ -129,6 +130,8 @@ def validate_config(config: Any, *, where: str = "") -> None:
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             validate_config(value, where=_join(where, f.name))
+        else:
+            _check_finite(value, _join(where, f.name))
     hook = getattr(config, "validate", None)
     if callable(hook):
         try:
@@ -137,6 +140,16 @@ def validate_config(config: Any, *, where: str = "") -> None:
             if not where:
                 raise
             raise ConfigError(f"{where}: {e}") from e
+
+
+def _check_finite(value: Any, key: str) -> None:
+    """Every float of a config is finite: NaN slips through range checks (`lr <= 0` is
+    False for NaN), and no field means anything by infinity. Checked here, once, for all."""
+    if isinstance(value, tuple | list):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{key}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
 
 
 # --- saving --------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recfunnel.artifacts import load_array
 from recfunnel.data.dataset import MovieLens, genre_multi_hot
 from recfunnel.data.schema import AGE_BUCKETS, ITEM, N_OCCUPATIONS, TIME, USER
 
@@ -124,8 +125,8 @@ class FeatureSpace:
     @classmethod
     def load(cls, directory: Path, ml: MovieLens) -> FeatureSpace:
         return cls(
-            users=Vocab(np.load(directory / "user_vocab.npy", allow_pickle=False)),
-            items=Vocab(np.load(directory / "item_vocab.npy", allow_pickle=False)),
+            users=Vocab(load_array(directory / "user_vocab.npy", shape=(None,), kind="i")),
+            items=Vocab(load_array(directory / "item_vocab.npy", shape=(None,), kind="i")),
             user_table=ml.users.set_index(USER),
             item_table=ml.items.set_index(ITEM),
         )

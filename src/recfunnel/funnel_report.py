@@ -227,6 +227,9 @@ def render_markdown(report: dict) -> str:
     """
     stages = _stages(report)
     out = [f"# {report.get('title') or 'Funnel report'}", "", _how_to_read(report), ""]
+    notes = [str(n) for n in report.get("notes") or []]
+    if notes:
+        out += [*(f"> **Note:** {n}" for n in notes), ""]
 
     # Pairs, not a merged dict: a baseline may share a stage's name.
     baselines = [(str(n), _mapping(v)) for n, v in _mapping(report.get("baselines")).items()]

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from recfunnel.artifacts import RunFileError, load_array
 from recfunnel.candidates import Candidates, Requests
 from recfunnel.config import param
 from recfunnel.data.dataset import MovieLens
@@ -99,19 +100,26 @@ class Funnel:
         """Rebuild from `save`'s files; the causal feature tables are recomputed from `split`'s
         train part (the data checksum in the manifest guarantees it is the same data)."""
         item_ids = catalogue(ml.ratings)
+        n = len(item_ids)
         features = RankFeatureSpace(
             ml,
             split.train,
             item_ids,
-            cf_weights=np.load(directory / "rank" / "cf_weights.npy", allow_pickle=False),
+            cf_weights=load_array(directory / "rank" / "cf_weights.npy", shape=(n, n), kind="f"),
             window_days=rank_config.popularity_window_days,
             max_sequence=rank_config.max_sequence,
         )
         index_dir = directory / "index"
+        recall = RecallStage.load(directory / "recall", ml)
+        if not np.array_equal(recall.item_ids_, item_ids):
+            raise RunFileError(f"{directory / 'recall' / 'catalogue.npy'} is not this catalogue")
+        index = load_index(index_dir) if index_dir.is_dir() else None
+        if index is not None and not np.array_equal(index.item_ids_, item_ids):
+            raise RunFileError(f"{index_dir} does not index this catalogue's items")
         return cls(
             item_ids=item_ids,
-            recall=RecallStage.load(directory / "recall", ml),
-            index=load_index(index_dir) if index_dir.is_dir() else None,
+            recall=recall,
+            index=index,
             prerank=PreRankStage.load(directory / "prerank"),
             rank=RankStage.load(directory / "rank", features),
             rerank=rerank,

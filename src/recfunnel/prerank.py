@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recfunnel.artifacts import RunFileError, load_weights, read_json, require_keys
 from recfunnel.config import config_from_json, param, save_config
 from recfunnel.errors import ConfigError, NotFittedError
 from recfunnel.evaluate import metric_cutoff
@@ -200,12 +201,17 @@ class PreRankStage:
     @classmethod
     def load(cls, directory: Path) -> PreRankStage:
         stage = cls(config_from_json(PreRankConfig, directory / "config.json"))
-        state = json.loads((directory / "state.json").read_text())
+        path = directory / "state.json"
+        state = read_json(path)
+        require_keys(state, path, mean=list, std=list, dim=int)
+        n = len(stage.scalars)
+        if len(state["mean"]) != n or len(state["std"]) != n or state["dim"] <= 0:
+            raise RunFileError(f"{path}: expected {n} means and stds and a positive dim")
         stage.scalar_mean_, stage.scalar_std_ = state["mean"], state["std"]
-        stage.dim_ = int(state["dim"])
-        stage.model_ = PreRankMLP(stage.dim_, stage.config.hidden, len(stage.scalars))
-        weights = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
-        stage.model_.load_state_dict(weights)
-        stage.model_.eval()
-        stage.log_ = TrainLog.from_dict(json.loads((directory / "train_log.json").read_text()))
+        stage.dim_ = state["dim"]
+        stage.model_ = PreRankMLP(stage.dim_, stage.config.hidden, n)
+        load_weights(
+            stage.model_, directory / "model.pt", built_from=(path, directory / "config.json")
+        )
+        stage.log_ = TrainLog.read(directory / "train_log.json")
         return stage

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,9 @@ from recfunnel.pipeline import STAGES
 from recfunnel.run import Run, load_run
 
 Path_ = Literal["funnel", "cold", "popularity"]
+
+BATCH_CHUNK = 1024  # users per funnel pass in a batch: bounds the working memory
+MAX_BATCH = 100_000  # user ids one recommend_batch call returns lists for
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,19 @@ class Recommendation:
         out = asdict(self)
         out["cold"] = self.cold
         return out
+
+
+def _user_ids(values: Any) -> np.ndarray:
+    """(n,) int64 user ids from a sequence of integers; strings, floats, booleans and nested
+    lists are refused rather than converted (int("1") or int(1.7) would hide a mistake)."""
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ConfigError(f"user ids must be a flat sequence of integers, got shape {array.shape}")
+    if array.size and array.dtype.kind not in "iu":
+        raise ConfigError(
+            f"user ids must be integers, got {array.dtype} values such as {array[:3].tolist()}"
+        )
+    return array.astype(np.int64)
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -132,29 +149,69 @@ class Pipeline:
 
     def recommend_batch(
         self,
-        user_ids: np.ndarray,
+        user_ids: np.ndarray | list[int],
         *,
         topk_recall: int | None = None,
         topk_final: int | None = None,
         lambda_mmr: float | None = None,
+        chunk_size: int = BATCH_CHUNK,
     ) -> dict[str, Candidates]:
-        """Every stage's lists for many known users at once (see `Funnel.run`). Arguments left
-        None take the run's config (by default 200, 20 and 0.5)."""
+        """Every stage's lists (see `Funnel.run`) for up to MAX_BATCH known users, run
+        `chunk_size` users at a time so that working memory stays bounded. Arguments left
+        None take the run's config (by default 200, 20 and 0.5). For more users, iterate
+        over `recommend_chunks`, which never holds more than one chunk's lists."""
+        ids = _user_ids(user_ids)
+        if len(ids) > MAX_BATCH:
+            raise ConfigError(
+                f"recommend_batch takes at most {MAX_BATCH:,} user ids at once, got "
+                f"{len(ids):,}; iterate over recommend_chunks(...) for more"
+            )
+        parts = [
+            lists
+            for _, lists in self.recommend_chunks(
+                ids,
+                topk_recall=topk_recall,
+                topk_final=topk_final,
+                lambda_mmr=lambda_mmr,
+                chunk_size=chunk_size,
+            )
+        ]
+        return {stage: Candidates.concat([p[stage] for p in parts]) for stage in parts[0]}
+
+    def recommend_chunks(
+        self,
+        user_ids: np.ndarray | list[int],
+        *,
+        topk_recall: int | None = None,
+        topk_final: int | None = None,
+        lambda_mmr: float | None = None,
+        chunk_size: int = BATCH_CHUNK,
+    ) -> Iterator[tuple[np.ndarray, dict[str, Candidates]]]:
+        """(user ids (b,), every stage's lists) for consecutive chunks of `user_ids`: any
+        number of users in memory bounded by `chunk_size`, time linear in their number.
+        Every id is checked before the first chunk runs."""
         topk_recall, topk_final, lam = self._check(
             *self._defaults(topk_recall, topk_final, lambda_mmr)
         )
-        user_ids = np.asarray(user_ids, dtype=np.int64)
-        unknown = user_ids[~np.isin(user_ids, self.user_ids)]
+        chunk_size = _positive_int(chunk_size, "chunk_size")
+        ids = _user_ids(user_ids)
+        unknown = ids[~np.isin(ids, self.user_ids)]
         if unknown.size:
             raise ConfigError(f"unknown user ids (not in users.dat): {unknown[:5].tolist()}")
         keep = min(max(self.funnel.prerank.config.keep, topk_final), topk_recall)
-        return self.funnel.run(
-            self.requests(user_ids),
-            topk_recall=topk_recall,
-            keep=keep,
-            topk_final=topk_final,
-            lambda_mmr=lam,
-        )
+        # An empty batch still makes one (empty) pass, so its lists have the usual widths.
+        for start in range(0, max(len(ids), 1), chunk_size):
+            chunk = ids[start : start + chunk_size]
+            yield (
+                chunk,
+                self.funnel.run(
+                    self.requests(chunk),
+                    topk_recall=topk_recall,
+                    keep=keep,
+                    topk_final=topk_final,
+                    lambda_mmr=lam,
+                ),
+            )
 
     def recommend_for_user(
         self,
@@ -169,6 +226,10 @@ class Pipeline:
         if isinstance(user_id, bool) or not isinstance(user_id, numbers.Integral):
             raise ConfigError(f"user_id must be an integer, got {user_id!r}")
         user_id = int(user_id)
+        if user_id <= 0:
+            raise ConfigError(
+                f"user_id must be a positive id (users.dat ids start at 1), got {user_id}"
+            )
         topk_recall, topk_final, lam = self._check(
             *self._defaults(topk_recall, topk_final, lambda_mmr)
         )

@@ -12,16 +12,24 @@
 
 Every file is JSON, NPY or a torch state dict loaded with weights_only=True: no pickle.
 
-A run is built in a hidden sibling folder and renamed into place only when complete, so an
-interrupted `train` never leaves a directory that looks finished. Loading checks the manifest:
-a run made by another package version or on other data is refused, not silently mis-scored.
+A run is built in a hidden sibling folder and swapped into place only when complete, so an
+interrupted `train` never leaves a directory that looks finished, and `--overwrite` never
+deletes a folder that is not a run. The manifest lists every file with its size and SHA-256;
+loading checks them, then the version and the data: a damaged run, or one made by another
+package version or on other data, is refused with one clear line, not silently mis-scored.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno as _errno
+import fnmatch
+import functools
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from recfunnel import __version__
+from recfunnel.artifacts import RunFileError, digest_files, read_json, require_keys, verify_files
 from recfunnel.atomic import umask_mode
 from recfunnel.config import config_from_json, param, save_config, section
 from recfunnel.data.dataset import MovieLens
@@ -43,6 +52,23 @@ from recfunnel.rerank import RerankConfig
 from recfunnel.stacking import StackingConfig
 
 MANIFEST = "manifest.json"
+RUN_FORMAT = 2  # 2: the manifest lists every file with its size and SHA-256
+# Files `recfunnel evaluate` and `bench` add to a run after training (relative paths).
+GENERATED = (
+    "report.md",
+    "report.json",
+    "*.png",
+    "recall_metrics.json",
+    "bench.json",
+    "report-*/report.md",
+    "report-*/report.json",
+    "report-*/*.png",
+)
+_PARTIAL = ".partial-"  # hidden build folder of a run: .NAME.partial-XXXX
+_PARTIAL_MARKER = ".recfunnel-partial"  # inside it until the run is complete
+_OLD = ".old-"  # an old run set aside while the new one moves in: .NAME.old-XXXX/run
+
+log = logging.getLogger(__name__)
 
 # Tiny models for smoke runs on the synthetic data: the test suite and the notebook's fast mode
 # train with these overrides (a few seconds on two cores). Not a config to report numbers of.
@@ -114,17 +140,25 @@ def write_run(
     *,
     overwrite: bool = False,
 ) -> Path:
-    """Write a complete run directory at `out`, atomically (temp folder, then rename)."""
+    """Write a complete run directory at `out`, atomically.
+
+    The run is built in a hidden sibling folder, its manifest (with the size and SHA-256 of
+    every file) written last, then swapped into place: at every instant `out` holds the
+    complete old run or the complete new one. `overwrite` only ever replaces a run
+    directory (see `check_out`); stale folders of interrupted writes are removed first.
+    """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")
+    check_out(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    clean_stale(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{_PARTIAL}", dir=out.parent))
     try:
+        (tmp / _PARTIAL_MARKER).touch()
         save_config(config, tmp / "config.json")
         funnel.save(tmp)
         manifest = {
             "package": "recfunnel",
+            "format": RUN_FORMAT,
             "version": __version__,
             "data_sha256": ml.checksum,
             "split": config.split,
@@ -133,16 +167,138 @@ def write_run(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "train_seconds": report.seconds,
             "stacking_examples": report.examples,
+            "files": digest_files(tmp, skip=(_PARTIAL_MARKER,)),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        # From here on the folder is a complete run, recognised as ours by its manifest.
+        (tmp / _PARTIAL_MARKER).unlink()
         tmp.chmod(umask_mode(directory=True))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def check_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse an `--out` that training must not write to: an existing folder without
+    `overwrite`; with it, anything but a run directory that holds only files this project
+    wrote; and always the current folder, an ancestor of it, the home folder or a file."""
+    out = Path(out)
+    resolved = out.expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise ConfigError(
+            f"--out {out} is the current folder or one of its parents; "
+            "name a new folder for the run, e.g. runs/default"
+        )
+    if resolved == Path.home().resolve():
+        raise ConfigError(f"--out {out} is the home folder; name a new folder for the run")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise ConfigError(f"--out {out} exists and is not a folder; choose another --out")
+    if not overwrite:
+        raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")
+    foreign = foreign_file(out)
+    if foreign is not None:
+        raise ConfigError(
+            f"--overwrite refused: {out} {foreign}; only a run directory made by "
+            "`recfunnel train` is replaced. Choose another --out or move that folder away"
+        )
+
+
+def foreign_file(directory: Path) -> str | None:
+    """Why `directory` is not a run that may be deleted, or None when it is one: it has a
+    manifest this project wrote, and every file in it is listed there or is an output of
+    `recfunnel evaluate` / `bench`."""
+    try:
+        manifest = read_manifest(directory)
+    except RecfunnelError:
+        return "is not a recfunnel run directory (no valid manifest.json)"
+    files = manifest.get("files")
+    if manifest.get("package") != "recfunnel" or not isinstance(files, dict):
+        return "has a manifest.json that recfunnel did not write"
+    for path in sorted(directory.rglob("*")):
+        name = path.relative_to(directory).as_posix()
+        if path.is_symlink() or not (path.is_dir() or path.is_file()):
+            return f"holds {name}, which is not a plain file"
+        if path.is_file() and name != MANIFEST and name not in files and not _generated(name):
+            return f"holds {name}, which recfunnel did not write"
+    return None
+
+
+def _generated(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in GENERATED)
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Move the folder `new` to `out`, replacing the folder there, so that `out` always
+    holds one of the two whole. Linux swaps them in one step (renameat2 RENAME_EXCHANGE);
+    elsewhere the old folder is renamed aside first, leaving a short gap."""
+    if not out.exists():
+        os.rename(new, out)
+        return
+    if _exchange(new, out):
+        shutil.rmtree(new)  # `new` now holds the old run
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}{_OLD}", dir=out.parent))
+    os.rename(out, aside / "run")
+    os.rename(new, out)
+    shutil.rmtree(aside)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False when unsupported."""
+    libc = _libc()
+    renameat2 = getattr(libc, "renameat2", None) if libc is not None else None
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if result == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (_errno.ENOSYS, _errno.EINVAL, _errno.ENOTSUP):  # kernel or filesystem
+        return False
+    raise OSError(errno, f"cannot swap {a} and {b}: {os.strerror(errno)}")
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove what interrupted writes of `out` left beside it: build folders (marked as
+    ours) and set-aside or swapped-out old runs. Returns the folders removed."""
+    removed = []
+    for path in sorted(Path(out).parent.glob(f".{out.name}.*")):
+        name = path.name[len(out.name) + 1 :]
+        if not path.is_dir() or path.is_symlink():
+            continue
+        if name.startswith(_PARTIAL):
+            ours = (path / _PARTIAL_MARKER).is_file() or foreign_file(path) is None
+        elif name.startswith(_OLD):
+            inner = path / "run"
+            ours = set(os.listdir(path)) <= {"run"} and (
+                not inner.exists() or foreign_file(inner) is None
+            )
+        else:
+            continue
+        if ours:
+            shutil.rmtree(path)
+            removed.append(path)
+            log.warning("removed %s, left by an interrupted write of %s", path, out)
+        else:
+            log.warning("left %s in place: it holds files recfunnel did not write", path)
+    return removed
 
 
 @dataclass
@@ -154,24 +310,39 @@ class Run:
     manifest: dict[str, Any]
     split: Split
     funnel: Funnel
+    index_missing: bool = False  # the index/ folder was deleted: recall uses exact search
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of a run directory; a clear error when it is not one."""
-    manifest_path = Path(path) / MANIFEST
+    path = Path(path)
+    manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise RecfunnelError(
-            f"{path} is not a complete run directory (no {MANIFEST}); "
-            "create one with `recfunnel train`"
-        )
-    try:
-        return json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as error:
-        raise RecfunnelError(f"{manifest_path} is not valid JSON: {error}") from None
+        hint = "create one with `recfunnel train`"
+        if not path.exists():
+            aside = sorted(path.parent.glob(f".{path.name}{_OLD}*/run/{MANIFEST}"))
+            if aside:
+                hint = (
+                    f"an interrupted overwrite left the previous run in {aside[0].parent}; "
+                    f"move it back to {path}, or train again"
+                )
+        raise RunFileError(f"{path} is not a complete run directory (no {MANIFEST}); {hint}")
+    manifest = read_json(manifest_path)
+    require_keys(
+        manifest, manifest_path, package=str, version=str, data_sha256=str, split=str, files=dict
+    )
+    if manifest["package"] != "recfunnel":
+        raise RunFileError(f"{manifest_path} was not written by recfunnel")
+    return manifest
 
 
 def load_run(path: Path, ml: MovieLens) -> Run:
-    """Load a run made by this package version on exactly this data, or refuse."""
+    """Load a run made by this package version on exactly this data, or refuse.
+
+    Every file the manifest lists is checked (size and SHA-256) before anything is read, and
+    each reader checks its file's type and shape, so a damaged run is one clear error. A
+    run whose whole `index/` folder is gone is served with exact search, with a warning.
+    """
     path = Path(path)
     manifest = read_manifest(path)
     if manifest.get("version") != __version__:
@@ -184,9 +355,27 @@ def load_run(path: Path, ml: MovieLens) -> Run:
             f"{path} was trained on other data (sha256 {str(manifest.get('data_sha256'))[:12]}"
             f", this data {ml.checksum[:12]}); point --data-dir at the data it was trained on"
         )
+    files = manifest["files"]
+    index_missing = not (path / "index").exists() and any(f.startswith("index/") for f in files)
+    if index_missing:
+        log.warning("%s has no index/ folder: serving recall with exact search", path)
+        files = {k: v for k, v in files.items() if not k.startswith("index/")}
+    verify_files(path, files, where=str(path / MANIFEST))
     config = config_from_json(PipelineConfig, path / "config.json")
+    if config.split != manifest["split"]:
+        raise RunFileError(
+            f"{path / 'config.json'} says split {config.split!r} but {MANIFEST} says "
+            f"{manifest['split']!r}; the run was edited after training"
+        )
     split = make_split(ml.ratings, config.split)
     funnel = Funnel.load(
         path, ml, split, rank_config=config.rank, rerank=config.rerank, funnel=config.funnel
     )
-    return Run(path=path, config=config, manifest=manifest, split=split, funnel=funnel)
+    return Run(
+        path=path,
+        config=config,
+        manifest=manifest,
+        split=split,
+        funnel=funnel,
+        index_missing=index_missing,
+    )

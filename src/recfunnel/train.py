@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +22,8 @@ from torch import nn
 
 # Plain tqdm, not tqdm.auto: in a notebook without ipywidgets the auto version warns on import.
 from tqdm import tqdm
+
+from recfunnel.artifacts import read_json, require_keys
 
 
 @dataclass
@@ -47,6 +50,21 @@ class TrainLog:
         return cls(
             data["metric"], data["epochs"], data["best_epoch"], data["best_metric"], data["seconds"]
         )
+
+    @classmethod
+    def read(cls, path: Path) -> TrainLog:
+        """The log saved as JSON at `path`; a RunFileError naming it when it is damaged."""
+        data = read_json(path)
+        require_keys(
+            data,
+            path,
+            metric=str,
+            epochs=list,
+            best_epoch=int,
+            best_metric=(int, float),
+            seconds=(int, float),
+        )
+        return cls.from_dict(data)
 
 
 def fit(

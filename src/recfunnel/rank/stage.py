@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recfunnel.artifacts import RunFileError, load_weights, read_json
 from recfunnel.candidates import Candidates, Requests
 from recfunnel.config import config_from_json, param, save_config
 from recfunnel.errors import ConfigError, NotFittedError
@@ -264,10 +265,12 @@ class RankStage:
         stage = cls(config_from_json(RankConfig, directory / "config.json"))
         stage.features_ = features
         stage.model_ = stage._build_model()
-        weights = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
-        stage.model_.load_state_dict(weights)
-        stage.model_.eval()
-        stats = json.loads((directory / "dense_stats.json").read_text())
-        stage.dense_stats_ = {name: (float(m), float(s)) for name, (m, s) in stats.items()}
-        stage.log_ = TrainLog.from_dict(json.loads((directory / "train_log.json").read_text()))
+        load_weights(stage.model_, directory / "model.pt", built_from=(directory / "config.json",))
+        path = directory / "dense_stats.json"
+        stats = read_json(path)
+        try:
+            stage.dense_stats_ = {name: (float(m), float(s)) for name, (m, s) in stats.items()}
+        except (TypeError, ValueError):
+            raise RunFileError(f"{path}: expected {{name: [mean, std]}}") from None
+        stage.log_ = TrainLog.read(directory / "train_log.json")
         return stage

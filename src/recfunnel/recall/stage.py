@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recfunnel.artifacts import load_array, load_weights
 from recfunnel.candidates import Candidates, Requests
 from recfunnel.config import config_from_json, param, save_config
 from recfunnel.data.dataset import MovieLens
@@ -392,12 +393,12 @@ class RecallStage:
         """Rebuild from `save`'s files; weights load with weights_only=True (no pickle)."""
         stage = cls(config_from_json(RecallConfig, directory / "config.json"))
         stage.space_ = FeatureSpace.load(directory, ml)
-        stage.item_ids_ = np.load(directory / "catalogue.npy", allow_pickle=False)
-        stage.item_popularity_ = np.load(directory / "catalogue_popularity.npy", allow_pickle=False)
+        stage.item_ids_ = load_array(directory / "catalogue.npy", shape=(None,), kind="i")
+        stage.item_popularity_ = load_array(
+            directory / "catalogue_popularity.npy", shape=(2, len(stage.item_ids_))
+        )
         stage.model_ = stage._build_model()
-        state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
-        stage.model_.load_state_dict(state)
-        stage.model_.eval()
-        stage.log_ = TrainLog.from_dict(json.loads((directory / "train_log.json").read_text()))
+        load_weights(stage.model_, directory / "model.pt", built_from=(directory / "config.json",))
+        stage.log_ = TrainLog.read(directory / "train_log.json")
         stage._prepare_items()
         return stage
