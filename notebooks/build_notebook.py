@@ -310,8 +310,8 @@ a random split also hides the cold-start problem.
 code(
     "split-random",
     """
-from recfunnel.baselines import EASE
-from recfunnel.evaluate import Evaluator, catalogue
+from recfunnel.evaluation.baselines import EASE
+from recfunnel.evaluation.protocol import Evaluator, catalogue
 
 order = np.random.default_rng(SEED).permutation(len(ml.ratings))
 cut_train, cut_valid = int(0.8 * len(order)), int(0.9 * len(order))
@@ -398,7 +398,7 @@ import json
 
 from recfunnel.cli import main as recfunnel_cli
 
-SEED_ARGS = [f"--{stage}.seed={SEED}" for stage in ("recall", "prerank", "rank")]
+SEED_ARGS = [f"--{stage}.seed={SEED}" for stage in ("recall.two_tower", "prerank", "rank")]
 train_args = ["train", "--out", str(RUN_DIR), "--overwrite", "--no-progress"]
 status = recfunnel_cli([*train_args, *DATA_ARGS, *OVERRIDES, *SEED_ARGS])
 assert status == 0, "recfunnel train failed: see the message above"
@@ -422,7 +422,8 @@ display(
 md(
     "curves-intro",
     """
-Each stage's training log (`RUN_DIR/<stage>/train_log.json`) records the training loss and
+Each stage's training log (`RUN_DIR/<stage>/train_log.json`; for recall, its two-tower
+channel's, `RUN_DIR/recall/two_tower/train_log.json`) records the training loss and
 the valid metric it early-stops on after every epoch; the dotted line marks the epoch whose
 weights were kept.
 """,
@@ -432,7 +433,7 @@ code(
     "curves",
     """
 fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-for ax, stage in zip(axes, ("recall", "prerank", "rank"), strict=True):
+for ax, stage in zip(axes, ("recall/two_tower", "prerank", "rank"), strict=True):
     log = json.loads((RUN_DIR / stage / "train_log.json").read_text())
     epochs = [e["epoch"] for e in log["epochs"]]
     metric = log["metric"]
@@ -674,7 +675,7 @@ users the evaluation scores.
 code(
     "user-history",
     """
-from recfunnel.recommender import Pipeline
+from recfunnel.serving.recommender import Pipeline
 
 pipe = Pipeline.load(RUN_DIR, ml)
 uid = int(Evaluator(split, items).users("test", "warm").user_ids.min())
@@ -884,14 +885,14 @@ md(
 **Where to go next**
 
 - `recfunnel config` lists every setting with its default; change one on the command line,
-  e.g. `recfunnel train --recall.objective=softmax --rerank.similarity=embedding`, and
+  e.g. `recfunnel train --recall.two_tower.objective=softmax --rerank.similarity=embedding`, and
   compare the reports.
 - `recfunnel evaluate --model pop,ease` gives the baselines alone under the protocol;
   `--protocol per_user` the per-user temporal split.
 - `recfunnel recommend RUN_DIR --user 42` prints one user's list from the shell;
   `recfunnel bench RUN_DIR` times `recommend_for_user`.
 - The package's README and `shared/docs/protocol.md` describe the protocol and every stage in
-  more depth; the module docstrings (`recfunnel.stacking`, `recfunnel.pipeline`,
+  more depth; the module docstrings (`recfunnel.training.stacking`, `recfunnel.training.recipe`,
   `recfunnel.rank.model`, `recfunnel.rerank`) explain each design choice.
 """,
 )

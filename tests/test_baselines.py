@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from recfunnel.baselines import EASE, Popularity
 from recfunnel.data.split import make_split
 from recfunnel.errors import ConfigError, NotFittedError
-from recfunnel.evaluate import Evaluator, History, catalogue
+from recfunnel.evaluation.baselines import EASE, Popularity
+from recfunnel.evaluation.protocol import Evaluator, catalogue
+from recfunnel.types import History
 
 
 def frame(rows):

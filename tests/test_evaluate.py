@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from recfunnel.data.split import Split
 from recfunnel.errors import ConfigError, RecfunnelError
-from recfunnel.evaluate import Evaluator, top_k
+from recfunnel.evaluation.protocol import Evaluator, top_k
 
 
 def frame(rows):

@@ -8,8 +8,8 @@ import pytest
 
 from recfunnel.cli import main
 from recfunnel.errors import ConfigError, RecfunnelError
-from recfunnel.recommender import Pipeline
 from recfunnel.run import SMOKE_OVERRIDES, load_run
+from recfunnel.serving.recommender import Pipeline
 
 FAST = list(SMOKE_OVERRIDES)
 
@@ -31,17 +31,19 @@ def pipeline(trained, synthetic_ml):
 def test_train_writes_every_stage_without_pickle(trained):
     out, _ = trained
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["stages"] == ["recall", "prerank", "rank", "rerank"]
+    assert manifest["stages"] == ["recall", "item_to_item", "prerank", "rank", "rerank"]
     assert manifest["stacking_examples"]["requests"] > 0
     for name in (
         "config.json",
-        "recall/model.pt",
-        "index/index.json",
+        "recall/config.json",
+        "recall/two_tower/model.pt",
+        "recall/two_tower/index/index.json",
+        "item_to_item/weights.npy",
         "prerank/model.pt",
         "prerank/state.json",
         "rank/model.pt",
         "rank/dense_stats.json",
-        "rank/cf_weights.npy",
+        "rerank/config.json",
     ):
         assert (out / name).is_file(), name
     assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pickle"))

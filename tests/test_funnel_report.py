@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recfunnel.funnel_report import render_markdown, write_plots
+from recfunnel.evaluation.report import render_markdown, write_plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from recfunnel.errors import ConfigError, NotFittedError
-from recfunnel.index import (
+from recfunnel.recall.index import (
     PAD_ID,
     ExactIndex,
     HNSWIndex,

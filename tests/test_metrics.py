@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn import metrics as skm
 
-from recfunnel.metrics import (
+from recfunnel.evaluation.metrics import (
     auc,
     coverage,
     gauc,

@@ -1,33 +1,11 @@
 """The funnel's value type and the pre-rank / rank modules, on hand-sized tensors."""
 
-import numpy as np
 import pytest
 import torch
 
-from recfunnel.candidates import Candidates
-from recfunnel.prerank import PreRankMLP
+from recfunnel.prerank.model import PreRankMLP
 from recfunnel.rank.features import DENSE
 from recfunnel.rank.model import CrossNetwork, RankModel, RankSizes, TargetAttention
-
-
-def test_candidates_top_reorder_pairs_unflatten():
-    c = Candidates(
-        np.array([[7, 3, 5], [2, 9, -1]]),
-        {"recall": np.array([[3.0, 2.0, 1.0], [2.0, 1.0, np.nan]])},
-    )
-    c.scores["prerank"] = np.array([[0.1, 0.9, 0.9], [0.5, 0.7, np.nan]])
-    top = c.top("prerank", 2)
-    # Row 0: 0.9 ties between columns 1 and 2 -> the earlier column (item 3) first.
-    assert top.items.tolist() == [[3, 5], [9, 2]]
-    assert top.scores["recall"].tolist() == [[2.0, 1.0], [1.0, 2.0]]
-    rows, items = c.pairs()
-    assert rows.tolist() == [0, 0, 0, 1, 1] and items.tolist() == [7, 3, 5, 2, 9]
-    back = c.unflatten(np.arange(5.0))
-    assert back[0].tolist() == [0, 1, 2] and back[1, :2].tolist() == [3, 4]
-    assert np.isnan(back[1, 2])
-    # Asking for more than a row holds pads with -1 and NaN.
-    wide = c.top("recall", 3)
-    assert wide.items[1].tolist() == [2, 9, -1] and np.isnan(wide.scores["recall"][1, 2])
 
 
 def test_target_attention_ignores_padding_and_empty_history_pools_to_zero():

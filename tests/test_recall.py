@@ -8,14 +8,16 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from recfunnel.baselines import Popularity
 from recfunnel.data.split import make_split
 from recfunnel.errors import ConfigError, NotFittedError
-from recfunnel.evaluate import Evaluator, History, catalogue
-from recfunnel.features import FeatureSpace, ItemPopularity, Vocab, share_bucket
-from recfunnel.recall import RecallConfig, RecallStage
-from recfunnel.recall.losses import bpr_loss, sampled_softmax_loss
-from recfunnel.recall.sampling import RecallExamples, gather_ranges
+from recfunnel.evaluation.baselines import Popularity
+from recfunnel.evaluation.protocol import Evaluator, catalogue
+from recfunnel.features import FeatureSpace, ItemPopularity, Vocab, gather_ranges, share_bucket
+from recfunnel.recall.two_tower.channel import TwoTowerChannel, TwoTowerConfig
+from recfunnel.recall.two_tower.losses import bpr_loss, sampled_softmax_loss
+from recfunnel.recall.two_tower.sampling import RecallExamples
+from recfunnel.stage import FitData
+from recfunnel.types import History
 
 
 def test_vocab_maps_unknown_to_zero():
@@ -102,11 +104,11 @@ def test_bpr_by_hand():
 
 def test_config_validation():
     with pytest.raises(ConfigError):
-        RecallConfig(temperature=0).validate()
+        TwoTowerConfig(temperature=0).validate()
     with pytest.raises(ConfigError, match="valid_metric"):
-        RecallConfig(valid_metric="auc").validate()
+        TwoTowerConfig(valid_metric="auc").validate()
     with pytest.raises(NotFittedError):
-        RecallStage().item_embeddings()
+        TwoTowerChannel().item_embeddings()
 
 
 FAST = dict(
@@ -131,8 +133,8 @@ def setup(synthetic_ml):
 @pytest.mark.parametrize("objective", ["softmax", "bpr", "bce"])
 def test_each_objective_learns_beyond_popularity(setup, objective):
     ml, split, items = setup
-    stage = RecallStage(RecallConfig(objective=objective, **FAST))
-    stage.fit(ml, split, items, progress=False)
+    stage = TwoTowerChannel(TwoTowerConfig(objective=objective, **FAST))
+    stage.fit(FitData(ml, split, items, progress=False))
     ev = Evaluator(split, items, ks=(50,))
     model = ev.evaluate(stage, "valid").groups["warm"]["recall@50"]
     pop = ev.evaluate(Popularity().fit(split.train, items), "valid").groups["warm"]["recall@50"]
@@ -142,12 +144,12 @@ def test_each_objective_learns_beyond_popularity(setup, objective):
 
 def test_seeded_fit_is_reproducible_and_round_trips(setup, tmp_path):
     ml, split, items = setup
-    cfg = RecallConfig(**{**FAST, "epochs": 1})
-    a = RecallStage(cfg).fit(ml, split, items, progress=False)
-    b = RecallStage(cfg).fit(ml, split, items, progress=False)
+    cfg = TwoTowerConfig(**{**FAST, "epochs": 1})
+    a = TwoTowerChannel(cfg).fit(FitData(ml, split, items, progress=False))
+    b = TwoTowerChannel(cfg).fit(FitData(ml, split, items, progress=False))
     np.testing.assert_array_equal(a.item_embeddings(), b.item_embeddings())
     a.save(tmp_path / "recall")
-    c = RecallStage.load(tmp_path / "recall", ml)
+    c = TwoTowerChannel.load(tmp_path / "recall", FitData(ml, split, items))
     users = Evaluator(split, items, ks=(10,)).users("test", "warm")
     np.testing.assert_array_equal(
         a.score(users.user_ids, users.history), c.score(users.user_ids, users.history)
@@ -157,7 +159,8 @@ def test_seeded_fit_is_reproducible_and_round_trips(setup, tmp_path):
 
 def test_cold_users_get_feature_only_vectors(setup):
     ml, split, items = setup
-    stage = RecallStage(RecallConfig(**{**FAST, "epochs": 1})).fit(ml, split, items, progress=False)
+    config = TwoTowerConfig(**{**FAST, "epochs": 1})
+    stage = TwoTowerChannel(config).fit(FitData(ml, split, items, progress=False))
     empty = History(sp.csr_matrix((2, len(items))), sp.csr_matrix((2, len(items))))
     unknown = np.array([10**6, 10**6 + 1])  # not in the vocabulary, not in users.dat
     vectors = stage.user_embeddings(unknown, empty)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from recfunnel.baselines import EASE, Popularity
 from recfunnel.data.split import make_split
-from recfunnel.evaluate import Evaluator, catalogue
+from recfunnel.evaluation.baselines import EASE, Popularity
+from recfunnel.evaluation.protocol import Evaluator, catalogue
 
 # shared/docs/protocol.md, "Reference numbers (test, global temporal split)".
 REFERENCE = {

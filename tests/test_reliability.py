@@ -15,13 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recfunnel import recommender
 from recfunnel.artifacts import RunFileError, digest_files, verify_files
 from recfunnel.cli import main
 from recfunnel.config import load_config
 from recfunnel.errors import ConfigError, RecfunnelError
-from recfunnel.pipeline import TrainReport
-from recfunnel.recommender import Pipeline
 from recfunnel.run import (
     MANIFEST,
     SMOKE_OVERRIDES,
@@ -30,6 +27,9 @@ from recfunnel.run import (
     read_manifest,
     write_run,
 )
+from recfunnel.serving import recommender
+from recfunnel.serving.recommender import Pipeline
+from recfunnel.training.recipe import TrainReport
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +129,8 @@ class _FakeFunnel:
     def save(self, directory: Path) -> None:
         (directory / "recall").mkdir()
         (directory / "recall" / "model.pt").write_text(self.label)
+
+    stages = {"recall": None}
 
 
 class _FakeData:
@@ -265,11 +267,11 @@ def _wrong_shape(path: Path) -> None:
 
 
 DAMAGE = {
-    "truncated model.pt": ("recall/model.pt", _truncate, "not a readable state dict"),
+    "truncated model.pt": ("recall/two_tower/model.pt", _truncate, "not a readable state dict"),
     "missing model.pt": ("rank/model.pt", Path.unlink, "is missing"),
     "edited dim": ("prerank/state.json", _edit_dim, "does not fit"),
     "missing state.json": ("prerank/state.json", Path.unlink, "is missing"),
-    "cf_weights shape": ("rank/cf_weights.npy", _wrong_shape, "has shape (3, 3)"),
+    "item-to-item shape": ("item_to_item/weights.npy", _wrong_shape, "has shape (3, 3)"),
     "bad train log": ("rank/train_log.json", lambda p: p.write_text("[1, 2]"), "JSON list"),
 }
 
@@ -318,7 +320,7 @@ def test_split_edited_in_config_is_refused(trained, tmp_path, synthetic_ml):
 def test_missing_index_falls_back_to_exact_with_a_warning(trained, tmp_path, capsys, caplog):
     out, data = trained
     run = _copy(out, tmp_path / "run")
-    shutil.rmtree(run / "index")
+    shutil.rmtree(run / "recall" / "two_tower" / "index")
     assert main(["recommend", str(run), "--user", "1", "--topk-recall", "50", *data]) == 0
     assert "exact search" in caplog.text
     assert main(["evaluate", str(run), *data]) == 0
@@ -376,7 +378,9 @@ def test_non_positive_user_ids_are_errors(pipeline, user):
 # --- 7, 8. config and command-line checks ---------------------------------------------------
 
 
-@pytest.mark.parametrize("override", ["--recall.lr=nan", "--rank.lr=inf", "--prerank.lr=-inf"])
+@pytest.mark.parametrize(
+    "override", ["--recall.two_tower.lr=nan", "--rank.lr=inf", "--prerank.lr=-inf"]
+)
 def test_non_finite_floats_are_refused(override):
     with pytest.raises(ConfigError, match="finite"):
         load_config(PipelineConfig, None, [override])

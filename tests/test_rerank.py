@@ -10,7 +10,7 @@ import pytest
 
 from recfunnel.config import load_config
 from recfunnel.errors import ConfigError
-from recfunnel.metrics import ild_at_k
+from recfunnel.evaluation.metrics import ild_at_k
 from recfunnel.rerank import RerankConfig, cosine_similarity, mmr, relevance_scale
 
 # ----------------------------------------------------------------------------- reference

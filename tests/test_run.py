@@ -10,7 +10,7 @@ from recfunnel.errors import RecfunnelError
 from recfunnel.run import SMOKE_OVERRIDES, load_run
 
 # The smoke config, with a one-epoch recall and the HNSW index this file's checks read.
-FAST = [*SMOKE_OVERRIDES, "--recall.epochs=1", "--index.backend=hnsw"]
+FAST = [*SMOKE_OVERRIDES, "--recall.two_tower.epochs=1", "--index.backend=hnsw"]
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +42,10 @@ def test_train_refuses_to_overwrite_and_rejects_bad_overrides(trained, capsys):
     assert main(["train", *data, "--out", str(out), *FAST]) == 2
     assert "already exists" in capsys.readouterr().err
     new = out.parent / "other"
-    assert main(["train", *data, "--out", str(new), "--recall.objectiv=bpr"]) == 2
+    assert main(["train", *data, "--out", str(new), "--recall.two_tower.objectiv=bpr"]) == 2
     err = capsys.readouterr().err
-    assert "recall.objectiv" in err and "objective" in err and "Traceback" not in err
-    assert main(["train", *data, "--out", str(new), "--recall.lr=-1"]) == 2
+    assert "recall.two_tower.objectiv" in err and "objective" in err and "Traceback" not in err
+    assert main(["train", *data, "--out", str(new), "--recall.two_tower.lr=-1"]) == 2
     assert not new.exists()
 
 
@@ -78,9 +78,9 @@ def test_example_config_file_and_config_listing(synthetic_dir, tmp_path, capsys)
     from recfunnel.run import PipelineConfig
 
     example = Path(__file__).resolve().parents[1] / "configs" / "recall-softmax.toml"
-    config = load_config(PipelineConfig, example, ["--recall.epochs=1"])
-    assert config.recall.objective == "softmax" and config.index.backend == "exact"
-    assert config.recall.epochs == 1  # the command line wins over the file
+    config = load_config(PipelineConfig, example, ["--recall.two_tower.epochs=1"])
+    assert config.recall.two_tower.objective == "softmax" and config.index.backend == "exact"
+    assert config.recall.two_tower.epochs == 1  # the command line wins over the file
     assert main(["config"]) == 0
     listing = capsys.readouterr().out
-    assert "recall.objective" in listing and "index.backend" in listing
+    assert "recall.two_tower.objective" in listing and "index.backend" in listing

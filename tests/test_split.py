@@ -4,7 +4,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfunnel.baselines import EASE, Popularity
 from recfunnel.data.split import (
     Split,
     global_temporal_split,
@@ -12,7 +11,8 @@ from recfunnel.data.split import (
     per_user_temporal_split,
 )
 from recfunnel.errors import ConfigError
-from recfunnel.evaluate import Evaluator, catalogue
+from recfunnel.evaluation.baselines import EASE, Popularity
+from recfunnel.evaluation.protocol import Evaluator, catalogue
 
 
 def frame(rows):

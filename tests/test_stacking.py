@@ -6,13 +6,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from recfunnel.candidates import Candidates
 from recfunnel.data.split import Split
 from recfunnel.errors import ConfigError
 from recfunnel.features import DAY
-from recfunnel.pipeline import cross_fit_prerank
-from recfunnel.prerank import PairInputs, PreRankStage
-from recfunnel.stacking import StackingConfig, build_examples, slice_requests, time_slice
+from recfunnel.prerank import PreRankStage
+from recfunnel.stage import Stacked
+from recfunnel.training.recipe import cross_fit_prerank
+from recfunnel.training.stacking import StackingConfig, build_examples, slice_requests, time_slice
+from recfunnel.types import Candidates, Embeddings, History, Pairs, Requests
 
 
 def ratings(rows):
@@ -87,9 +88,9 @@ def test_build_examples_labels_candidates_and_adds_missed_rated_pairs():
     targets = sp.csr_matrix(np.array([[5, 0, 2, 0, 0, 0, 0, 4], [0, 0, 0, 0, 0, 1, 0, 0]]))
     seen = {}
 
-    def missed(rows, items):
-        seen["pairs"] = list(zip(rows.tolist(), items.tolist(), strict=True))
-        return np.full(len(rows), -9.0)
+    def missed(pairs):
+        seen["pairs"] = list(zip(pairs.rows.tolist(), pairs.items.tolist(), strict=True))
+        return pairs.with_scores("recall", np.full(len(pairs), -9.0))
 
     ex = build_examples(
         cands, targets, missed, unrated_negatives=1, rated_pairs=True, rng=np.random.default_rng(0)
@@ -108,48 +109,46 @@ def test_build_examples_labels_candidates_and_adds_missed_rated_pairs():
     assert seen["pairs"] == [(0, 7)]
     extra = ~cand
     assert ex.items[extra].tolist() == [7] and ex.labels[extra].tolist() == [1.0]
-    assert ex.recall[extra].tolist() == [-9.0] and ex.rated[extra].all()
+    recall = ex.scores["recall"]
+    assert recall[extra].tolist() == [-9.0] and ex.rated[extra].all()
     # Recall logits travel with their pairs.
-    assert ex.recall[cand][ex.items[cand] == 0].tolist() == [4.0]
+    assert recall[cand][ex.items[cand] == 0].tolist() == [4.0]
 
 
 def test_cross_fitted_logits_never_come_from_a_model_that_saw_the_request(monkeypatch):
     rng = np.random.default_rng(0)
     n_req, n_items, d = 12, 30, 4
     rows = np.repeat(np.arange(n_req), 10)
-    inputs = PairInputs(
-        rng.normal(size=(n_req, d)).astype(np.float32),
-        rng.normal(size=(n_items, d)).astype(np.float32),
+    pairs = Pairs(
         rows,
         rng.integers(0, n_items, len(rows)),
-        rng.normal(size=len(rows)),
-        rng.normal(size=len(rows)),
+        {"recall": rng.normal(size=len(rows)), "item_to_item": rng.normal(size=len(rows))},
+        Embeddings(
+            rng.normal(size=(n_req, d)).astype(np.float32),
+            rng.normal(size=(n_items, d)).astype(np.float32),
+        ),
+        labels=(rng.random(len(rows)) < 0.3).astype(np.float32),
+        rated=np.ones(len(rows), bool),
+        candidate=np.ones(len(rows), bool),
     )
-    labels = (rng.random(len(rows)) < 0.3).astype(np.float32)
+    history = History(sp.csr_matrix((n_req, n_items)), sp.csr_matrix((n_req, n_items)))
+    stacked = Stacked(Requests(np.arange(1, n_req + 1), history, np.zeros(n_req)), pairs)
     trained_on, scored = [], []
     fit, score = PreRankStage.fit, PreRankStage.score_pairs
 
-    def spy_fit(self, inputs, labels, *args, **kwargs):
-        trained_on.append(set(inputs.rows.tolist()))
-        return fit(self, inputs, labels, *args, **kwargs)
+    def spy_fit(self, data, stacked, *args, **kwargs):
+        trained_on.append(set(stacked.pairs.rows.tolist()))
+        return fit(self, data, stacked, *args, **kwargs)
 
-    def spy_score(self, inputs):
-        scored.append(set(inputs.rows.tolist()))
-        return score(self, inputs)
+    def spy_score(self, requests, pairs):
+        scored.append(set(pairs.rows.tolist()))
+        return score(self, requests, pairs)
 
     monkeypatch.setattr(PreRankStage, "fit", spy_fit)
     monkeypatch.setattr(PreRankStage, "score_pairs", spy_score)
     from recfunnel.prerank import PreRankConfig
 
-    oof = cross_fit_prerank(
-        PreRankConfig(batch_size=32),
-        inputs,
-        labels,
-        np.ones(len(rows), bool),
-        folds=3,
-        epochs=1,
-        seed=0,
-    )
+    oof = cross_fit_prerank(PreRankConfig(batch_size=32), stacked, folds=3, epochs=1, seed=0)
     assert len(trained_on) == len(scored) == 3 and np.isfinite(oof).all()
     for seen, held in zip(trained_on, scored, strict=True):
         assert seen and held and not (seen & held)
@@ -157,14 +156,11 @@ def test_cross_fitted_logits_never_come_from_a_model_that_saw_the_request(monkey
 
 
 def test_like_pairs_add_only_rated_non_candidate_pairs_of_other_users():
-    from recfunnel.stacking import Examples, add_like_pairs
+    from recfunnel.training.stacking import add_like_pairs
 
-    class Recall:  # the two methods add_like_pairs reads
-        def user_embeddings(self, ids, history):
-            return np.zeros((len(ids), 2), np.float32)
-
-        def pair_logits(self, users, rows, items):
-            return np.full(len(rows), 0.5)
+    def score(requests, pairs):  # what add_like_pairs reads of the recall stage
+        emb = Embeddings(np.zeros((len(requests), 2), np.float32), np.zeros((3, 2), np.float32))
+        return pairs.with_embeddings(emb).with_scores("recall", np.full(len(pairs), 0.5))
 
     d = DAY
     early = ratings([(1, 10, 5, 0)])
@@ -173,17 +169,21 @@ def test_like_pairs_add_only_rated_non_candidate_pairs_of_other_users():
     config = StackingConfig(history_fraction=0.5)
     replay = slice_requests(early, late, items, config)  # user 1 only
     none = np.zeros(0, np.int64)
-    empty = Examples(
-        none, none, none.astype(np.float32), none.astype(bool), none * 1.0, none.astype(bool)
+    empty = Pairs(
+        none,
+        none,
+        {"recall": none * 1.0},
+        Embeddings(np.zeros((1, 2), np.float32), np.zeros((3, 2), np.float32)),
+        labels=none.astype(np.float32),
+        rated=none.astype(bool),
+        candidate=none.astype(bool),
     )
-    merged, users, ex = add_like_pairs(
-        replay, np.zeros((1, 2), np.float32), empty, Recall(), early, late, items, config
-    )
-    assert merged.requests.user_ids.tolist() == [1, 2] and users.shape == (2, 2)
+    merged, ex = add_like_pairs(replay, empty, score, early, late, items, config)
+    assert merged.requests.user_ids.tolist() == [1, 2] and ex.embeddings.users.shape == (2, 2)
     # user 2: floor(0.5 * 3) = 1 rating of history, the two later ones become pairs (row 1).
     pairs = zip(ex.rows.tolist(), ex.items.tolist(), ex.labels.tolist(), strict=True)
     assert sorted(pairs) == [
         (1, 1, 0.0),
         (1, 2, 1.0),
     ]
-    assert ex.rated.all() and not ex.candidate.any() and (ex.recall == 0.5).all()
+    assert ex.rated.all() and not ex.candidate.any() and (ex.scores["recall"] == 0.5).all()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from recfunnel import __version__
 from recfunnel.atomic import Terminated, terminate_as_interrupt
 from recfunnel.errors import ConfigError, RecfunnelError
-from recfunnel.report import format_table
+from recfunnel.evaluation.tables import format_table
 
 if TYPE_CHECKING:  # heavy imports stay lazy so `recfunnel --help` starts fast
     from recfunnel.data import MovieLens
@@ -90,7 +90,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _parse_models(text: str) -> list[str]:
-    from recfunnel.baselines import BASELINES
+    from recfunnel.evaluation.baselines import BASELINES
 
     models = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in models if m not in BASELINES]
@@ -115,8 +115,8 @@ def _parse_ks(text: str) -> list[int]:
 def cmd_train(args: argparse.Namespace) -> int:
     from recfunnel.config import load_config
     from recfunnel.data.split import make_split
-    from recfunnel.pipeline import train_funnel
     from recfunnel.run import PipelineConfig, check_out, write_run
+    from recfunnel.training.recipe import train_funnel
 
     config = load_config(PipelineConfig, args.config, args.overrides)
     out = args.out or Path("runs") / time.strftime("funnel-%Y%m%d-%H%M%S")
@@ -129,22 +129,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         "early stopping on valid"
     )
     start = time.perf_counter()
-    funnel, report = train_funnel(
-        ml,
-        split,
-        recall_config=config.recall,
-        stacking=config.stacking,
-        prerank_config=config.prerank,
-        rank_config=config.rank,
-        rerank_config=config.rerank,
-        funnel_config=config.funnel,
-        index=config.index.build(),
-        progress=not args.no_progress,
-    )
+    funnel, report = train_funnel(ml, split, config, progress=not args.no_progress)
     for name, stage in (
-        ("recall", funnel.recall),
-        ("prerank", funnel.prerank),
-        ("rank", funnel.rank),
+        ("recall", funnel["recall"].scorer),
+        ("prerank", funnel["prerank"]),
+        ("rank", funnel["rank"]),
     ):
         log = stage.log_
         _log(
@@ -173,15 +162,16 @@ def _evaluate_recall(args: argparse.Namespace, run: Run, ml: MovieLens) -> int:
     from recfunnel.recall.report import RECALL_COLUMNS, evaluate_recall
 
     history = args.history or "known"
+    channel = run.funnel["recall"].channels["two_tower"]
     report = evaluate_recall(
-        run.funnel.recall,
-        run.funnel.index,
+        channel,
+        channel.index,
         ml,
         run.split,
         history=history,
         ease_lambda=args.ease_lambda,
     )
-    report["train"] = run.funnel.recall.log_.to_dict()
+    report["train"] = channel.log_.to_dict()
     write_atomic(run.path / "recall_metrics.json", json.dumps(report, indent=2).encode())
     if args.json:
         print(json.dumps(report, indent=2))
@@ -204,8 +194,8 @@ def _evaluate_recall(args: argparse.Namespace, run: Run, ml: MovieLens) -> int:
 
 def _evaluate_run(args: argparse.Namespace) -> int:
     from recfunnel.atomic import write_atomic
-    from recfunnel.funnel_eval import evaluate_funnel
-    from recfunnel.funnel_report import render_markdown, write_plots
+    from recfunnel.evaluation.funnel import evaluate_funnel
+    from recfunnel.evaluation.report import render_markdown, write_plots
     from recfunnel.run import load_run, read_manifest
 
     read_manifest(args.run_dir)  # a clear error before any data is loaded
@@ -253,8 +243,8 @@ def _evaluate_run(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from recfunnel.recommender import Pipeline
     from recfunnel.run import read_manifest
+    from recfunnel.serving.recommender import Pipeline
 
     read_manifest(args.run_dir)
     ml = _load(args)
@@ -294,7 +284,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from recfunnel.bench import bench_run
+    from recfunnel.evaluation.bench import bench_run
     from recfunnel.run import read_manifest
 
     read_manifest(args.run_dir)
@@ -312,10 +302,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _evaluate_baselines(args: argparse.Namespace) -> int:
-    from recfunnel.baselines import BASELINES, EASE
     from recfunnel.data.split import make_split
-    from recfunnel.evaluate import Evaluator, catalogue
-    from recfunnel.report import REFERENCE_COLUMNS, format_table
+    from recfunnel.evaluation.baselines import BASELINES, EASE
+    from recfunnel.evaluation.protocol import Evaluator, catalogue
+    from recfunnel.evaluation.tables import REFERENCE_COLUMNS, format_table
 
     models = _parse_models(args.model or "pop,ease")
     ks = _parse_ks(args.ks)

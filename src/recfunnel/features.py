@@ -19,6 +19,7 @@ import pandas as pd
 from recfunnel.artifacts import load_array
 from recfunnel.data.dataset import MovieLens, genre_multi_hot
 from recfunnel.data.schema import AGE_BUCKETS, ITEM, N_OCCUPATIONS, TIME, USER
+from recfunnel.data.split import liked
 
 # Release years are bucketed in 5-year bins from 1920 (older films share the first bin).
 YEAR_MIN, YEAR_STEP, N_YEAR_BUCKETS = 1920, 5, 17
@@ -211,3 +212,21 @@ class ItemPopularity:
         """(recent, total) share buckets (n,) int64 of the items at the given times."""
         day = self._day(times)
         return self.recent_bucket[items, day], self.total_bucket[items, day]
+
+
+def gather_ranges(values: np.ndarray, begin: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Concatenation of values[begin[i]:end[i]] over i, without a Python loop; (sum len,)."""
+    lengths = end - begin
+    total = int(lengths.sum())
+    if total == 0:
+        return values[:0]
+    starts = np.cumsum(lengths) - lengths
+    index = np.arange(total) - np.repeat(starts - begin, lengths)
+    return values[index]
+
+
+def serving_time(train: pd.DataFrame) -> int:
+    """The serving moment of models fitted on `train`: the start of the day after its last
+    liked rating (unix seconds), where every causal item table ends (`ItemPopularity.end`)."""
+    day = liked(train)[TIME].to_numpy().astype(np.int64) // DAY
+    return int((day.max() + 1) * DAY)

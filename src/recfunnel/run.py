@@ -2,12 +2,15 @@
 
     RUN_DIR/
       config.json     the resolved PipelineConfig (defaults + TOML file + overrides)
-      manifest.json   package version, data checksum, split, seed, stages, training time
-      recall/         the two-tower stage (config, vocabularies, weights, training curve)
-      index/          item embeddings and ids + index.json (rebuildable for other backends)
+      manifest.json   package version, data checksum, split, seed, stages, training time,
+                      and the size and SHA-256 of every file below
+      recall/         the recall stage's config; one folder per channel:
+        two_tower/    config, vocabularies, weights, training curve, and index/ (item
+                      embeddings and ids + index.json, rebuildable for other backends)
+      item_to_item/   the EASE weights of the item-to-item score
       prerank/        the pre-rank MLP (config, weights, input scaling, training curve)
-      rank/           the rank model (config, weights, input scaling, training curve) and the
-                      item-to-item weights it reads
+      rank/           the rank model (config, weights, input scaling, training curve)
+      rerank/         the MMR config
       report.md, report.json, *.png   written by `recfunnel evaluate RUN_DIR`
 
 Every file is JSON, NPY or a torch state dict loaded with weights_only=True: no pickle.
@@ -43,16 +46,22 @@ from recfunnel.config import config_from_json, param, save_config, section
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.split import Split, make_split
 from recfunnel.errors import ConfigError, RecfunnelError
-from recfunnel.index import ItemIndex, make_index
-from recfunnel.pipeline import Funnel, FunnelConfig, TrainReport
+from recfunnel.evaluation.protocol import catalogue
+from recfunnel.features import serving_time
+from recfunnel.funnel import Funnel, FunnelConfig
+from recfunnel.item_to_item import ItemToItemConfig
 from recfunnel.prerank import PreRankConfig
 from recfunnel.rank import RankConfig
 from recfunnel.recall import RecallConfig
+from recfunnel.recall.index import ItemIndex, make_index
 from recfunnel.rerank import RerankConfig
-from recfunnel.stacking import StackingConfig
+from recfunnel.stage import FitData
+from recfunnel.training.recipe import TrainReport
+from recfunnel.training.stacking import StackingConfig
 
 MANIFEST = "manifest.json"
-RUN_FORMAT = 2  # 2: the manifest lists every file with its size and SHA-256
+RUN_FORMAT = 3  # 2: every file listed with size and SHA-256; 3: a folder per component
+INDEX_DIR = "recall/two_tower/index"  # the ANN index; without it recall searches exactly
 # Files `recfunnel evaluate` and `bench` add to a run after training (relative paths).
 GENERATED = (
     "report.md",
@@ -73,13 +82,13 @@ log = logging.getLogger(__name__)
 # Tiny models for smoke runs on the synthetic data: the test suite and the notebook's fast mode
 # train with these overrides (a few seconds on two cores). Not a config to report numbers of.
 SMOKE_OVERRIDES: tuple[str, ...] = (
-    "--recall.epochs=2",
-    "--recall.dim=16",
-    "--recall.out_dim=16",
-    "--recall.hidden=32",
-    "--recall.batch_size=512",
-    "--recall.threads=1",
-    "--recall.valid_metric=recall@50",
+    "--recall.two_tower.epochs=2",
+    "--recall.two_tower.dim=16",
+    "--recall.two_tower.out_dim=16",
+    "--recall.two_tower.hidden=32",
+    "--recall.two_tower.batch_size=512",
+    "--recall.two_tower.threads=1",
+    "--recall.two_tower.valid_metric=recall@50",
     "--funnel.topk_recall=50",
     "--prerank.keep=30",
     "--prerank.epochs=2",
@@ -123,9 +132,10 @@ class PipelineConfig:
 
     split: Literal["global", "per_user"] = param("global", "split protocol (protocol.md)")
     funnel: FunnelConfig = section(FunnelConfig, "list sizes of the funnel")
-    recall: RecallConfig = section(RecallConfig, "two-tower recall model")
-    index: IndexConfig = section(IndexConfig, "top-K index over the recall item vectors")
+    recall: RecallConfig = section(RecallConfig, "recall channels and their merge")
+    index: IndexConfig = section(IndexConfig, "top-K index over the two-tower item vectors")
     stacking: StackingConfig = section(StackingConfig, "leakage-free data for pre-rank and rank")
+    item_to_item: ItemToItemConfig = section(ItemToItemConfig, "item-to-item (EASE) score")
     prerank: PreRankConfig = section(PreRankConfig, "pre-rank MLP")
     rank: RankConfig = section(RankConfig, "rank model (DIN + DCN-v2)")
     rerank: RerankConfig = section(RerankConfig, "MMR re-rank")
@@ -162,8 +172,8 @@ def write_run(
             "version": __version__,
             "data_sha256": ml.checksum,
             "split": config.split,
-            "seed": config.recall.seed,
-            "stages": ["recall", "prerank", "rank", "rerank"],
+            "seed": config.recall.two_tower.seed,
+            "stages": list(funnel.stages),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "train_seconds": report.seconds,
             "stacking_examples": report.examples,
@@ -350,16 +360,23 @@ def load_run(path: Path, ml: MovieLens) -> Run:
             f"{path} was made by recfunnel {manifest.get('version')}, this is {__version__}; "
             "retrain it with this version (weights and features may not match)"
         )
+    if manifest.get("format") != RUN_FORMAT:
+        raise RecfunnelError(
+            f"{path} is a run directory of format {manifest.get('format')}; this version reads "
+            f"format {RUN_FORMAT}. Train it again"
+        )
     if manifest.get("data_sha256") != ml.checksum:
         raise RecfunnelError(
             f"{path} was trained on other data (sha256 {str(manifest.get('data_sha256'))[:12]}"
             f", this data {ml.checksum[:12]}); point --data-dir at the data it was trained on"
         )
     files = manifest["files"]
-    index_missing = not (path / "index").exists() and any(f.startswith("index/") for f in files)
+    index_missing = not (path / INDEX_DIR).exists() and any(
+        f.startswith(f"{INDEX_DIR}/") for f in files
+    )
     if index_missing:
-        log.warning("%s has no index/ folder: serving recall with exact search", path)
-        files = {k: v for k, v in files.items() if not k.startswith("index/")}
+        log.warning("%s has no %s/ folder: serving recall with exact search", path, INDEX_DIR)
+        files = {k: v for k, v in files.items() if not k.startswith(f"{INDEX_DIR}/")}
     verify_files(path, files, where=str(path / MANIFEST))
     config = config_from_json(PipelineConfig, path / "config.json")
     if config.split != manifest["split"]:
@@ -368,9 +385,8 @@ def load_run(path: Path, ml: MovieLens) -> Run:
             f"{manifest['split']!r}; the run was edited after training"
         )
     split = make_split(ml.ratings, config.split)
-    funnel = Funnel.load(
-        path, ml, split, rank_config=config.rank, rerank=config.rerank, funnel=config.funnel
-    )
+    data = FitData(ml, split, catalogue(ml.ratings), progress=False)
+    funnel = Funnel.load(path, data, config.funnel, now=serving_time(split.train))
     return Run(
         path=path,
         config=config,

@@ -3,8 +3,8 @@
 Per request (user): demographics, the last `max_sequence` liked items (the behaviour sequence
 DIN attends over), the history length, the user's like rate and genre profile. Per pair:
 the item's id, genres, release-year bucket, its like shares over the last days and overall,
-its age in the catalogue and its like rate, all *as of the request's "now"*, plus how well its
-genres match the user's profile and its item-to-item (EASE) score from the user's likes.
+its age in the catalogue and its like rate, all *as of the request's "now"* (or the end of
+train, whichever is earlier), plus how well its genres match the user's profile.
 Popularity, age and like rate are read from tables of train ratings by day, so a slice example
 replayed on 20 November sees only ratings before that day, and a test request sees train as of
 its end: nothing from valid or test feeds a statistic.
@@ -16,14 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
-from recfunnel.baselines import EASE
-from recfunnel.candidates import Requests
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, TIME
 from recfunnel.data.split import liked
 from recfunnel.features import DAY, FeatureSpace, ItemPopularity
+from recfunnel.types import Requests
 
 N_AGE_BUCKETS = 12  # log2 buckets of an item's days in the catalogue: 0 = not yet rated
 DENSE = ("recall", "prerank", "cf", "affinity", "user_like_rate", "item_like_rate")
@@ -41,12 +39,6 @@ class RequestFeatures:
     like_rate: np.ndarray
     profile: np.ndarray
     now: np.ndarray
-    liked: sp.csr_matrix  # (B, n_items) the liked history, input of the item-to-item score
-
-
-def fit_cf(ratings: pd.DataFrame, item_ids: np.ndarray) -> np.ndarray:
-    """EASE item-to-item weights (n_items, n_items) float32 from the liked ratings given."""
-    return EASE().fit(ratings, item_ids).weights_.astype(np.float32)
 
 
 class RankFeatureSpace:
@@ -58,14 +50,9 @@ class RankFeatureSpace:
         train: pd.DataFrame,
         item_ids: np.ndarray,
         *,
-        cf_weights: np.ndarray,
         window_days: int = 14,
         max_sequence: int = 50,
     ) -> None:
-        # cf_weights (n_items, n_items): an item-to-item model (EASE) over catalogue columns.
-        # It is another stacked score, so it must be fitted on the early part of train, like
-        # the recall model (see `fit_cf`): slice examples then see it out of sample.
-        self.cf_weights = np.asarray(cf_weights, dtype=np.float32)
         self.space = FeatureSpace.fit(ml, train)
         self.max_sequence = max_sequence
         train_likes = liked(train)
@@ -109,26 +96,16 @@ class RankFeatureSpace:
             like_rate=like_rate.astype(np.float32),
             profile=profile,
             now=np.asarray(requests.now, dtype=np.int64),
-            liked=requests.history.liked().astype(np.float32),
         )
-
-    def cf_pairs(self, req: RequestFeatures, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Item-to-item scores (n,) of pairs: sum of cf_weights[h, item] over liked items h."""
-        liked = req.liked.tocsc()
-        history = np.flatnonzero(np.diff(liked.indptr))  # items some request liked
-        columns, inverse = np.unique(positions, return_inverse=True)
-        # Only the (liked item, candidate) block of the weights is read: for one user that is
-        # ~100 x 200 numbers instead of a pass over the 3,706 x 3,706 matrix.
-        block = self.cf_weights[np.ix_(history, columns)]
-        scores = np.asarray(liked[:, history] @ block)  # (B, n_columns)
-        return scores[rows, inverse].astype(np.float32)
 
     def pairs(
         self, req: RequestFeatures, rows: np.ndarray, positions: np.ndarray
     ) -> dict[str, np.ndarray]:
         """Item and cross features of pairs (n,): request rows, catalogue positions."""
         vocab = self.column_vocab[positions]
-        now = req.now[rows]
+        # Statistics stop at the end of train: a request made later (a test user's) reads
+        # them as of that end, where the tables stop, never extrapolated.
+        now = np.minimum(req.now[rows], self.likes.end)
         recent, total = self.likes.buckets(vocab, now)
         _, likes = self.likes.counts(vocab, now)
         _, rated = self.ratings.counts(vocab, now)

@@ -25,8 +25,8 @@ from torch import nn
 
 from recfunnel.data.schema import GENRES, N_OCCUPATIONS
 from recfunnel.features import N_SHARE_BUCKETS, N_YEAR_BUCKETS
+from recfunnel.nn import N_HISTORY_BUCKETS, history_bucket, init_embeddings, mlp
 from recfunnel.rank.features import DENSE, N_AGE_BUCKETS
-from recfunnel.recall.model import N_HISTORY_BUCKETS, history_bucket
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class TargetAttention(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.mlp = mlp([4 * dim, hidden, 1])
 
     def forward(self, keys: torch.Tensor, query: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """keys (n, L, d), query (n, d), mask (n, L) bool -> pooled interest (n, d)."""
@@ -106,17 +106,9 @@ class RankModel(nn.Module):
         n_fields = 2 + len(self.categorical) + int(use_din) + int(use_user_id)
         width = n_fields * dim + len(dense)
         self.cross = CrossNetwork(width, cross_layers)
-        layers: list[nn.Module] = []
-        for a, b in zip((width, *deep[:-1]), deep, strict=True):
-            layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(dropout)]
-        self.deep = nn.Sequential(*layers)
+        self.deep = mlp([width, *deep], dropout, last_activation=True)
         self.out = nn.Linear(width + (deep[-1] if deep else 0), heads)
-        for module in self.modules():
-            if isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=0.05)
-                if module.padding_idx is not None:
-                    with torch.no_grad():
-                        module.weight[module.padding_idx].zero_()
+        init_embeddings(self, std=0.05)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """batch: "item", "year", "recent", "total", "age", "gender", "age_group",

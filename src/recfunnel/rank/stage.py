@@ -1,26 +1,26 @@
-"""The rank stage: config, training and serving of the deep CTR model."""
+"""The rank stage: config, training and serving of the deep CTR model (`rank.model`)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from recfunnel.artifacts import RunFileError, load_weights, read_json
-from recfunnel.candidates import Candidates, Requests
-from recfunnel.config import config_from_json, param, save_config
-from recfunnel.errors import ConfigError, NotFittedError
-from recfunnel.evaluate import metric_cutoff
+from recfunnel.config import param
+from recfunnel.errors import ConfigError
+from recfunnel.evaluation.protocol import metric_cutoff
 from recfunnel.rank.features import DENSE, RankFeatureSpace, RequestFeatures
 from recfunnel.rank.model import RankModel, RankSizes
-from recfunnel.stacking import Examples
-from recfunnel.train import TrainLog, fit
+from recfunnel.stage import FitData, Scorer, Stacked, Validate, require_stacked
+from recfunnel.training.loop import TrainLog, fit
+from recfunnel.types import Candidates, Pairs, Requests
 
 
 @dataclass(frozen=True)
@@ -71,53 +71,37 @@ class RankConfig:
         return tuple(name for name in DENSE if name not in skip)
 
 
-@dataclass(frozen=True)
-class RankPairs:
-    """Pairs to score: request rows (n,), catalogue positions (n,), the earlier stages' logits
-    and the item-to-item score (n,) each."""
+class RankStage(Scorer):
+    """Train and serve the rank model. Learned attributes end with `_`.
 
-    rows: np.ndarray
-    positions: np.ndarray
-    recall: np.ndarray
-    prerank: np.ndarray
-    cf: np.ndarray
+    It scores every candidate (scores["rank"]; scores["rank.like"] is its P(liked | rated)
+    logit, the classic CTR quantity) and re-sorts the list by the ranking score.
+    """
 
-
-class RankStage:
-    """Train and serve the rank model. Learned attributes end with `_`."""
-
-    def __init__(self, config: RankConfig | None = None) -> None:
-        self.config = config or RankConfig()
+    name = "rank"
+    config_class = RankConfig
+    fitted_attribute = "model_"
 
     def fit(
-        self,
-        features: RankFeatureSpace,
-        requests: Requests,
-        examples: Examples,
-        prerank: np.ndarray,
-        cf: np.ndarray,
-        validate: Callable[[RankStage], float] | None = None,
-        *,
-        progress: bool = True,
+        self, data: FitData, stacked: Stacked | None = None, validate: Validate | None = None
     ) -> RankStage:
-        """Train on labelled `examples` of `requests`; `prerank` (n,) their cross-fitted
-        pre-rank logits, `cf` (n,) their item-to-item scores. `validate(stage)` early-stops on
-        the funnel's valid metric."""
+        """Train on the stacked examples, whose pairs carry the recall, (cross-fitted)
+        pre-rank and item-to-item scores. The causal feature tables are fitted on
+        data.split.train; `validate(stage)` early-stops on the funnel's valid metric."""
+        stacked = require_stacked(stacked, self.name)
+        requests, examples = stacked.requests, stacked.pairs
         cfg = self.config
         cfg.validate()
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
-        self.features_ = features
+        self.features_ = self._feature_space(data)
         self.model_ = self._build_model()
         if cfg.objective == "like":
             # Rated pairs that recall missed would teach "low recall logit => liked", the
             # opposite of what holds among candidates, so the one-head model sees candidates.
-            keep = examples.candidate
-            examples = examples.subset(keep)
-            prerank, cf = np.asarray(prerank)[keep], np.asarray(cf)[keep]
-        req = features.requests(requests)
-        pairs = RankPairs(examples.rows, examples.items, examples.recall, prerank, cf)
-        table = self._pair_table(req, pairs)
+            examples = examples.subset(examples.candidate)
+        req = self.features_.requests(requests)
+        table = self._pair_table(req, examples)
         # Standardise dense inputs with the training pairs' statistics (kept for serving).
         self.dense_stats_ = {
             name: (float(table[name].mean()), float(table[name].std() + 1e-6)) for name in cfg.dense
@@ -157,10 +141,20 @@ class RankStage:
             schedule="cosine",
             metric_name=cfg.valid_metric,
             steps_per_epoch=-(-len(examples) // cfg.batch_size),
-            progress=progress,
+            progress=data.progress,
             description="rank",
         )
+        self._fitted()
         return self
+
+    def _feature_space(self, data: FitData) -> RankFeatureSpace:
+        return RankFeatureSpace(
+            data.ml,
+            data.split.train,
+            data.item_ids,
+            window_days=self.config.popularity_window_days,
+            max_sequence=self.config.max_sequence,
+        )
 
     def _build_model(self) -> RankModel:
         cfg, space = self.config, self.features_.space
@@ -177,12 +171,13 @@ class RankStage:
             heads=1 if cfg.objective == "like" else 2,
         )
 
-    def _pair_table(self, req: RequestFeatures, pairs: RankPairs) -> dict[str, np.ndarray]:
-        table = self.features_.pairs(req, pairs.rows, pairs.positions)
+    def _pair_table(self, req: RequestFeatures, pairs: Pairs) -> dict[str, np.ndarray]:
+        table = self.features_.pairs(req, pairs.rows, pairs.items)
         table["rows"] = pairs.rows
-        table["recall"] = np.asarray(pairs.recall, dtype=np.float32)
-        table["prerank"] = np.asarray(pairs.prerank, dtype=np.float32)
-        table["cf"] = np.asarray(pairs.cf, dtype=np.float32)
+        # The earlier stages' scores, under the model's names for its dense inputs.
+        for name, score in (("recall", "recall"), ("prerank", "prerank"), ("cf", "item_to_item")):
+            if name in self.config.dense:
+                table[name] = np.asarray(pairs.scores[score], dtype=np.float32)
         table["user_like_rate"] = req.like_rate[pairs.rows]
         return table
 
@@ -208,69 +203,46 @@ class RankStage:
         batch["sequence"] = torch.from_numpy(req.sequence[rows])
         return batch
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise NotFittedError("RankStage is not fitted; call fit() or RankStage.load()")
-
-    def score_pairs(
-        self,
-        req: RequestFeatures,
-        pairs: RankPairs,
-        output: Literal["rank", "like"] = "rank",
-        batch_size: int = 8192,
-    ) -> np.ndarray:
-        """(n,) scores of the pairs, given the requests' features. output "rank": the ranking
-        score (a logit, or log P(rated) + log P(liked | rated) for watch_like); "like": the
-        logit of P(liked | rated), for AUC / LogLoss on rated pairs."""
-        self._check_fitted()
+    def score_pairs(self, requests: Requests, pairs: Pairs, batch_size: int = 8192) -> Pairs:
+        """scores["rank"] (n,), the ranking score (a logit, or log P(rated) + log P(liked |
+        rated) for watch_like), and scores["rank.like"] (n,), the logit of P(liked | rated)
+        for AUC / LogLoss on rated pairs."""
+        self.check_fitted()
+        req = self.features_.requests(requests)
         table = self._pair_table(req, pairs)
-        out = np.empty(len(pairs.rows), dtype=np.float64)
+        rank = np.empty(len(pairs.rows), dtype=np.float64)
+        like = np.empty(len(pairs.rows), dtype=np.float64)
         with torch.inference_mode():
-            for start in range(0, len(out), batch_size):
-                idx = np.arange(start, min(start + batch_size, len(out)))
+            for start in range(0, len(rank), batch_size):
+                idx = np.arange(start, min(start + batch_size, len(rank)))
                 logits = self.model_(self._batch(table, req, idx))
                 if self.config.objective == "like":
-                    score = logits[:, 0]
-                elif output == "like":
-                    score = logits[:, 1]
+                    rank[idx] = like[idx] = logits[:, 0].numpy()
                 else:
                     score = F.logsigmoid(logits[:, 0]) + F.logsigmoid(logits[:, 1])
-                out[idx] = score.numpy()
-        return out
+                    rank[idx], like[idx] = score.numpy(), logits[:, 1].numpy()
+        return pairs.with_scores(self.name, rank).with_scores(f"{self.name}.like", like)
 
-    def score(self, features: RequestFeatures, cands: Candidates) -> np.ndarray:
-        """(B, N) logits of the candidates (NaN on padding) of requests with these features;
-        needs the recall, prerank and cf scores."""
-        rows, positions = cands.pairs()
-        pairs = RankPairs(
-            rows,
-            positions,
-            cands.scores["recall"][cands.valid],
-            cands.scores["prerank"][cands.valid],
-            cands.scores["cf"][cands.valid],
-        )
-        return cands.unflatten(self.score_pairs(features, pairs))
+    def select(self, candidates: Candidates, **_: Any) -> Candidates:
+        """The whole list, re-sorted by the ranking score."""
+        return candidates.top(self.name, candidates.items.shape[1])
 
-    def save(self, directory: Path) -> None:
-        self._check_fitted()
-        directory.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, directory / "config.json")
+    def _save(self, directory: Path) -> None:
         torch.save(self.model_.state_dict(), directory / "model.pt")
         (directory / "dense_stats.json").write_text(json.dumps(self.dense_stats_, indent=2))
         (directory / "train_log.json").write_text(json.dumps(self.log_.to_dict(), indent=2))
 
-    @classmethod
-    def load(cls, directory: Path, features: RankFeatureSpace) -> RankStage:
-        """Rebuild from `save`'s files and the feature space refitted on the same train data."""
-        stage = cls(config_from_json(RankConfig, directory / "config.json"))
-        stage.features_ = features
-        stage.model_ = stage._build_model()
-        load_weights(stage.model_, directory / "model.pt", built_from=(directory / "config.json",))
+    def _load(self, directory: Path, data: FitData) -> None:
+        """The weights, and the feature tables refitted on the same train data."""
+        self.features_ = self._feature_space(data)
+        self.model_ = self._build_model()
+        load_weights(self.model_, directory / "model.pt", built_from=(directory / "config.json",))
         path = directory / "dense_stats.json"
         stats = read_json(path)
         try:
-            stage.dense_stats_ = {name: (float(m), float(s)) for name, (m, s) in stats.items()}
+            self.dense_stats_ = {name: (float(m), float(s)) for name, (m, s) in stats.items()}
         except (TypeError, ValueError):
             raise RunFileError(f"{path}: expected {{name: [mean, std]}}") from None
-        stage.log_ = TrainLog.read(directory / "train_log.json")
-        return stage
+        if set(self.dense_stats_) != set(self.config.dense):
+            raise RunFileError(f"{path} does not list the dense inputs {list(self.config.dense)}")
+        self.log_ = TrainLog.read(directory / "train_log.json")

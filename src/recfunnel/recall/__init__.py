@@ -1,5 +1,13 @@
-"""The recall stage: a two-tower model whose item vectors go into a top-K index."""
+"""The recall stage: channels that each retrieve from the whole catalogue, merged.
 
-from recfunnel.recall.stage import RecallConfig, RecallStage
+recall/stage.py       RecallStage and RecallConfig: run the channels, merge their lists
+recall/channel.py     what a channel is (the Channel contract)
+recall/merge.py       merging the channels' lists
+recall/two_tower/     the two-tower embedding channel (model, losses, sampling, channel)
+recall/index.py       the top-K item index (exact, FAISS HNSW and IVF) it searches
+recall/report.py      the recall stage's report (channels, baselines, ANN backends)
+"""
 
-__all__ = ["RecallConfig", "RecallStage"]
+from recfunnel.recall.stage import CHANNELS, RecallConfig, RecallStage
+
+__all__ = ["CHANNELS", "RecallConfig", "RecallStage"]

@@ -1,5 +1,5 @@
-"""Evaluation of a trained recall stage: its top-N metrics beside the baselines, and the quality
-and speed of each ANN backend against exact search."""
+"""Evaluation of the recall stage's two-tower channel: its top-N metrics beside the
+baselines, and the quality and speed of each ANN backend against exact search."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recfunnel.baselines import EASE, Popularity
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.split import Split
-from recfunnel.evaluate import Evaluator, EvalUsers, HistorySource
-from recfunnel.index import ItemIndex, make_index, recall_against_exact
-from recfunnel.recall.stage import RecallStage
+from recfunnel.evaluation.baselines import EASE, Popularity
+from recfunnel.evaluation.protocol import Evaluator, EvalUsers, HistorySource
+from recfunnel.recall.index import ItemIndex, make_index, recall_against_exact
+from recfunnel.recall.two_tower.channel import TwoTowerChannel
 
 RECALL_KS = (20, 50, 100, 200)
 RECALL_COLUMNS = (
@@ -34,7 +34,7 @@ ANN_BACKENDS: dict[str, dict[str, Any]] = {
 
 
 def index_top_k(
-    index: ItemIndex, stage: RecallStage, users: EvalUsers, k: int
+    index: ItemIndex, stage: TwoTowerChannel, users: EvalUsers, k: int
 ) -> tuple[np.ndarray, float]:
     """Top-k catalogue positions (n_users, k) from the index, known items excluded, and the
     wall time of the search itself (user vectors excluded)."""
@@ -47,7 +47,7 @@ def index_top_k(
 
 
 def evaluate_recall(
-    stage: RecallStage,
+    stage: TwoTowerChannel,
     index: ItemIndex,
     ml: MovieLens,
     split: Split,
@@ -99,7 +99,7 @@ def evaluate_recall(
     }
 
 
-def ann_report(stage: RecallStage, evaluator: Evaluator, k: int = 200) -> list[dict[str, Any]]:
+def ann_report(stage: TwoTowerChannel, evaluator: Evaluator, k: int = 200) -> list[dict[str, Any]]:
     """For each backend: build time, recall@k against exact search, and the time to retrieve
     the top-k of every test user (warm and cold) with their known items excluded."""
     embeddings = stage.item_embeddings()

@@ -1,404 +1,122 @@
-"""The recall stage: config, training, scoring, and save/load of a two-tower model.
+"""The recall stage: every configured channel retrieves, their lists are merged.
 
-`RecallStage` owns what the pure `TwoTower` module should not: the id vocabularies, the
-feature tables, the training examples and the run-directory files. It is a `Scorer`, so the
-evaluator can rank the whole catalogue with it (exact search), and it exports item vectors
-for an ANN index.
+    recall = RecallStage(RecallConfig(), index=make_index("hnsw")).fit(data)
+    cands = recall(requests, Candidates.empty(len(requests)), k=200)
+
+scores["recall"] is the score the later stages read for every candidate: the `score_by`
+channel's score (the two-tower logit by default), computed for candidates that another
+channel proposed too. Adding a channel is one module with a `Channel` class plus its config
+section here and its entry in `CHANNELS`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from recfunnel.artifacts import load_array, load_weights
-from recfunnel.candidates import Candidates, Requests
-from recfunnel.config import config_from_json, param, save_config
-from recfunnel.data.dataset import MovieLens
-from recfunnel.data.schema import LIKE_THRESHOLD
-from recfunnel.data.split import Split, liked
-from recfunnel.errors import ConfigError, NotFittedError
-from recfunnel.evaluate import Evaluator, History, metric_cutoff, top_k
-from recfunnel.features import FeatureSpace, ItemPopularity
-from recfunnel.index import ItemIndex
-from recfunnel.recall.losses import bce_loss, bpr_loss, sampled_softmax_loss
-from recfunnel.recall.model import TowerSizes, TwoTower
-from recfunnel.recall.sampling import (
-    RecallBatch,
-    RecallExamples,
-    UserBatch,
-    gather_ranges,
-    user_batch,
-)
-from recfunnel.train import TrainLog, fit
+from recfunnel.config import param, section
+from recfunnel.errors import ConfigError
+from recfunnel.recall.channel import Channel
+from recfunnel.recall.index import ItemIndex
+from recfunnel.recall.merge import merge_lists
+from recfunnel.recall.two_tower.channel import TwoTowerChannel, TwoTowerConfig
+from recfunnel.stage import FitData, Scorer, Stacked, Validate
+from recfunnel.types import Candidates, Pairs, Requests
+
+# name -> channel class; the name is also the channel's config section in RecallConfig.
+CHANNELS: dict[str, type[Channel]] = {"two_tower": TwoTowerChannel}
 
 
 @dataclass(frozen=True)
 class RecallConfig:
-    """Two-tower recall model and its training."""
+    """The recall channels and how their lists are merged."""
 
-    objective: Literal["softmax", "bpr", "bce"] = param(
-        "bce",
-        "softmax: in-batch sampled softmax with logQ correction; bpr: pairwise with random "
-        "negatives; bce: pointwise with random (and disliked) negatives",
+    channels: tuple[str, ...] = param(
+        ("two_tower",), f"channels to run, in merge priority order ({', '.join(CHANNELS)})"
     )
-    dim: int = param(64, "size of the id embeddings")
-    hidden: tuple[int, ...] = param((128,), "hidden layer sizes of each tower's MLP")
-    out_dim: int = param(64, "size of the user and item vectors")
-    use_user_id: bool = param(
-        False, "give the user tower a user-id embedding (memorises the past; off by default)"
+    score_by: str = param(
+        "two_tower", "the channel whose score of every candidate is the recall score"
     )
-    normalize: bool = param(True, "L2-normalise both towers' outputs (cosine score)")
-    temperature: float = param(0.1, "logits = score / temperature")
-    dropout: float = param(0.0, "dropout inside the tower MLPs")
-    use_popularity: bool = param(
-        True, "item tower reads causal like shares (recent window and all-time)"
-    )
-    popularity_window_days: int = param(14, "the 'recent' like-share window, in days")
-    history: Literal["liked", "rated"] = param(
-        "liked", "which earlier ratings form the user's history input"
-    )
-    max_history: int = param(
-        100, "history items pooled per user (serving: the most recent N; training: see mode)"
-    )
-    history_mode: Literal["causal", "others"] = param(
-        "others",
-        "training history of an example: causal (the user's ratings before it) or others "
-        "(a sample of the user's other train ratings, a set as in EASE; never the target)",
-    )
-    batch_negatives: int = param(
-        512, "softmax: uniformly drawn items added to the in-batch negatives (mixed sampling)"
-    )
-    pair_negatives: int = param(4, "bpr/bce: uniformly drawn negatives per positive")
-    logq: bool = param(True, "softmax: subtract log sampling probability (logQ correction)")
-    dislikes_as_negatives: bool = param(True, "bce: disliked train ratings are negatives")
-    batch_size: int = param(2048, "examples per batch")
-    epochs: int = param(3, "maximum epochs (early stopping on valid may end sooner)")
-    patience: int = param(2, "epochs without valid improvement before stopping")
-    lr: float = param(2e-3, "Adam learning rate")
-    weight_decay: float = param(0.0, "Adam weight decay")
-    lr_schedule: Literal["constant", "cosine"] = param(
-        "cosine", "learning rate: constant, or cosine decay to 0 over the epochs"
-    )
-    valid_metric: str = param("recall@200", "valid metric (warm users) for early stopping")
-    seed: int = param(0, "seed for weights, shuffling and negatives")
-    threads: int = param(2, "torch CPU threads")
+    two_tower: TwoTowerConfig = section(TwoTowerConfig, "two-tower embedding retrieval")
 
     def validate(self) -> None:
-        positive = {
-            "dim": self.dim,
-            "out_dim": self.out_dim,
-            "max_history": self.max_history,
-            "batch_size": self.batch_size,
-            "epochs": self.epochs,
-            "patience": self.patience,
-            "threads": self.threads,
-            "popularity_window_days": self.popularity_window_days,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"recall.{name} must be > 0, got {value}")
-        if self.temperature <= 0 or self.lr <= 0:
-            raise ConfigError("recall.temperature and recall.lr must be > 0")
-        if (
-            min(self.batch_negatives, self.pair_negatives) < 0
-            or not 0 <= self.dropout < 1
-            or (self.weight_decay < 0)
-        ):
+        unknown = [c for c in self.channels if c not in CHANNELS]
+        if not self.channels or unknown or len(set(self.channels)) < len(self.channels):
             raise ConfigError(
-                "recall negatives, dropout and weight_decay must be >= 0, dropout < 1"
+                f"recall.channels must name distinct channels of {', '.join(CHANNELS)}, "
+                f"got {list(self.channels)}"
             )
-        if any(h <= 0 for h in self.hidden):
-            raise ConfigError(f"recall.hidden sizes must be > 0, got {self.hidden}")
-        metric_cutoff(self.valid_metric, "recall.valid_metric")
+        if self.score_by not in self.channels:
+            raise ConfigError(f"recall.score_by {self.score_by!r} is not in recall.channels")
 
 
-class RecallStage:
-    """Train and serve the two-tower model. Learned attributes end with `_`."""
+class RecallStage(Scorer):
+    """The configured channels, fitted on the same data, merged into one list per request."""
 
-    def __init__(self, config: RecallConfig | None = None) -> None:
-        self.config = config or RecallConfig()
+    name = "recall"
+    config_class = RecallConfig
+    fitted_attribute = "config_"
 
-    # ------------------------------------------------------------------ training
+    def __init__(self, config: RecallConfig | None = None, index: ItemIndex | None = None):
+        super().__init__(config)
+        self.config.validate()
+        self.channels: dict[str, Channel] = {
+            name: _build(name, getattr(self.config, name), index) for name in self.config.channels
+        }
+
+    @property
+    def scorer(self) -> Channel:
+        return self.channels[self.config.score_by]
+
     def fit(
-        self,
-        ml: MovieLens,
-        split: Split,
-        item_ids: np.ndarray,
-        *,
-        progress: bool = True,
+        self, data: FitData, stacked: Stacked | None = None, validate: Validate | None = None
     ) -> RecallStage:
-        """Train on split.train; early-stop on the valid metric of warm valid users."""
-        cfg = self.config
-        cfg.validate()
-        torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        self.item_ids_ = np.asarray(item_ids, dtype=np.int64)
-        self.space_ = FeatureSpace.fit(ml, split.train)
-        self.popularity_ = ItemPopularity(
-            liked(split.train), self.space_.items, cfg.popularity_window_days
-        )
-        # Serving-time popularity of the catalogue: as of the end of train, for valid and test
-        # alike, so no valid or test rating feeds a feature.
-        column_vocab = self.space_.items.index(self.item_ids_)
-        now = np.full(len(column_vocab), self.popularity_.end)
-        self.item_popularity_ = np.stack(self.popularity_.buckets(column_vocab, now))
-        self.model_ = self._build_model()
-        self._prepare_items()
-
-        examples = RecallExamples(
-            split.train,
-            self.space_,
-            history_kind=cfg.history,
-            max_history=cfg.max_history,
-            with_dislikes=cfg.objective == "bce" and cfg.dislikes_as_negatives,
-            history_mode=cfg.history_mode,
-        )
-        log_prob = torch.from_numpy(np.log(np.maximum(examples.item_prob, 1e-12))).float()
-        item_table = self._vocab_item_table()
-
-        def loss(batch: RecallBatch) -> torch.Tensor:
-            return self._loss(batch, item_table, log_prob, examples.n_items)
-
-        evaluator = Evaluator(
-            split, self.item_ids_, ks=(metric_cutoff(cfg.valid_metric, "recall.valid_metric"),)
-        )
-        valid_users = evaluator.users("valid", "warm")
-
-        def validate() -> float:
-            self._item_cache = None
-            top = evaluator.rank(self, valid_users, max(evaluator.ks))
-            return evaluator.list_metrics(top, valid_users)[cfg.valid_metric]
-
-        shared = cfg.objective == "softmax"
-        negatives = cfg.batch_negatives if shared else cfg.pair_negatives
-        self.log_: TrainLog = fit(
-            self.model_,
-            lambda epoch: examples.batches(cfg.batch_size, rng, negatives, shared),
-            loss,
-            validate,
-            epochs=cfg.epochs,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            patience=cfg.patience,
-            schedule=cfg.lr_schedule,
-            metric_name=cfg.valid_metric,
-            steps_per_epoch=examples.n_batches(cfg.batch_size),
-            progress=progress,
-            description=f"recall ({cfg.objective})",
-        )
-        self._item_cache = None
+        for channel in self.channels.values():
+            channel.fit(data)
+        self._fitted()
         return self
 
-    def _build_model(self) -> TwoTower:
-        cfg = self.config
-        return TwoTower(
-            TowerSizes(n_users=len(self.space_.users), n_items=len(self.space_.items)),
-            dim=cfg.dim,
-            hidden=cfg.hidden,
-            out_dim=cfg.out_dim,
-            use_user_id=cfg.use_user_id,
-            normalize=cfg.normalize,
-            temperature=cfg.temperature,
-            dropout=cfg.dropout,
-            use_popularity=cfg.use_popularity,
-        )
+    def refresh(self, train: pd.DataFrame) -> None:
+        """Every channel's serving state as of the end of `train` (see `Channel.refresh`)."""
+        for channel in self.channels.values():
+            channel.refresh(train)
 
-    def _prepare_items(self) -> None:
-        feats = self.space_.item_features(self.item_ids_)
-        self._catalogue = {k: torch.from_numpy(v) for k, v in feats.items()}
-        self._catalogue["recent"] = torch.from_numpy(self.item_popularity_[0])
-        self._catalogue["total"] = torch.from_numpy(self.item_popularity_[1])
-        # Catalogue column -> vocab index, to read history given over catalogue columns.
-        self._column_vocab = feats["item"]
-        self._item_cache: torch.Tensor | None = None
-
-    def _vocab_item_table(self) -> dict[str, torch.Tensor]:
-        """Item-tower inputs for every vocab slot (slot 0, unknown, all zeros)."""
-        feats = self.space_.item_features(self.space_.items.ids)
-        genres = np.zeros((len(self.space_.items), feats["genres"].shape[1]), np.float32)
-        genres[1:] = feats["genres"]
-        year = np.zeros(len(self.space_.items), np.int64)
-        year[1:] = feats["year"]
-        return {"genres": torch.from_numpy(genres), "year": torch.from_numpy(year)}
-
-    def _loss(
-        self,
-        batch: RecallBatch,
-        table: dict[str, torch.Tensor],
-        log_prob: torch.Tensor,
-        n_items: int,
-    ) -> torch.Tensor:
-        cfg, model = self.config, self.model_
-
-        def items(index: torch.Tensor, times: np.ndarray) -> torch.Tensor:
-            """Item vectors (*index.shape, d); popularity as of `times` (broadcast to index)."""
-            flat = index.reshape(-1)
-            at = np.broadcast_to(times, tuple(index.shape)).reshape(-1)
-            recent, total = self.popularity_.buckets(flat.numpy(), at)
-            vectors = model.item_vectors(
-                flat,
-                table["genres"][flat],
-                table["year"][flat],
-                torch.from_numpy(recent),
-                torch.from_numpy(total),
-            )
-            return vectors.reshape(*index.shape, -1)
-
-        users = model.user_vectors(*batch.users.as_args())
-        positives = items(batch.items, batch.times)
-        if cfg.objective == "softmax":
-            batch_size = len(batch.items)
-            # Expected draws of item j into the batch: B * p_j (in-batch), R / N (uniform).
-            log_q = (
-                log_prob[batch.items] + np.log(batch_size) if cfg.logq else torch.zeros(batch_size)
-            )
-            neg, neg_log_q = None, None
-            if batch.negatives is not None:
-                r = len(batch.negatives)
-                # Shared negatives have no event of their own: borrow the batch's times.
-                neg = items(batch.negatives, np.resize(batch.times, r))
-                neg_log_q = torch.full((r,), float(np.log(r / (n_items - 1)) if cfg.logq else 0))
-            return sampled_softmax_loss(
-                users, positives, batch.items, log_q, model.temperature, neg, neg_log_q
-            )
-        if cfg.objective == "bpr":
-            if batch.negatives is None:
-                raise ConfigError("recall.objective=bpr needs recall.pair_negatives >= 1")
-            negatives = items(batch.negatives, batch.times[:, None])
-            return bpr_loss(users, positives, negatives, model.temperature)
-        logits = model.logits(users, positives) + model.bias
-        labels = batch.labels
-        if batch.negatives is not None:
-            neg = items(batch.negatives, batch.times[:, None])  # (B, n, d)
-            neg_logits = torch.einsum("bd,bnd->bn", users, neg) / model.temperature + model.bias
-            logits = torch.cat([logits, neg_logits.reshape(-1)])
-            labels = torch.cat([labels, torch.zeros(neg_logits.numel())])
-        return bce_loss(logits, labels)
-
-    # ------------------------------------------------------------------ serving
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise NotFittedError("RecallStage is not fitted; call fit() or RecallStage.load()")
-
-    def item_embeddings(self) -> np.ndarray:
-        """Vectors of the catalogue's items, (n_items, out_dim) float32, in item_ids_ order."""
-        self._check_fitted()
-        if self._item_cache is None:
-            with torch.no_grad():
-                c = self._catalogue
-                self._item_cache = self.model_.item_vectors(
-                    c["item"], c["genres"], c["year"], c["recent"], c["total"]
-                )
-        return self._item_cache.numpy()
-
-    def user_batch(self, user_ids: np.ndarray, history: History) -> UserBatch:
-        """User-tower inputs from raw ids and their history over catalogue columns: the last
-        `max_history` items (by time) of the configured kind."""
-        cfg = self.config
-        ratings = history.ratings.tocoo()
-        times = history.timestamps.tocoo()
-        if not (np.array_equal(ratings.row, times.row) and np.array_equal(ratings.col, times.col)):
-            raise ConfigError("history ratings and timestamps must share one sparsity pattern")
-        keep = (
-            ratings.data >= LIKE_THRESHOLD if cfg.history == "liked" else np.ones(ratings.nnz, bool)
-        )
-        row, col, t = ratings.row[keep], ratings.col[keep], times.data[keep]
-        order = np.lexsort((col, t, row))
-        row, col = row[order], col[order]
-        n = len(user_ids)
-        end = np.searchsorted(row, np.arange(n), side="right")
-        first = np.searchsorted(row, np.arange(n), side="left")
-        begin = np.maximum(first, end - cfg.max_history)
-        features = self.space_.user_features(np.asarray(user_ids))
-        history_items = gather_ranges(self._column_vocab[col], begin, end)
-        return user_batch(features, np.arange(n), history_items, end - begin)
-
-    def user_embeddings(self, user_ids: np.ndarray, history: History) -> np.ndarray:
-        """(n_users, out_dim) float32 user vectors."""
-        self._check_fitted()
-        with torch.no_grad():
-            return self.model_.user_vectors(*self.user_batch(user_ids, history).as_args()).numpy()
-
-    def score(self, user_ids: np.ndarray, history: History) -> np.ndarray:
-        """(n_users, n_items) exact scores over the catalogue (the evaluator's Scorer)."""
-        users = self.user_embeddings(user_ids, history)
-        return (users @ self.item_embeddings().T).astype(np.float64)
-
-    def candidates(
-        self,
-        requests: Requests,
-        k: int,
-        index: ItemIndex | None = None,
-        users: np.ndarray | None = None,
+    def __call__(
+        self, requests: Requests, candidates: Candidates | None = None, *, k: int | None = None
     ) -> Candidates:
-        """The top-k unseen items of each request, through `index` (exact search if None).
-        `users` (B, d): the requests' user vectors when the caller already has them.
+        """Merged top-k lists (B, k) of the requests; incoming candidates are not read."""
+        self.check_fitted()
+        k = k or Channel.default_k
+        lists = {name: channel(requests, k=k) for name, channel in self.channels.items()}
+        merged = merge_lists(lists, k)
+        score = merged.scores[self.config.score_by]
+        missing = merged.valid & np.isnan(score)
+        if missing.any():  # proposed by other channels only: ask the scoring channel
+            pairs = self.scorer.score_pairs(requests, merged.pairs())
+            score = merged.unflatten(pairs.scores[self.config.score_by])
+            merged = Candidates(merged.items, merged.scores, merged.channels, pairs.embeddings)
+        return merged.with_scores(self.name, score)
 
-        scores["recall"] is the model's logit, <u, v> / temperature, the scale the later
-        stages read it on.
-        """
-        if users is None:
-            users = self.user_embeddings(requests.user_ids, requests.history)
-        known = requests.history.ratings
-        if index is None:
-            items = top_k((users @ self.item_embeddings().T).astype(np.float64), known, k)
-        else:
-            ids, _ = index.search(users, k, exclude=known)
-            items = np.where(ids >= 0, np.searchsorted(self.item_ids_, ids), -1)
-        cands = Candidates(items.astype(np.int64))
-        rows, cols = cands.pairs()
-        cands.scores["recall"] = cands.unflatten(self.pair_logits(users, rows, cols))
-        return cands
+    def score_pairs(self, requests: Requests, pairs: Pairs) -> Pairs:
+        """The recall score (and embeddings) of arbitrary pairs."""
+        self.check_fitted()
+        scored = self.scorer.score_pairs(requests, pairs)
+        return scored.with_scores(self.name, scored.scores[self.config.score_by])
 
-    def pair_logits(self, users: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Logits (n,) of pairs: user vectors users[rows] (n, d) with catalogue items (n,)."""
-        vectors = self.item_embeddings()
-        dots = np.einsum("nd,nd->n", users[rows], vectors[items])
-        return dots.astype(np.float64) / self.model_.temperature
+    def _save(self, directory: Path) -> None:
+        for name, channel in self.channels.items():
+            channel.save(directory / name)
 
-    def refresh_popularity(self, train: pd.DataFrame) -> None:
-        """Recompute the catalogue's popularity inputs as of the day after `train` (a daily
-        feature refresh: the weights stay, the item vectors move with the like shares)."""
-        self._check_fitted()
-        self.popularity_ = ItemPopularity(
-            liked(train), self.space_.items, self.config.popularity_window_days
-        )
-        column_vocab = self.space_.items.index(self.item_ids_)
-        now = np.full(len(column_vocab), self.popularity_.end)
-        self.item_popularity_ = np.stack(self.popularity_.buckets(column_vocab, now))
-        self._prepare_items()
+    def _load(self, directory: Path, data: FitData) -> None:
+        self.channels = {
+            name: CHANNELS[name].load(directory / name, data) for name in self.config.channels
+        }
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, directory: Path) -> None:
-        """config.json, vocabularies, weights (state dict), training log, catalogue ids."""
-        self._check_fitted()
-        directory.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, directory / "config.json")
-        self.space_.save(directory)
-        np.save(directory / "catalogue.npy", self.item_ids_)
-        np.save(directory / "catalogue_popularity.npy", self.item_popularity_)
-        torch.save(self.model_.state_dict(), directory / "model.pt")
-        (directory / "train_log.json").write_text(json.dumps(self.log_.to_dict(), indent=2))
 
-    @classmethod
-    def load(cls, directory: Path, ml: MovieLens) -> RecallStage:
-        """Rebuild from `save`'s files; weights load with weights_only=True (no pickle)."""
-        stage = cls(config_from_json(RecallConfig, directory / "config.json"))
-        stage.space_ = FeatureSpace.load(directory, ml)
-        stage.item_ids_ = load_array(directory / "catalogue.npy", shape=(None,), kind="i")
-        stage.item_popularity_ = load_array(
-            directory / "catalogue_popularity.npy", shape=(2, len(stage.item_ids_))
-        )
-        stage.model_ = stage._build_model()
-        load_weights(stage.model_, directory / "model.pt", built_from=(directory / "config.json",))
-        stage.log_ = TrainLog.read(directory / "train_log.json")
-        stage._prepare_items()
-        return stage
+def _build(name: str, config: Any, index: ItemIndex | None) -> Channel:
+    cls = CHANNELS[name]
+    return cls(config, index=index) if cls is TwoTowerChannel else cls(config)

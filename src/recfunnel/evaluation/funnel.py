@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from recfunnel import metrics
-from recfunnel.baselines import EASE, Popularity
-from recfunnel.candidates import Candidates
 from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, RATING, USER
 from recfunnel.data.split import Split, SplitName
-from recfunnel.evaluate import Evaluator, EvalUsers
-from recfunnel.pipeline import STAGES, Funnel
+from recfunnel.evaluation import metrics
+from recfunnel.evaluation.baselines import EASE, Popularity
+from recfunnel.evaluation.protocol import Evaluator, EvalUsers
+from recfunnel.funnel import STAGES, Funnel
+from recfunnel.types import Candidates, Pairs, Requests
 
 LAMBDAS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 LIST_KEYS = ("ndcg@20", "recall@20", "precision@20", "hit_rate@20", "ild@20")
@@ -66,10 +66,9 @@ def evaluate_funnel(
     part: SplitName = "test",
     lambdas: Sequence[float] = LAMBDAS,
 ) -> dict[str, Any]:
-    """The report dict of `recfunnel.funnel_report` (its docstring gives the schema)."""
+    """The report dict of `recfunnel.evaluation.report` (its docstring gives the schema)."""
     history = "known" if part == "test" else "train"
-    keep = funnel.prerank.config.keep
-    ks = sorted({10, 20, keep, funnel.funnel.topk_recall})
+    ks = sorted({10, 20, funnel.keep, funnel.sizes.topk_recall})
     evaluator = Evaluator(
         split, funnel.item_ids, ks=ks, history=history, item_features=genres, ild_ks=(20,)
     )
@@ -81,8 +80,8 @@ def evaluate_funnel(
         "stages": {},
         "cold": {},
         "rerank": {
-            "lambda_mmr": funnel.rerank.lambda_mmr,
-            "similarity": funnel.rerank.similarity,
+            "lambda_mmr": funnel["rerank"].config.lambda_mmr,
+            "similarity": funnel["rerank"].config.similarity,
         },
     }
     for group in ("warm", "cold"):
@@ -100,23 +99,24 @@ def evaluate_funnel(
         for stage in STAGES:
             # @20 metrics read each list's first 20 columns: for recall, its own top-20.
             row = _list_row(evaluator, users, lists[stage], recall_hits)
-            # The features step serves both later stages; its time is shared out in the
-            # pipeline timings and counted once, with pre-rank.
+            # The item-to-item score is a pre-rank input: its time counts with pre-rank.
             own = funnel.timings.get(stage, 0.0)
             if stage == "prerank":
-                own += funnel.timings.get("features", 0.0)
+                own += funnel.timings.get("item_to_item", 0.0)
             row["latency_ms_per_user"] = 1000 * own / len(users.user_ids)
             rows[stage] = row
         report["stages" if group == "warm" else "cold"] = rows
         if group == "warm":
             report["timing"] = {"funnel_seconds_all_warm_users": seconds}
-            report["lambda_sweep"] = _lambda_sweep(funnel, evaluator, users, lists, lambdas)
+            report["lambda_sweep"] = _lambda_sweep(
+                funnel, evaluator, users, requests, lists, lambdas
+            )
             report["pointwise"] = _pointwise_report(funnel, split, part, users, requests)
             report["baselines"] = _baselines(split, funnel.item_ids, evaluator, users)
     report["training"] = {
-        "recall": funnel.recall.log_.to_dict(),
-        "prerank": funnel.prerank.log_.to_dict(),
-        "rank": funnel.rank.log_.to_dict(),
+        "recall": funnel["recall"].scorer.log_.to_dict(),
+        "prerank": funnel["prerank"].log_.to_dict(),
+        "rank": funnel["rank"].log_.to_dict(),
     }
     return report
 
@@ -125,12 +125,15 @@ def _lambda_sweep(
     funnel: Funnel,
     evaluator: Evaluator,
     users: EvalUsers,
+    requests: Requests,
     lists: dict[str, Candidates],
     lambdas: Sequence[float],
 ) -> list[dict[str, float]]:
     out = []
     for lam in lambdas:
-        final = funnel.rerank_list(lists["rank"], funnel.funnel.topk_final, float(lam))
+        final = funnel.run(requests, resume=("rank", lists["rank"]), lambda_mmr=float(lam))[
+            "rerank"
+        ]
         row = evaluator.list_metrics(final.items, users)
         out.append({"lambda": float(lam), **{k: row[k] for k in LIST_KEYS if k in row}})
     return out
@@ -144,7 +147,9 @@ def _pointwise_report(
     rows = np.searchsorted(users.user_ids, rated[USER].to_numpy())
     positions = np.searchsorted(funnel.item_ids, rated[ITEM].to_numpy())
     labels = (rated[RATING].to_numpy() >= LIKE_THRESHOLD).astype(np.float64)
-    logits = funnel.pair_logits(requests, rows, positions)
+    scores = funnel.score_pairs(requests, Pairs(rows.astype(np.int64), positions)).scores
+    # For rank, the logit of its P(liked | rated) head: the classic CTR quantity.
+    logits = {"recall": scores["recall"], "prerank": scores["prerank"], "rank": scores["rank.like"]}
     return {
         stage: _pointwise(labels, rows, logit, calibrated=stage == "rank")
         for stage, logit in logits.items()

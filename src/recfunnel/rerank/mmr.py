@@ -9,47 +9,14 @@ against. Everything is vectorised over a batch of users; only the k picks are a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Literal
 
 import numpy as np
 
-from recfunnel.config import param
-from recfunnel.errors import ConfigError
+__all__ = ["RELEVANCES", "cosine_similarity", "mmr", "relevance_scale"]
 
-__all__ = ["RerankConfig", "cosine_similarity", "mmr", "relevance_scale"]
-
-SIMILARITIES = ("genre", "embedding")
-RELEVANCES = ("minmax", "rank")
-
-
-@dataclass(frozen=True)
-class RerankConfig:
-    """MMR re-ranking of the ranker's top candidates."""
-
-    lambda_mmr: float = param(
-        0.5, "MMR trade-off in [0, 1]: 1 keeps the ranker's order, 0 is pure diversity"
-    )
-    similarity: Literal["genre", "embedding"] = param(
-        "genre", "cosine of genre multi-hot vectors or of recall item embeddings"
-    )
-    relevance: Literal["minmax", "rank"] = param(
-        "minmax", "how rank scores become [0, 1] relevance: per-user min-max or 1 - rank share"
-    )
-
-    def validate(self) -> None:
-        if not 0.0 <= self.lambda_mmr <= 1.0:  # also rejects nan
-            raise ConfigError(f"rerank.lambda_mmr must lie in [0, 1], got {self.lambda_mmr}")
-        if self.similarity not in SIMILARITIES:
-            raise ConfigError(
-                f"rerank.similarity must be one of {SIMILARITIES}, got {self.similarity!r}"
-            )
-        if self.relevance not in RELEVANCES:
-            raise ConfigError(
-                f"rerank.relevance must be one of {RELEVANCES}, got {self.relevance!r}"
-            )
-
+RELEVANCES = ("minmax", "rank")  # how rank scores become [0, 1] relevance
 
 # ----------------------------------------------------------------------------- inputs
 

@@ -13,7 +13,8 @@ import pandas as pd
 from recfunnel.data.schema import ITEM, USER
 from recfunnel.data.split import liked
 from recfunnel.errors import ConfigError, NotFittedError
-from recfunnel.evaluate import History, interaction_matrix
+from recfunnel.evaluation.protocol import interaction_matrix
+from recfunnel.types import History
 
 
 def _check_fitted(model: object, attribute: str) -> None:

@@ -22,8 +22,7 @@ from torch import nn
 
 from recfunnel.data.schema import GENRES, N_OCCUPATIONS
 from recfunnel.features import N_SHARE_BUCKETS, N_YEAR_BUCKETS
-
-N_HISTORY_BUCKETS = 12  # log2 buckets of the history length: 0 = empty, 11 = >= 1024
+from recfunnel.nn import N_HISTORY_BUCKETS, history_bucket, init_embeddings, mlp
 
 
 @dataclass(frozen=True)
@@ -32,21 +31,6 @@ class TowerSizes:
 
     n_users: int
     n_items: int
-
-
-def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:  # no activation after the output layer
-            layers += [nn.ReLU(), nn.Dropout(dropout)]
-    return nn.Sequential(*layers)
-
-
-def history_bucket(lengths: torch.Tensor) -> torch.Tensor:
-    """(B,) int64 lengths -> (B,) int64 buckets: 0 for none, else 1 + floor(log2(len))."""
-    buckets = torch.floor(torch.log2(lengths.clamp(min=1).float())).long() + 1
-    return torch.where(lengths > 0, buckets, 0).clamp(max=N_HISTORY_BUCKETS - 1)
 
 
 class TwoTower(nn.Module):
@@ -85,18 +69,11 @@ class TwoTower(nn.Module):
         self.total_likes = nn.Embedding(N_SHARE_BUCKETS, small) if use_popularity else None
         user_in = dim * (2 if use_user_id else 1) + 5 * small
         item_in = 2 * dim + small * (3 if use_popularity else 1)
-        self.user_mlp = _mlp([user_in, *hidden, out_dim], dropout)
-        self.item_mlp = _mlp([item_in, *hidden, out_dim], dropout)
+        self.user_mlp = mlp([user_in, *hidden, out_dim], dropout)
+        self.item_mlp = mlp([item_in, *hidden, out_dim], dropout)
         # A learned offset turns cosine / temperature into a calibrated logit for BCE.
         self.bias = nn.Parameter(torch.zeros(()))
-        # One small scale for every embedding, so no input drowns the others at the start
-        # (PyTorch's default N(0, 1) would make demographics 20x louder than item ids).
-        for module in self.modules():
-            if isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=0.1)
-                if module.padding_idx is not None:
-                    with torch.no_grad():
-                        module.weight[module.padding_idx].zero_()
+        init_embeddings(self, std=0.1)
 
     def user_vectors(
         self,

@@ -21,7 +21,7 @@ from recfunnel import __version__
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.schema import USER
 from recfunnel.data.split import liked
-from recfunnel.recommender import Pipeline
+from recfunnel.serving.recommender import Pipeline
 
 
 def _percentiles(ms: np.ndarray) -> dict[str, float]:
@@ -35,21 +35,18 @@ def _percentiles(ms: np.ndarray) -> dict[str, float]:
 
 
 def _model_latency(pipeline: Pipeline, users: np.ndarray) -> dict[str, Any]:
-    """Per user, the pre-rank model on its 200 recall candidates and the rank model on the
-    100 it keeps, inputs prepared beforehand: the models' own time, as the issue sets it."""
+    """Per user, the pre-rank stage on its 200 recall candidates and the rank stage on the
+    100 it keeps, the earlier lists computed beforehand: each stage's own call (its features,
+    its model, its cut)."""
     funnel = pipeline.funnel
     prerank_ms, rank_ms = [], []
     for i, user in enumerate(users[:300]):
         requests = pipeline.requests(np.array([user]))
-        lists = funnel.run(requests)
-        vectors = funnel.recall.user_embeddings(requests.user_ids, requests.history)
-        inputs = funnel._prerank_inputs(vectors, lists["recall"])
-        features = funnel.features.requests(requests)
-        ranked = lists["prerank"]
+        lists = funnel.run(requests, upto="prerank")
         t = time.perf_counter()
-        funnel.prerank.score_pairs(inputs)
+        funnel["prerank"](requests, lists["item_to_item"])
         t1 = time.perf_counter()
-        funnel.rank.score(features, ranked)
+        funnel["rank"](requests, lists["prerank"])
         t2 = time.perf_counter()
         if i >= 20:  # warm-up
             prerank_ms.append(1000 * (t1 - t))

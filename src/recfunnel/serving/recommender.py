@@ -21,15 +21,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from recfunnel import metrics
-from recfunnel.baselines import Popularity
-from recfunnel.candidates import Candidates, Requests
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.schema import ITEM, TIME, USER
 from recfunnel.errors import ConfigError
-from recfunnel.evaluate import History, interaction_matrix
-from recfunnel.pipeline import STAGES
+from recfunnel.evaluation import metrics
+from recfunnel.evaluation.baselines import Popularity
+from recfunnel.evaluation.protocol import interaction_matrix
+from recfunnel.funnel import STAGES
 from recfunnel.run import Run, load_run
+from recfunnel.types import Candidates, History, Requests
 
 Path_ = Literal["funnel", "cold", "popularity"]
 
@@ -102,6 +102,7 @@ class Pipeline:
         self._titles = movies["title"].astype(str).to_numpy()
         self._genre_text = movies["genres"].astype(str).to_numpy()
         self._popular = Popularity().fit(run.split.train, self.funnel.item_ids)
+        self._genres = ml.genre_matrix(self.funnel.item_ids).astype(np.float32)  # for ILD
 
     @classmethod
     def load(cls, run_dir: str | Path, ml: MovieLens | None = None) -> Pipeline:
@@ -145,7 +146,7 @@ class Pipeline:
         """Requests of known users (users.dat ids), with their known history, as of now."""
         rows = np.searchsorted(self.user_ids, user_ids)
         history = History(self._ratings[rows], self._times[rows])
-        return Requests(np.asarray(user_ids), history, np.full(len(rows), self.funnel.now))
+        return Requests.after_history(np.asarray(user_ids), history, self.funnel.now)
 
     def recommend_batch(
         self,
@@ -198,7 +199,7 @@ class Pipeline:
         unknown = ids[~np.isin(ids, self.user_ids)]
         if unknown.size:
             raise ConfigError(f"unknown user ids (not in users.dat): {unknown[:5].tolist()}")
-        keep = min(max(self.funnel.prerank.config.keep, topk_final), topk_recall)
+        keep = min(max(self.funnel.keep, topk_final), topk_recall)
         # An empty batch still makes one (empty) pass, so its lists have the usual widths.
         for start in range(0, max(len(ids), 1), chunk_size):
             chunk = ids[start : start + chunk_size]
@@ -277,7 +278,7 @@ class Pipeline:
         positions = positions[positions >= 0]
         if len(positions) < 2:
             return float("nan")
-        return float(metrics.ild_at_k(positions[None, :], self.funnel.genres)[0])
+        return float(metrics.ild_at_k(positions[None, :], self._genres)[0])
 
     def _popular_list(self, user_id: int, k: int) -> Recommendation:
         # Stable sort: equal counts go to the smaller movie id, as everywhere else.

@@ -6,6 +6,8 @@ vectors and its logit, and keeps the share of candidates the ranker can afford.
 
     x = [u | v | u * v | recall logit | item-to-item score (standardised)]  ->  MLP  ->  logit
 
+(the model is `prerank.model.PreRankMLP`; this module is its stage wrapper)
+
 u and v are the recall towers' outputs, already computed for retrieval, so scoring 200
 candidates costs one small matrix product. It learns what the dot product alone cannot, e.g.
 that the recall logit means more for some kinds of users or items than for others.
@@ -14,20 +16,23 @@ that the recall logit means more for some kinds of users or items than for other
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from recfunnel.artifacts import RunFileError, load_weights, read_json, require_keys
-from recfunnel.config import config_from_json, param, save_config
-from recfunnel.errors import ConfigError, NotFittedError
-from recfunnel.evaluate import metric_cutoff
-from recfunnel.train import TrainLog, fit
+from recfunnel.config import param
+from recfunnel.errors import ConfigError
+from recfunnel.evaluation.protocol import metric_cutoff
+from recfunnel.prerank.model import PreRankMLP
+from recfunnel.stage import FitData, Scorer, Stacked, Validate, require_stacked
+from recfunnel.training.loop import TrainLog, fit
+from recfunnel.types import Candidates, Pairs, Requests
 
 
 @dataclass(frozen=True)
@@ -54,89 +59,52 @@ class PreRankConfig:
         metric_cutoff(self.valid_metric, "prerank.valid_metric")
 
 
-class PreRankMLP(nn.Module):
-    """(user (n, d), item (n, d), scalars (n, k)) -> logits (n,)."""
+class PreRankStage(Scorer):
+    """Train and serve the pre-rank MLP. Learned attributes end with `_`.
 
-    def __init__(self, dim: int, hidden: tuple[int, ...], n_scalars: int) -> None:
-        super().__init__()
-        sizes = [3 * dim + n_scalars, *hidden, 1]
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-            layers.append(nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
-        self.mlp = nn.Sequential(*layers)
+    It reads the pairs' recall embeddings and the scores named in `scalars`; it scores every
+    candidate and keeps the best `keep`.
+    """
 
-    def forward(
-        self, user: torch.Tensor, item: torch.Tensor, scalars: torch.Tensor
-    ) -> torch.Tensor:
-        return self.mlp(torch.cat([user, item, user * item, scalars], dim=1)).squeeze(1)
-
-
-@dataclass(frozen=True)
-class PairInputs:
-    """What the pre-rank model reads for a set of pairs: the requests' user vectors (B, d),
-    the catalogue's item vectors (n_items, d), and for each pair (n,) its request row, its
-    catalogue position, its recall logit and its item-to-item score."""
-
-    users: np.ndarray
-    items: np.ndarray
-    rows: np.ndarray
-    positions: np.ndarray
-    recall: np.ndarray
-    cf: np.ndarray
-
-    def subset(self, keep: np.ndarray) -> PairInputs:
-        """The pairs selected by `keep` (bool or index array), same users and items."""
-        return PairInputs(
-            self.users,
-            self.items,
-            self.rows[keep],
-            self.positions[keep],
-            self.recall[keep],
-            self.cf[keep],
-        )
-
-
-class PreRankStage:
-    """Train and serve the pre-rank MLP. Learned attributes end with `_`."""
-
-    def __init__(self, config: PreRankConfig | None = None) -> None:
-        self.config = config or PreRankConfig()
+    name = "prerank"
+    config_class = PreRankConfig
+    fitted_attribute = "model_"
 
     @property
     def scalars(self) -> tuple[str, ...]:
-        """The scalar inputs this configuration reads, in order."""
+        """The earlier stages' scores this configuration reads, in order."""
         names = ("recall",) if self.config.use_recall_logit else ()
-        return names + (("cf",) if self.config.use_cf else ())
+        return names + (("item_to_item",) if self.config.use_cf else ())
 
     def fit(
         self,
-        inputs: PairInputs,
-        labels: np.ndarray,
-        validate: Callable[[PreRankStage], float] | None = None,
+        data: FitData | None,
+        stacked: Stacked | None = None,
+        validate: Validate | None = None,
         *,
         epochs: int | None = None,
-        progress: bool = True,
     ) -> PreRankStage:
-        """Train on labelled pairs (labels (n,) float32 in {0, 1}). `validate(stage) -> float`
-        early-stops on valid; without it the model trains for `epochs` (default
+        """Train on the stacked pairs (labels (n,) float32 in {0, 1}). `validate(stage) ->
+        float` early-stops on valid; without it the model trains for `epochs` (default
         config.epochs) and keeps the last epoch."""
+        pairs = require_stacked(stacked, self.name).pairs
+        if pairs.embeddings is None:
+            raise ConfigError("prerank reads the recall embeddings: the pairs carry none")
         cfg = self.config
         cfg.validate()
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         # Standardise the scalars with train statistics, so their scale matches the vectors'.
-        raw = self._raw_scalars(inputs)
+        raw = self._raw_scalars(pairs)
         self.scalar_mean_ = raw.mean(0).tolist()
         self.scalar_std_ = (raw.std(0) + 1e-6).tolist()
-        self.dim_ = int(inputs.users.shape[1])
+        self.dim_ = int(pairs.embeddings.users.shape[1])
         self.model_ = PreRankMLP(self.dim_, cfg.hidden, len(self.scalars))
-        user_t = torch.from_numpy(inputs.users).float()
-        item_t = torch.from_numpy(inputs.items).float()
+        user_t = torch.from_numpy(pairs.embeddings.users).float()
+        item_t = torch.from_numpy(pairs.embeddings.items).float()
         scalar_t = torch.from_numpy(self._standardise(raw))
-        rows_t, pos_t = torch.from_numpy(inputs.rows), torch.from_numpy(inputs.positions)
-        labels_t = torch.from_numpy(np.asarray(labels, dtype=np.float32))
+        rows_t, pos_t = torch.from_numpy(pairs.rows), torch.from_numpy(pairs.items)
+        labels_t = torch.from_numpy(np.asarray(pairs.labels, dtype=np.float32))
 
         def batches(epoch: int) -> Iterator[torch.Tensor]:
             order = torch.from_numpy(rng.permutation(len(labels_t)))
@@ -159,59 +127,56 @@ class PreRankStage:
             schedule="cosine",
             metric_name=cfg.valid_metric if validate is not None else "epoch",
             steps_per_epoch=-(-len(labels_t) // cfg.batch_size),
-            progress=progress,
+            progress=data.progress if data is not None else False,
             description="pre-rank",
         )
+        self._fitted()
         return self
 
-    def _raw_scalars(self, inputs: PairInputs) -> np.ndarray:
-        columns = {"recall": inputs.recall, "cf": inputs.cf}
+    def score_pairs(self, requests: Requests, pairs: Pairs) -> Pairs:
+        """scores["prerank"] (n,): the logit of each pair."""
+        self.check_fitted()
+        emb = pairs.embeddings
+        if emb is None:
+            raise ConfigError("prerank reads the recall embeddings: the pairs carry none")
+        with torch.no_grad():
+            logits = self.model_(
+                torch.from_numpy(emb.users[pairs.rows]).float(),
+                torch.from_numpy(emb.items[pairs.items]).float(),
+                torch.from_numpy(self._standardise(self._raw_scalars(pairs))),
+            )
+        return pairs.with_scores(self.name, logits.numpy().astype(np.float64))
+
+    def select(self, candidates: Candidates, *, keep: int | None = None, **_: Any) -> Candidates:
+        """The best `keep` (default config.keep) of each list by the pre-rank logit."""
+        return candidates.top(self.name, keep or self.config.keep)
+
+    def _raw_scalars(self, pairs: Pairs) -> np.ndarray:
         if not self.scalars:
-            return np.zeros((len(inputs.rows), 0))
-        return np.stack([np.asarray(columns[name], np.float64) for name in self.scalars], 1)
+            return np.zeros((len(pairs.rows), 0))
+        return np.stack([np.asarray(pairs.scores[name], np.float64) for name in self.scalars], 1)
 
     def _standardise(self, raw: np.ndarray) -> np.ndarray:
         mean, std = np.asarray(self.scalar_mean_), np.asarray(self.scalar_std_)
         return ((raw - mean) / std).astype(np.float32)
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise NotFittedError("PreRankStage is not fitted; call fit() or PreRankStage.load()")
-
-    def score_pairs(self, inputs: PairInputs) -> np.ndarray:
-        """Logits (n,) of the pairs."""
-        self._check_fitted()
-        with torch.no_grad():
-            logits = self.model_(
-                torch.from_numpy(inputs.users[inputs.rows]).float(),
-                torch.from_numpy(inputs.items[inputs.positions]).float(),
-                torch.from_numpy(self._standardise(self._raw_scalars(inputs))),
-            )
-        return logits.numpy().astype(np.float64)
-
-    def save(self, directory: Path) -> None:
-        self._check_fitted()
-        directory.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, directory / "config.json")
+    def _save(self, directory: Path) -> None:
         torch.save(self.model_.state_dict(), directory / "model.pt")
         state = {"mean": self.scalar_mean_, "std": self.scalar_std_, "dim": self.dim_}
         (directory / "state.json").write_text(json.dumps(state, indent=2))
         (directory / "train_log.json").write_text(json.dumps(self.log_.to_dict(), indent=2))
 
-    @classmethod
-    def load(cls, directory: Path) -> PreRankStage:
-        stage = cls(config_from_json(PreRankConfig, directory / "config.json"))
+    def _load(self, directory: Path, data: FitData) -> None:
         path = directory / "state.json"
         state = read_json(path)
         require_keys(state, path, mean=list, std=list, dim=int)
-        n = len(stage.scalars)
+        n = len(self.scalars)
         if len(state["mean"]) != n or len(state["std"]) != n or state["dim"] <= 0:
             raise RunFileError(f"{path}: expected {n} means and stds and a positive dim")
-        stage.scalar_mean_, stage.scalar_std_ = state["mean"], state["std"]
-        stage.dim_ = state["dim"]
-        stage.model_ = PreRankMLP(stage.dim_, stage.config.hidden, n)
+        self.scalar_mean_, self.scalar_std_ = state["mean"], state["std"]
+        self.dim_ = state["dim"]
+        self.model_ = PreRankMLP(self.dim_, self.config.hidden, n)
         load_weights(
-            stage.model_, directory / "model.pt", built_from=(path, directory / "config.json")
+            self.model_, directory / "model.pt", built_from=(path, directory / "config.json")
         )
-        stage.log_ = TrainLog.read(directory / "train_log.json")
-        return stage
+        self.log_ = TrainLog.read(directory / "train_log.json")

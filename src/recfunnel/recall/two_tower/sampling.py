@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, RATING, TIME, USER
-from recfunnel.features import FeatureSpace
+from recfunnel.features import FeatureSpace, gather_ranges
 
 
 @dataclass(frozen=True)
@@ -42,17 +42,6 @@ class UserBatch:
             self.history,
             self.offsets,
         )
-
-
-def gather_ranges(values: np.ndarray, begin: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """Concatenation of values[begin[i]:end[i]] over i, without a Python loop; (sum len,)."""
-    lengths = end - begin
-    total = int(lengths.sum())
-    if total == 0:
-        return values[:0]
-    starts = np.cumsum(lengths) - lengths
-    index = np.arange(total) - np.repeat(starts - begin, lengths)
-    return values[index]
 
 
 def user_batch(

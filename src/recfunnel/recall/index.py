@@ -96,6 +96,11 @@ class ItemIndex(ABC):
     def params(self) -> dict[str, Any]:
         """The constructor arguments; `make_index(self.backend, **self.params)` rebuilds it."""
 
+    @property
+    def built(self) -> bool:
+        """Whether `build` (or `load_index`) has given the index its items."""
+        return hasattr(self, "embeddings_")
+
     def build(self, embeddings: np.ndarray, item_ids: np.ndarray) -> Self:
         """Index `embeddings` (n_items, d) float32 under `item_ids` (n_items,) int, unique, >= 0."""
         self.embeddings_ = _check_matrix(embeddings, "embeddings")

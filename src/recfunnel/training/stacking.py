@@ -23,20 +23,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recfunnel.candidates import Candidates, Requests
 from recfunnel.config import param
 from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, RATING, TIME, USER
 from recfunnel.data.split import Split
 from recfunnel.errors import ConfigError
-from recfunnel.evaluate import History
-from recfunnel.features import DAY
-from recfunnel.recall.sampling import gather_ranges
+from recfunnel.features import DAY, gather_ranges
+from recfunnel.types import Candidates, Embeddings, History, Pairs, Requests
 
 
 @dataclass(frozen=True)
@@ -185,60 +183,26 @@ def slice_requests(
     )
 
 
-@dataclass(frozen=True)
-class Examples:
-    """Labelled (request, item) pairs: rows (n,) into the requests, items (n,) catalogue
-    positions, labels (n,) float32 (liked), rated (n,) bool (the user rated the item at all),
-    recall (n,) the recall logit, candidate (n,) whether the recall stage proposed the item."""
-
-    rows: np.ndarray
-    items: np.ndarray
-    labels: np.ndarray
-    rated: np.ndarray
-    recall: np.ndarray
-    candidate: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def concat(self, other: Examples) -> Examples:
-        return Examples(
-            *(np.concatenate([a, b]) for a, b in zip(self._arrays(), other._arrays(), strict=True))
-        )
-
-    def _arrays(self) -> tuple[np.ndarray, ...]:
-        return (self.rows, self.items, self.labels, self.rated, self.recall, self.candidate)
-
-    def subset(self, keep: np.ndarray) -> Examples:
-        return Examples(
-            self.rows[keep],
-            self.items[keep],
-            self.labels[keep],
-            self.rated[keep],
-            self.recall[keep],
-            self.candidate[keep],
-        )
-
-
 def build_examples(
     cands: Candidates,
     targets: sp.csr_matrix,
-    missed_recall: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    missed: Callable[[Pairs], Pairs],
     *,
     unrated_negatives: int,
     rated_pairs: bool,
     rng: np.random.Generator,
-) -> Examples:
-    """Examples from recall candidates and target ratings (B users, catalogue columns).
+) -> Pairs:
+    """Labelled pairs from recall candidates and target ratings (B users, catalogue columns).
 
     A candidate the user went on to like is a positive, one they rated lower a negative, and
     up to `unrated_negatives` of the never-rated candidates per user (drawn at random) are
     negatives: what the stage must learn to push down at serving time. With `rated_pairs`,
-    target ratings that recall missed are added too (label rating >= 4), their recall logit
-    from `missed_recall(rows, items) -> (n,)`.
+    target ratings that recall missed are added too (label rating >= 4), scored by
+    `missed(pairs) -> pairs` (the recall stage's `score_pairs`). The pairs keep the
+    candidates' scores and embeddings.
     """
-    rows, items = cands.pairs()
-    recall = cands.scores["recall"][cands.valid]
+    pairs = cands.pairs()
+    rows, items = pairs.rows, pairs.items
     rating = np.asarray(targets[rows, items]).ravel()
     rated = rating > 0
     keep = rated.copy()
@@ -251,30 +215,35 @@ def build_examples(
         chosen = np.zeros(len(rows), dtype=bool)
         chosen[order] = unrated_sorted & (rank < unrated_negatives)
         keep |= chosen
-    out = Examples(
-        rows=rows[keep],
-        items=items[keep],
-        labels=(rating[keep] >= LIKE_THRESHOLD).astype(np.float32),
-        rated=rated[keep],
-        recall=recall[keep],
-        candidate=np.ones(int(keep.sum()), dtype=bool),
-    )
+    out = _labelled(pairs.subset(keep), rating[keep], candidate=True)
     if not rated_pairs:
         return out
     proposed = sp.csr_matrix(
         (np.ones(len(rows)), (rows, items)), shape=targets.shape, dtype=np.float64
     )
-    missed = sp.csr_matrix(targets - targets.multiply(proposed > 0))
-    missed.eliminate_zeros()
-    m_rows, m_items = missed.nonzero()
-    m_rating = np.asarray(missed[m_rows, m_items]).ravel()
-    return Examples(
-        rows=np.r_[out.rows, m_rows].astype(np.int64),
-        items=np.r_[out.items, m_items].astype(np.int64),
-        labels=np.r_[out.labels, (m_rating >= LIKE_THRESHOLD).astype(np.float32)],
-        rated=np.r_[out.rated, np.ones(len(m_rows), dtype=bool)],
-        recall=np.r_[out.recall, missed_recall(m_rows, m_items)],
-        candidate=np.r_[out.candidate, np.zeros(len(m_rows), dtype=bool)],
+    missed_ratings = sp.csr_matrix(targets - targets.multiply(proposed > 0))
+    missed_ratings.eliminate_zeros()
+    m_rows, m_items = missed_ratings.nonzero()
+    m_rating = np.asarray(missed_ratings[m_rows, m_items]).ravel()
+    # The candidates' embeddings are the requests' own: the missed pairs are scored with them.
+    extra = missed(
+        Pairs(m_rows.astype(np.int64), m_items.astype(np.int64), embeddings=pairs.embeddings)
+    )
+    extra = Pairs(extra.rows, extra.items, {n: extra.scores[n] for n in out.scores})
+    return out.concat(_labelled(extra, m_rating, candidate=False))
+
+
+def _labelled(pairs: Pairs, rating: np.ndarray, *, candidate: bool) -> Pairs:
+    """`pairs` with labels (rating >= 4), rated (rating > 0) and candidate flags."""
+    n = len(pairs)
+    return Pairs(
+        pairs.rows,
+        pairs.items,
+        pairs.scores,
+        pairs.embeddings,
+        labels=(rating >= LIKE_THRESHOLD).astype(np.float32),
+        rated=rating > 0,
+        candidate=np.full(n, candidate),
     )
 
 
@@ -286,53 +255,47 @@ def _rank_within(groups: np.ndarray, flag: np.ndarray) -> np.ndarray:
     return csum - base
 
 
-class _RecallScores(Protocol):
-    """What `add_like_pairs` needs of the recall stage."""
-
-    def user_embeddings(self, user_ids: np.ndarray, history: History) -> np.ndarray: ...
-
-    def pair_logits(self, users: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray: ...
-
-
 def add_like_pairs(
     replay: SliceRequests,
-    users: np.ndarray,
-    examples: Examples,
-    recall: _RecallScores,
+    examples: Pairs,
+    score: Callable[[Requests, Pairs], Pairs],
     early: pd.DataFrame,
     late: pd.DataFrame,
     item_ids: np.ndarray,
     config: StackingConfig,
-) -> tuple[SliceRequests, np.ndarray, Examples]:
+) -> tuple[SliceRequests, Pairs]:
     """More rated pairs for the rank stage's P(liked | rated) head: the slice users who were
     not replayed, each split in two by `history_fraction`, their later ratings as pairs.
 
     They are not candidates (pre-rank and the watch head never see them); recall never saw
-    them either, so their recall logits are out of sample too. Returns the requests, user
-    vectors (B, d) and examples with the new ones appended (their rows follow the old)."""
+    them either, so the scores `score(requests, pairs)` (the recall stage's) gives them are
+    out of sample too. Returns the requests and examples with the new ones appended (their
+    rows follow the old), the embeddings stacked in the same order."""
     extra = slice_requests(early, late, item_ids, replace(config, replay="split"))
     keep = np.flatnonzero(~np.isin(extra.requests.user_ids, replay.requests.user_ids))
     extra = SliceRequests(extra.requests[keep], extra.targets[keep])
-    extra_users = recall.user_embeddings(extra.requests.user_ids, extra.requests.history)
     rows, items = extra.targets.nonzero()
     rating = np.asarray(extra.targets[rows, items]).ravel()
-    added = Examples(
-        rows=(rows + len(replay.requests)).astype(np.int64),
-        items=items.astype(np.int64),
-        labels=(rating >= LIKE_THRESHOLD).astype(np.float32),
-        rated=np.ones(len(rows), dtype=bool),
-        recall=recall.pair_logits(extra_users, rows, items),
-        candidate=np.zeros(len(rows), dtype=bool),
+    scored = score(extra.requests, Pairs(rows.astype(np.int64), items.astype(np.int64)))
+    added = _labelled(
+        Pairs(
+            scored.rows + len(replay.requests),
+            scored.items,
+            {n: scored.scores[n] for n in examples.scores},
+        ),
+        rating,
+        candidate=False,
     )
     merged = SliceRequests(
         replay.requests.concat(extra.requests),
         sp.vstack([replay.targets, extra.targets]).tocsr(),
     )
-    return merged, np.vstack([users, extra_users]), examples.concat(added)
+    assert examples.embeddings is not None and scored.embeddings is not None
+    embeddings = Embeddings.stack([examples.embeddings, scored.embeddings])
+    return merged, examples.concat(added).with_embeddings(embeddings)
 
 
 __all__ = [
-    "Examples",
     "SliceRequests",
     "StackingConfig",
     "add_like_pairs",

@@ -16,37 +16,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recfunnel import metrics
-from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, RATING, TIME, USER
+from recfunnel.data.schema import ITEM, RATING, TIME, USER
 from recfunnel.data.split import Split, SplitName, liked
 from recfunnel.errors import ConfigError, RecfunnelError
+from recfunnel.evaluation import metrics
+from recfunnel.types import History
 
 HistorySource = Literal["train", "known"]
 DEFAULT_KS: tuple[int, ...] = (10, 20, 50, 100, 200)
-
-
-@dataclass(frozen=True)
-class History:
-    """What a scorer may read about a batch of users: their past ratings over the catalogue.
-
-    ratings (n_users, n_items) CSR of rating values; timestamps (n_users, n_items) CSR of the
-    matching unix times, same sparsity pattern, for models that read the order of events.
-    """
-
-    ratings: sp.csr_matrix
-    timestamps: sp.csr_matrix
-
-    def __len__(self) -> int:
-        return self.ratings.shape[0]
-
-    def __getitem__(self, rows: slice | np.ndarray) -> History:
-        return History(self.ratings[rows], self.timestamps[rows])
-
-    def liked(self) -> sp.csr_matrix:
-        """Binary float64 CSR (n_users, n_items) of the liked (rating >= 4) items."""
-        out = (self.ratings >= LIKE_THRESHOLD).astype(np.float64)
-        out.eliminate_zeros()
-        return out
 
 
 class Scorer(Protocol):
@@ -209,7 +186,7 @@ class Evaluator:
         if not np.array_equal(np.asarray(scorer.item_ids_), self.item_ids):
             raise ConfigError(
                 "the scorer was fitted on another catalogue than the evaluator's; fit it on "
-                "recfunnel.evaluate.catalogue(ratings)"
+                "recfunnel.evaluation.protocol.catalogue(ratings)"
             )
         out = np.empty((len(users.user_ids), min(k, len(self.item_ids))), dtype=np.int64)
         for start in range(0, len(users.user_ids), batch_size):

@@ -1,0 +1,46 @@
+"""What a recall channel is: a component that starts candidate lists.
+
+A channel retrieves each request's top-K unseen items from the whole catalogue on its own
+(embedding search, item-to-item, a sequence model, trending, ...), records the rank at which
+it proposed each one (`Candidates.channels[name]`), and can score any (request, item) pair, so
+that candidates proposed by another channel get its score too. The recall stage
+(`recall.stage`) merges the channels' lists.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recfunnel.stage import Scorer
+from recfunnel.types import Candidates, Requests
+
+
+class Channel(Scorer):
+    """A recall channel. Subclasses implement `fit`, `retrieve` and `score_pairs`."""
+
+    default_k = 200  # list length when the caller names none
+
+    @abstractmethod
+    def retrieve(self, requests: Requests, k: int) -> Candidates:
+        """The top-k unseen items (B, k) of each request, best first, with
+        scores[name] (-1 / NaN padding where fewer are left)."""
+
+    def __call__(
+        self, requests: Requests, candidates: Candidates | None = None, *, k: int | None = None
+    ) -> Candidates:
+        """New lists from the catalogue (incoming `candidates` are not read), with the rank
+        at which this channel proposed each item."""
+        self.check_fitted()
+        out = self.retrieve(requests, k or self.default_k)
+        ranks = np.where(out.valid, np.arange(1, out.items.shape[1] + 1)[None, :], 0)
+        return Candidates(out.items, out.scores, {**out.channels, self.name: ranks}, out.embeddings)
+
+    def refresh(self, train: pd.DataFrame) -> None:
+        """Move the serving state to the end of `train` without refitting (default: none)."""
+
+    def select(self, candidates: Candidates, **options: Any) -> Candidates:
+        return candidates

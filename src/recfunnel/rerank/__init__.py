@@ -1,0 +1,6 @@
+"""The re-rank stage: MMR for diversity over the ranked list (see rerank/stage.py)."""
+
+from recfunnel.rerank.mmr import cosine_similarity, mmr, relevance_scale
+from recfunnel.rerank.stage import MMRReranker, RerankConfig
+
+__all__ = ["MMRReranker", "RerankConfig", "cosine_similarity", "mmr", "relevance_scale"]

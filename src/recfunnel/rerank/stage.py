@@ -1,0 +1,98 @@
+"""The re-rank stage: MMR over the ranked list, for a more varied final list.
+
+    rerank/mmr.py     the MMR algorithm, vectorised in numpy (relevance scaling, cosine)
+    rerank/stage.py   MMRReranker and RerankConfig: the component the funnel chains
+
+Relevance is the rank score, brought to [0, 1] per user; similarity is the cosine of the
+items' genre vectors or of their recall embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from recfunnel.config import param
+from recfunnel.errors import ConfigError
+from recfunnel.rerank.mmr import RELEVANCES, mmr, relevance_scale
+from recfunnel.stage import Component, FitData, Stacked, Validate
+from recfunnel.types import Candidates, Requests
+
+SIMILARITIES = ("genre", "embedding")
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """MMR re-ranking of the ranker's top candidates."""
+
+    lambda_mmr: float = param(
+        0.5, "MMR trade-off in [0, 1]: 1 keeps the ranker's order, 0 is pure diversity"
+    )
+    similarity: Literal["genre", "embedding"] = param(
+        "genre", "cosine of genre multi-hot vectors or of recall item embeddings"
+    )
+    relevance: Literal["minmax", "rank"] = param(
+        "minmax", "how rank scores become [0, 1] relevance: per-user min-max or 1 - rank share"
+    )
+
+    def validate(self) -> None:
+        if not 0.0 <= self.lambda_mmr <= 1.0:  # also rejects nan
+            raise ConfigError(f"rerank.lambda_mmr must lie in [0, 1], got {self.lambda_mmr}")
+        if self.similarity not in SIMILARITIES:
+            raise ConfigError(
+                f"rerank.similarity must be one of {SIMILARITIES}, got {self.similarity!r}"
+            )
+        if self.relevance not in RELEVANCES:
+            raise ConfigError(
+                f"rerank.relevance must be one of {RELEVANCES}, got {self.relevance!r}"
+            )
+
+
+class MMRReranker(Component):
+    """Re-orders the rank stage's list with MMR and keeps the first k."""
+
+    name = "rerank"
+    config_class = RerankConfig
+    fitted_attribute = "genres_"
+    default_k = 20
+
+    def fit(
+        self, data: FitData, stacked: Stacked | None = None, validate: Validate | None = None
+    ) -> MMRReranker:
+        """Nothing to learn: keep the catalogue's genre vectors (n_items, 18) float32."""
+        self.config.validate()
+        self.genres_ = data.ml.genre_matrix(data.item_ids).astype(np.float32)
+        self._fitted()
+        return self
+
+    def __call__(
+        self,
+        requests: Requests,
+        candidates: Candidates,
+        *,
+        k: int | None = None,
+        lambda_mmr: float | None = None,
+        **_: Any,
+    ) -> Candidates:
+        """The first k (default 20) of each list after MMR at `lambda_mmr` (default the
+        config's); relevance is the rank score min-max scaled per user."""
+        self.check_fitted()
+        k = k or self.default_k
+        lam = self.config.lambda_mmr if lambda_mmr is None else lambda_mmr
+        valid = candidates.valid
+        relevance = relevance_scale(
+            np.where(valid, candidates.scores["rank"], 0.0), valid, self.config.relevance
+        )
+        safe = np.where(valid, candidates.items, 0)
+        if self.config.similarity == "genre":
+            vectors = self.genres_[safe]
+        else:
+            if candidates.embeddings is None:
+                raise ConfigError("rerank.similarity=embedding needs candidates with embeddings")
+            vectors = candidates.embeddings.items[safe]
+        return candidates.reorder(mmr(relevance, vectors, k, lam, valid))
+
+    def _load(self, directory: Any, data: FitData) -> None:
+        self.genres_ = data.ml.genre_matrix(data.item_ids).astype(np.float32)

@@ -1,0 +1,198 @@
+"""The training recipe: every stage of the funnel, trained without stacking leakage.
+
+Reading `train_funnel` top to bottom is the recipe:
+  1. cut train in time: the recall channels and the item-to-item model learn on the early
+     80 %, the later stages on the latest 20 % (see `stacking`), so the scores they read are
+     out of sample;
+  2. replay the slice users' requests through recall and item-to-item, and label the
+     candidates with what the users did next;
+  3. move recall's serving state (popularity inputs, the index) to the end of train;
+  4. train pre-rank (early stopping on valid), then cross-fit it to get out-of-fold logits;
+  5. train rank on the same examples with those logits (early stopping on valid).
+Validation runs the funnel's own chain (`Funnel.run`) on the valid users.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from recfunnel.data.dataset import MovieLens
+from recfunnel.data.split import Split
+from recfunnel.evaluation.protocol import Evaluator, catalogue, metric_cutoff
+from recfunnel.features import serving_time
+from recfunnel.funnel import Funnel
+from recfunnel.item_to_item import ItemToItem
+from recfunnel.prerank import PreRankConfig, PreRankStage
+from recfunnel.rank import RankStage
+from recfunnel.recall import RecallStage
+from recfunnel.rerank import MMRReranker
+from recfunnel.stage import Component, FitData, Stacked
+from recfunnel.training.stacking import (
+    add_like_pairs,
+    build_examples,
+    slice_requests,
+    time_slice,
+)
+from recfunnel.types import Candidates, Embeddings
+
+if TYPE_CHECKING:  # run.py builds on this module; the config class lives there
+    from recfunnel.run import PipelineConfig
+
+
+@dataclass
+class TrainReport:
+    """What training measured, for the run directory and the report."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    examples: dict[str, Any] = field(default_factory=dict)
+
+
+def train_funnel(
+    ml: MovieLens, split: Split, config: PipelineConfig, *, progress: bool = True
+) -> tuple[Funnel, TrainReport]:
+    """Train all stages of `config` (see the module docstring) on `split`."""
+    recall_config, stacking = config.recall, config.stacking
+    item_to_item_config, prerank_config = config.item_to_item, config.prerank
+    rank_config, rerank_config, funnel_config = config.rank, config.rerank, config.funnel
+    index = config.index.build()  # unbuilt: recall searches exactly until step 3
+    for cfg in (stacking, item_to_item_config, prerank_config, rank_config, rerank_config):
+        cfg.validate()
+    funnel_config.validate()
+    report = TrainReport()
+    item_ids = catalogue(ml.ratings)
+    data = FitData(ml, split, item_ids, progress)
+    rng = np.random.default_rng(prerank_config.seed)
+
+    # 1. Recall and item-to-item on the early part of train.
+    start = time.perf_counter()
+    recall_split, late = time_slice(split, stacking.slice_fraction)
+    early = data.with_split(recall_split)
+    recall = RecallStage(recall_config, index=index).fit(early)
+    report.seconds["recall"] = time.perf_counter() - start
+
+    # 2. Replayed slice requests through the early models, candidates labelled.
+    start = time.perf_counter()
+    item_to_item = ItemToItem(item_to_item_config).fit(early)
+    replay = slice_requests(recall_split.train, late, item_ids, stacking)
+    requests = replay.requests
+    candidates = recall(requests, Candidates.empty(len(requests)), k=funnel_config.topk_recall)
+    # Item vectors as of the slice start: a copy, since step 3 moves the serving ones.
+    emb = candidates.embeddings
+    assert emb is not None
+    candidates = Candidates(
+        candidates.items,
+        candidates.scores,
+        candidates.channels,
+        Embeddings(emb.users, emb.items.copy()),
+    )
+    examples = build_examples(
+        candidates,
+        replay.targets,
+        lambda pairs: recall.score_pairs(requests, pairs),
+        unrated_negatives=stacking.unrated_negatives,
+        rated_pairs=stacking.rated_pairs,
+        rng=rng,
+    )
+    n_replayed = len(requests)
+    if stacking.like_pairs:
+        replay, examples = add_like_pairs(
+            replay, examples, recall.score_pairs, recall_split.train, late, item_ids, stacking
+        )
+    stacked = Stacked(replay.requests, item_to_item.score_pairs(replay.requests, examples))
+    report.examples = {
+        "slice_start": int(late["timestamp"].min()),
+        "slice_ratings": len(late),
+        "requests": n_replayed,
+        "like_pair_requests": len(replay.requests) - n_replayed,
+        "examples": len(examples),
+        "positives": int(np.asarray(examples.labels).sum()),
+        "from_candidates": int(np.asarray(examples.candidate).sum()),
+    }
+
+    # 3. Serving state of recall: popularity as of the end of train, items in the index.
+    recall.refresh(split.train)
+    stages: dict[str, Component] = {
+        "recall": recall,
+        "item_to_item": item_to_item,
+        "prerank": PreRankStage(prerank_config),
+        "rank": RankStage(rank_config),
+        "rerank": MMRReranker(rerank_config).fit(data),
+    }
+    funnel = Funnel(stages, funnel_config, item_ids, now=serving_time(split.train))
+    report.seconds["examples"] = time.perf_counter() - start
+
+    # Valid: warm users, history = train, through the funnel's own chain.
+    ks = {
+        20,
+        prerank_config.keep,
+        funnel_config.topk_recall,
+        metric_cutoff(prerank_config.valid_metric, "prerank.valid_metric"),
+        metric_cutoff(rank_config.valid_metric, "rank.valid_metric"),
+    }
+    evaluator = Evaluator(split, item_ids, ks=sorted(ks))
+    valid_users = evaluator.users("valid", "warm")
+    valid_requests = funnel.requests(valid_users)
+    valid_lists = funnel.run(valid_requests, upto="item_to_item")
+
+    def valid_metric(stage_name: str, metric: str) -> Callable[[Component], float]:
+        """`metric` of the valid users' list after `stage_name`, the stages before it fixed."""
+        before = list(funnel.stages)[list(funnel.stages).index(stage_name) - 1]
+
+        def validate(stage: Component) -> float:
+            out = funnel.run(valid_requests, upto=stage_name, resume=(before, valid_lists[before]))
+            return evaluator.list_metrics(out[stage_name].items, valid_users)[metric]
+
+        return validate
+
+    # 4. Pre-rank on the candidates (at serving it sees nothing else), then cross-fitted
+    # out-of-fold logits for the rank stage's input.
+    start = time.perf_counter()
+    funnel["prerank"].fit(
+        data,
+        stacked.subset(examples.candidate),
+        valid_metric("prerank", prerank_config.valid_metric),
+    )
+    oof = cross_fit_prerank(
+        prerank_config,
+        stacked,
+        folds=stacking.folds,
+        epochs=max(funnel["prerank"].log_.best_epoch, 1),
+        seed=prerank_config.seed,
+    )
+    report.seconds["prerank"] = time.perf_counter() - start
+
+    # 5. Rank on the same examples, with early stopping on the funnel's valid list.
+    start = time.perf_counter()
+    valid_lists.update(
+        funnel.run(
+            valid_requests, upto="prerank", resume=("item_to_item", valid_lists["item_to_item"])
+        )
+    )
+    rank_stacked = Stacked(stacked.requests, stacked.pairs.with_scores("prerank", oof))
+    funnel["rank"].fit(data, rank_stacked, valid_metric("rank", rank_config.valid_metric))
+    report.seconds["rank"] = time.perf_counter() - start
+    return funnel, report
+
+
+def cross_fit_prerank(
+    config: PreRankConfig, stacked: Stacked, *, folds: int, epochs: int, seed: int
+) -> np.ndarray:
+    """Out-of-fold pre-rank logits (n,): the requests are split into `folds` groups; each
+    group's pairs are scored by a model trained on the other groups' candidate pairs only."""
+    pairs = stacked.pairs
+    fold_of = np.random.default_rng(seed).permutation(len(stacked.requests)) % folds
+    out = np.empty(len(pairs), dtype=np.float64)
+    for fold in range(folds):
+        held = fold_of[pairs.rows] == fold
+        learn = ~held & np.asarray(pairs.candidate)
+        model = PreRankStage(config).fit(None, stacked.subset(learn), epochs=epochs)
+        out[held] = model.score_pairs(stacked.requests, pairs.subset(held)).scores["prerank"]
+    return out
+
+
+__all__ = ["TrainReport", "cross_fit_prerank", "train_funnel"]
