@@ -123,6 +123,22 @@ def test_windows_line_ends_and_blank_trailing_lines_are_fine(tmp_path: Path, end
     assert ml.items["genres"].iloc[0] == "Animation|Children's|Comedy"  # no stray "\r"
 
 
+@pytest.mark.parametrize("file", ["ratings.dat", "users.dat", "movies.dat"])
+@pytest.mark.parametrize("end", ["\n", "\r\n"])
+def test_file_cut_inside_its_last_line_is_rejected(tmp_path: Path, file: str, end: str) -> None:
+    folder = write_ml(tmp_path / "data", end=end)
+    data = (folder / file).read_bytes()
+    # Cut two bytes into the last line's end: for ratings.dat the timestamp 978302268
+    # becomes 9783022, still a valid number.
+    cut = data[: -len(end) - 2]
+    (folder / file).write_bytes(cut)
+    with pytest.raises(DataError, match="no line end: the file looks cut short") as info:
+        load_movielens(folder, cache_dir=tmp_path / "cache")
+    n_lines = len(FILE_LINES[file])
+    last = cut.split(b"\n")[-1].decode("latin-1")
+    assert f"{file}, line {n_lines}: " in str(info.value) and repr(last) in str(info.value)
+
+
 def test_empty_ratings_file_gives_an_empty_table(tmp_path: Path) -> None:
     (tmp_path / "ratings.dat").write_text("")
     ratings = read_ratings(tmp_path / "ratings.dat")

@@ -176,12 +176,18 @@ def _split(path: Path, columns: tuple[str, ...], *, int_columns: tuple[str, ...]
     """Split a `::` file into `columns`: int64 for `int_columns`, str for the rest.
 
     Row i of the result is line i + 1 of the file. Windows line ends and blank lines at
-    the end of the file are accepted; any other blank line is a wrong field count.
+    the end of the file are accepted; any other blank line is a wrong field count. A
+    non-empty file must end in a line end: GroupLens' files all do, and a file cut inside
+    its last field (say a timestamp missing its last digits) would otherwise parse.
     """
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if raw and not raw.endswith(b"\n"):
+        raise _line_error(
+            path, raw.count(b"\n") + 1, "the last line has no line end: the file looks cut short"
+        )
     if b"\r" in raw:
         raw = raw.replace(b"\r\n", b"\n")
     raw = raw.rstrip(b"\n")
