@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfunnel.data import movielens
+from recfunnel.data import MovieLens, movielens
 from recfunnel.data.movielens import (
     CACHE_DIR_ENV,
     DATA_DIR_ENV,
+    MAX_TIMESTAMP,
     dataset_stats,
     load_movielens,
     read_movies,
@@ -163,6 +164,18 @@ MALFORMED = {
     "ratings-rating-0": ("ratings.dat", 1, "1::1::0::978300760", "rating must be one of"),
     "ratings-user-0": ("ratings.dat", 6, "0::7::4::978302268", "user id must be"),
     "ratings-timestamp-negative": ("ratings.dat", 2, "1::2::3::-5", "timestamp is not"),
+    "ratings-timestamp-far-future": (
+        "ratings.dat",
+        3,
+        "2::1::4::999999999999999999",
+        "timestamp must be 0..4102444800",
+    ),
+    "ratings-timestamp-milliseconds": (
+        "ratings.dat",
+        4,
+        "2::3::1::978300275000",
+        "timestamp must be 0..4102444800",
+    ),
     "ratings-duplicate-pair": (
         "ratings.dat",
         6,
@@ -349,6 +362,29 @@ def test_dataset_stats(tmp_path: Path) -> None:
         "last_date": "2001-01-06",  # 978824291 = 2001-01-06 23:38:11 UTC
         "density": pytest.approx(6 / (3 * 5)),
     }
+
+
+def test_timestamp_bounds_are_inclusive(tmp_path: Path) -> None:
+    path = tmp_path / "ratings.dat"
+    path.write_text("1::1::5::0\n1::2::3::4102444800\n")
+    assert read_ratings(path)["timestamp"].tolist() == [0, MAX_TIMESTAMP]
+    path.write_text("1::1::5::0\n1::2::3::4102444801\n")
+    with pytest.raises(DataError, match=r"ratings.dat, line 2: timestamp must be"):
+        read_ratings(path)
+
+
+def test_stats_dates_of_unformattable_times_are_none() -> None:
+    ratings = pd.DataFrame(
+        {
+            "user_id": np.array([1, 1], dtype=np.int32),
+            "item_id": np.array([1, 2], dtype=np.int32),
+            "rating": np.array([5, 3], dtype=np.int8),
+            "timestamp": np.array([-1, 10**17], dtype=np.int64),  # built by hand, unchecked
+        }
+    )
+    ml = MovieLens(ratings, pd.DataFrame(), pd.DataFrame(), "0" * 64, Path("."))
+    stats = dataset_stats(ml)
+    assert stats["first_date"] == "1969-12-31" and stats["last_date"] is None
 
 
 @pytest.mark.realdata

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,13 @@ CACHE_FORMAT = 1
 _TABLES = ("ratings", "users", "items")
 _COLUMNS = {"ratings": RATING_COLUMNS, "users": USER_COLUMNS, "items": ITEM_COLUMNS}
 
+# Latest accepted rating time, 2100-01-01 00:00 UTC (the earliest is the epoch, 0). ML-1M
+# spans 2000-2003; a time beyond this is garbage (a millisecond timestamp, digits run
+# together) rather than a rating, and far enough out it cannot even be formatted as a
+# date. Checked on load, so every later module can trust TIME.
+MAX_TIMESTAMP = 4_102_444_800
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 # "::" becomes this single byte so the C parser can split lines; the ASCII unit separator
 # cannot occur in a valid file (checked), unlike a tab.
 _SEP = "\x1f"
@@ -75,14 +82,20 @@ def read_ratings(path: str | Path) -> pd.DataFrame:
     """Parse ratings.dat (`UserID::MovieID::Rating::Timestamp`), keeping the file order.
 
     Returns columns user_id (int32), item_id (int32), rating (int8, 1..5), timestamp
-    (int64) with index 0..n-1 (row i is line i + 1). Raises DataError on a malformed line,
-    a rating outside 1..5 or a second rating of the same (user, movie) pair.
+    (int64, 0..MAX_TIMESTAMP) with index 0..n-1 (row i is line i + 1). Raises DataError on
+    a malformed line, a rating outside 1..5, a timestamp out of range or a second rating of
+    the same (user, movie) pair.
     """
     path = Path(path)
     df = _split(path, RATING_COLUMNS, int_columns=RATING_COLUMNS)
     _check_ids(path, df[USER])
     _check_ids(path, df[ITEM])
     _check(path, ~df[RATING].between(1, 5).to_numpy(), "rating must be one of 1, 2, 3, 4, 5")
+    _check(
+        path,
+        ~df[TIME].between(0, MAX_TIMESTAMP).to_numpy(),
+        f"timestamp must be 0..{MAX_TIMESTAMP} (1970-01-01 to 2100-01-01 UTC)",
+    )
     # Ids are < 2**31 now, so this packs each (user, movie) pair into one int64.
     pair = (df[USER].to_numpy() << 32) | df[ITEM].to_numpy()
     _check_unique(
@@ -470,4 +483,14 @@ def dataset_stats(ml: MovieLens) -> dict[str, int | float | str | None]:
 
 
 def _iso_date(timestamp: int | None) -> str | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).date().isoformat()
+    """The UTC date of a Unix timestamp; None for None or a time no date can hold.
+
+    Epoch plus a timedelta rather than datetime.fromtimestamp, which raises OSError for
+    times the platform's C library cannot convert (negative ones on Windows, say).
+    """
+    if timestamp is None:
+        return None
+    try:
+        return (_EPOCH + timedelta(seconds=int(timestamp))).date().isoformat()
+    except OverflowError:  # beyond year 9999 (or before year 1)
+        return None
