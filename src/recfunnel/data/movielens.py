@@ -51,6 +51,9 @@ DEFAULT_CACHE_DIR = Path("~/.cache/recfunnel")
 # the same source files are parsed again instead of reused.
 CACHE_FORMAT = 1
 _TABLES = ("ratings", "users", "items")
+# The fewest ratings a data set may have: below 10, the 10 % valid and test parts of the
+# default temporal split hold less than one rating each, and training fails far from here.
+MIN_RATINGS = 10
 _COLUMNS = {"ratings": RATING_COLUMNS, "users": USER_COLUMNS, "items": ITEM_COLUMNS}
 
 # Latest accepted rating time, 2100-01-01 00:00 UTC (the earliest is the epoch, 0). ML-1M
@@ -325,8 +328,9 @@ def load_movielens(
     The data folder is `data_dir`, else $RECFUNNEL_DATA_DIR, else (when `download`) the
     archive fetched into `cache_dir`. `cache_dir` (default $RECFUNNEL_CACHE_DIR, else
     ~/.cache/recfunnel) also holds the parsed tables, as parquet in `parsed/<sha256>/`.
-    Besides each file's own checks, every rating must name a user of users.dat and a
-    movie of movies.dat.
+    Besides each file's own checks, no file may be empty, there must be MIN_RATINGS
+    ratings or more, and every rating must name a user of users.dat and a movie of
+    movies.dat.
     """
     cache = _resolve_cache_dir(cache_dir)
     folder = _resolve_data_dir(data_dir, cache, download=download, progress=progress)
@@ -339,6 +343,7 @@ def load_movielens(
         ratings = read_ratings(ratings_path)
         users = read_users(users_path)
         items = read_movies(movies_path)
+        _check_size(folder, ratings, users, items)
         _check_references(ratings_path, ratings, users, items)
         tables = (ratings, users, items)
         _write_parsed(parsed, tables, checksum)
@@ -387,6 +392,29 @@ def _sha256(paths: tuple[Path, ...]) -> str:
         except OSError as exc:
             raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
     return digest.hexdigest()
+
+
+def _check_size(
+    folder: Path, ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame
+) -> None:
+    """No file may be empty, and there must be MIN_RATINGS ratings or more to split."""
+    empty = [
+        f"{file} has no {what}"
+        for file, what, table in (
+            ("ratings.dat", "ratings", ratings),
+            ("users.dat", "users", users),
+            ("movies.dat", "movies", items),
+        )
+        if table.empty
+    ]
+    if empty:
+        raise DataError(f"the data set in {folder} is empty: {', '.join(empty)}. {_FIX_HINT}.")
+    if len(ratings) < MIN_RATINGS:
+        raise DataError(
+            f"the data set in {folder} is too small: ratings.dat has {len(ratings)} ratings, "
+            f"at least {MIN_RATINGS} are needed to split it into train, valid and test. "
+            f"{_FIX_HINT}."
+        )
 
 
 def _check_references(
