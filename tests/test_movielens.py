@@ -309,12 +309,30 @@ def test_changed_source_file_is_parsed_again(tmp_path: Path) -> None:
     )
 
 
-def test_checksum_is_sha256_of_ratings_users_movies(tmp_path: Path) -> None:
+def test_checksum_hashes_ratings_users_movies_each_by_name(tmp_path: Path) -> None:
     data = write_ml(tmp_path / "data")
     digest = hashlib.sha256()
     for name in ("ratings.dat", "users.dat", "movies.dat"):
-        digest.update((data / name).read_bytes())
+        body = (data / name).read_bytes()
+        digest.update(f"{name}\0{len(body)}\0{hashlib.sha256(body).hexdigest()}\n".encode())
     assert load_movielens(data, cache_dir=tmp_path / "cache").checksum == digest.hexdigest()
+
+
+def test_line_moved_between_files_changes_the_key_and_is_not_served_from_cache(
+    tmp_path: Path,
+) -> None:
+    data, cache = write_ml(tmp_path / "data"), tmp_path / "cache"
+    first = load_movielens(data, cache_dir=cache)  # warms the cache
+    # The last rating becomes the first line of users.dat: the bytes of ratings.dat then
+    # users.dat, run together, are unchanged.
+    before = b"".join((data / name).read_bytes() for name in ("ratings.dat", "users.dat"))
+    write_ml(data, ratings=RATINGS[:-1], users=[RATINGS[-1], *USERS])
+    after = b"".join((data / name).read_bytes() for name in ("ratings.dat", "users.dat"))
+    assert before == after
+    with pytest.raises(DataError, match=r"users.dat, line 1: expected 5 fields"):
+        load_movielens(data, cache_dir=cache)  # parsed afresh, not the stale cached tables
+    paths = tuple(data / name for name in ("ratings.dat", "users.dat", "movies.dat"))
+    assert movielens._checksum(paths) != first.checksum
 
 
 def test_damaged_cache_is_rebuilt(tmp_path: Path) -> None:

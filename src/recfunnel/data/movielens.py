@@ -3,7 +3,8 @@
 The three files are `::`-separated latin-1 text, one record per line. Every malformed
 line is a DataError that names the file, the 1-based line number and the line's text;
 nothing is dropped or repaired silently. Parsed tables are cached as parquet in a folder
-named after the SHA-256 of the source files, so any change to a file forces a re-parse.
+named after a SHA-256 over the source files (each one hashed on its own, with its name and
+size), so any change to a file forces a re-parse.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ DEFAULT_CACHE_DIR = Path("~/.cache/recfunnel")
 
 # Bump whenever parsing changes what ends up in the tables, so older parquet caches of
 # the same source files are parsed again instead of reused.
-CACHE_FORMAT = 1
+# 2: the cut-short, timestamp and size checks, and the per-file checksum.
+CACHE_FORMAT = 2
 _TABLES = ("ratings", "users", "items")
 # The fewest ratings a data set may have: below 10, the 10 % valid and test parts of the
 # default temporal split hold less than one rating each, and training fails far from here.
@@ -335,7 +337,7 @@ def load_movielens(
     cache = _resolve_cache_dir(cache_dir)
     folder = _resolve_data_dir(data_dir, cache, download=download, progress=progress)
     ratings_path, users_path, movies_path = (folder / name for name in REQUIRED_FILES)
-    checksum = _sha256((ratings_path, users_path, movies_path))
+    checksum = _checksum((ratings_path, users_path, movies_path))
 
     parsed = cache / "parsed" / checksum
     tables = _read_parsed(parsed)
@@ -381,16 +383,24 @@ def _resolve_data_dir(
     return folder.resolve()
 
 
-def _sha256(paths: tuple[Path, ...]) -> str:
-    """Hex SHA-256 over the bytes of `paths`, one after the other."""
+def _checksum(paths: tuple[Path, ...]) -> str:
+    """Hex SHA-256 over a line `name NUL size NUL sha256(bytes) LF` per file, in order.
+
+    Each file is hashed on its own: a hash of the bytes run together is the same when a
+    line moves from the end of one file to the start of the next, and a warm cache would
+    then serve tables of files that no longer parse.
+    """
     digest = hashlib.sha256()
     for path in paths:
+        file_digest, size = hashlib.sha256(), 0
         try:
             with open(path, "rb") as f:
                 while chunk := f.read(1 << 20):
-                    digest.update(chunk)
+                    file_digest.update(chunk)
+                    size += len(chunk)
         except OSError as exc:
             raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        digest.update(f"{path.name}\0{size}\0{file_digest.hexdigest()}\n".encode())
     return digest.hexdigest()
 
 
