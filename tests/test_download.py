@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shutil
 import socket
 import threading
@@ -103,7 +104,10 @@ def test_fetch_downloads_extracts_then_reuses(server: Server, tmp_path: Path) ->
     assert folder == cache / "ml-1m"
     for name, text in FILES.items():
         assert (folder / name).read_text(encoding="latin-1") == text
-    assert (folder / ".complete").read_text().strip() == md5(archive)
+    assert json.loads((folder / ".complete").read_text()) == {
+        "md5": md5(archive),
+        "sizes": {name: len(FILES[name]) for name in ("ratings.dat", "users.dat", "movies.dat")},
+    }
     assert server.requests("/ml-1m.zip") == 1
 
     assert fetch_movielens(cache, url=url, md5=md5(archive), progress=False) == folder
@@ -127,6 +131,34 @@ def test_interrupted_extraction_is_not_trusted(server: Server, tmp_path: Path) -
 
     folder = fetch_movielens(tmp_path, url=url, md5=md5(archive), progress=False)
     assert (folder / "ratings.dat").read_text() == FILES["ratings.dat"]
+    assert server.requests("/ml-1m.zip") == 1
+
+
+@pytest.mark.parametrize("name", ["ratings.dat", "users.dat", "movies.dat"])
+def test_truncated_extracted_file_is_extracted_again(
+    server: Server, tmp_path: Path, name: str
+) -> None:
+    archive = make_zip(FILES)
+    url = server.serve("/ml-1m.zip", archive)
+    folder = fetch_movielens(tmp_path, url=url, md5=md5(archive), progress=False)
+    with open(folder / name, "r+b") as f:  # e.g. a disk that filled up, or a stray edit
+        f.truncate(10)
+    assert fetch_movielens(tmp_path, url=url, md5=md5(archive), progress=False) == folder
+    assert (folder / name).read_text(encoding="latin-1") == FILES[name]
+    assert server.requests("/ml-1m.zip") == 1  # the verified zip is reused, not fetched
+
+
+def test_old_style_marker_is_extracted_again(server: Server, tmp_path: Path) -> None:
+    archive = make_zip(FILES)
+    url = server.serve("/ml-1m.zip", archive)
+    folder = fetch_movielens(tmp_path, url=url, md5=md5(archive), progress=False)
+    # The bare-MD5 marker of older versions, over a file changed in place (same size):
+    # nothing records what the files should be, so they are extracted again.
+    (folder / ".complete").write_text(md5(archive) + "\n")
+    (folder / "users.dat").write_text("x" * len(FILES["users.dat"]))
+    assert fetch_movielens(tmp_path, url=url, md5=md5(archive), progress=False) == folder
+    assert (folder / "users.dat").read_text() == FILES["users.dat"]
+    assert json.loads((folder / ".complete").read_text())["md5"] == md5(archive)
     assert server.requests("/ml-1m.zip") == 1
 
 

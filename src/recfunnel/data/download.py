@@ -2,13 +2,15 @@
 
 Nothing here trusts a file it did not verify: a download lands in a temp file that only
 replaces the destination once its size and MD5 check out, and an extracted folder counts
-as complete only when its marker file (written last) names the archive's MD5.
+as complete only when its marker file (written last) names the archive's MD5 and each
+required file still has the size the marker records.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
 import shutil
@@ -155,7 +157,7 @@ def fetch_movielens(
     tmp = Path(tempfile.mkdtemp(prefix=f".{ARCHIVE_FOLDER}.", suffix=".tmp", dir=cache_dir))
     try:
         _extract(archive, tmp)
-        (tmp / COMPLETE_MARKER).write_text(md5 + "\n")
+        _write_marker(tmp, md5)
         if target.exists():  # an interrupted or older extraction: replace it
             shutil.rmtree(target)
         try:
@@ -170,13 +172,29 @@ def fetch_movielens(
     return target
 
 
+def _write_marker(folder: Path, md5: str) -> None:
+    """Mark `folder` complete: JSON with the archive's MD5 and each required file's size."""
+    sizes = {name: (folder / name).stat().st_size for name in REQUIRED_FILES}
+    (folder / COMPLETE_MARKER).write_text(json.dumps({"md5": md5, "sizes": sizes}) + "\n")
+
+
 def _is_complete(folder: Path, md5: str) -> bool:
-    marker = folder / COMPLETE_MARKER
-    return (
-        marker.is_file()
-        and marker.read_text().strip() == md5
-        and all((folder / name).is_file() for name in REQUIRED_FILES)
-    )
+    """Whether `folder`'s marker names archive MD5 `md5` and each required file has its size.
+
+    An old-style marker (the bare MD5), an unreadable one, or a file since truncated or
+    replaced by one of another size all mean: extract again.
+    """
+    try:
+        marker = json.loads((folder / COMPLETE_MARKER).read_text())
+        if marker["md5"] != md5:
+            return False
+        for name in REQUIRED_FILES:
+            path, size = folder / name, marker["sizes"][name]
+            if type(size) is not int or not path.is_file() or path.stat().st_size != size:
+                return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def _extract(archive: Path, dest: Path) -> None:
