@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+
+# The exit status of a process killed by SIGTERM, as a shell reports it (128 + 15).
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
 
 def umask_mode(directory: bool = False) -> int:
@@ -32,3 +40,31 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While active, SIGTERM raises SystemExit(143) in the main thread, so cleanup runs.
+
+    Python leaves SIGTERM at the OS default, which ends the process on the spot: no
+    `finally` or `except BaseException` runs and temp files stay behind. As an exception,
+    a SIGTERM unwinds the stack (removing them) and still ends the process with status 143.
+    Only the default handler is replaced: a handler the application installed, or SIGTERM
+    being ignored, is left alone, as is any thread but the main one (Python runs signal
+    handlers there only). The previous handler comes back on exit.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(SIGTERM_EXIT_CODE)

@@ -23,6 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from recfunnel import __version__
+from recfunnel.atomic import sigterm_raises
 from recfunnel.errors import DownloadError
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def download_file(
 
     The body streams into a temp file next to `dest`, which replaces `dest` only after
     the size (when the server sends Content-Length) and the MD5 match. Any failure
-    leaves neither a partial file nor a temp file and raises DownloadError.
+    leaves neither a partial file nor a temp file and raises DownloadError; so does a
+    SIGTERM, which raises SystemExit(143) once the temp file is gone (see `sigterm_raises`).
     """
     dest = Path(dest)
     md5 = md5.lower()
@@ -71,20 +73,21 @@ def download_file(
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            got_md5, got_sha256 = _stream(url, out, progress=progress, timeout=timeout)
-        if got_md5 != md5:
-            raise DownloadError(
-                f"{url} failed its checksum: MD5 {got_md5}, expected {md5} "
-                f"(corrupted transfer or a changed file). {LOCAL_COPY_HINT}"
-            )
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with sigterm_raises():
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                got_md5, got_sha256 = _stream(url, out, progress=progress, timeout=timeout)
+            if got_md5 != md5:
+                raise DownloadError(
+                    f"{url} failed its checksum: MD5 {got_md5}, expected {md5} "
+                    f"(corrupted transfer or a changed file). {LOCAL_COPY_HINT}"
+                )
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     log.info("downloaded %s to %s (MD5 %s, SHA-256 %s)", url, dest, got_md5, got_sha256)
     return dest
 
@@ -143,7 +146,8 @@ def fetch_movielens(
 
     Downloads `cache_dir/ml-1m.zip` if needed (see `download_file`), then extracts its
     `ml-1m/` folder into a temp folder and renames it into place, so an interrupted run
-    never leaves a folder that looks complete. A corrupt archive, or one without
+    never leaves a folder that looks complete; a SIGTERM meanwhile removes the temp files
+    before the process exits (see `sigterm_raises`). A corrupt archive, or one without
     ratings.dat, users.dat and movies.dat, raises DownloadError.
     """
     cache_dir = Path(cache_dir)
@@ -153,21 +157,22 @@ def fetch_movielens(
         return target
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    archive = download_file(url, cache_dir / "ml-1m.zip", md5, progress=progress)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{ARCHIVE_FOLDER}.", suffix=".tmp", dir=cache_dir))
-    try:
-        _extract(archive, tmp)
-        _write_marker(tmp, md5)
-        if target.exists():  # an interrupted or older extraction: replace it
-            shutil.rmtree(target)
+    with sigterm_raises():
+        archive = download_file(url, cache_dir / "ml-1m.zip", md5, progress=progress)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{ARCHIVE_FOLDER}.", suffix=".tmp", dir=cache_dir))
         try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process finished the same extraction first; use its copy.
-            if not _is_complete(target, md5):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            _extract(archive, tmp)
+            _write_marker(tmp, md5)
+            if target.exists():  # an interrupted or older extraction: replace it
+                shutil.rmtree(target)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                # Another process finished the same extraction first; use its copy.
+                if not _is_complete(target, md5):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     log.info("extracted %s to %s", archive, target)
     return target
 
