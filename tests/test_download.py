@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import zipfile
 from collections import Counter
@@ -15,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+import recfunnel
+from recfunnel.atomic import sigterm_raises
 from recfunnel.data.download import download_file, fetch_movielens
 from recfunnel.errors import DownloadError
 
@@ -103,7 +110,10 @@ def test_fetch_downloads_extracts_then_reuses(server: Server, tmp_path: Path) ->
     assert folder == cache / "ml-1m"
     for name, text in FILES.items():
         assert (folder / name).read_text(encoding="latin-1") == text
-    assert (folder / ".complete").read_text().strip() == md5(archive)
+    assert json.loads((folder / ".complete").read_text()) == {
+        "md5": md5(archive),
+        "sizes": {name: len(FILES[name]) for name in ("ratings.dat", "users.dat", "movies.dat")},
+    }
     assert server.requests("/ml-1m.zip") == 1
 
     assert fetch_movielens(cache, url=url, md5=md5(archive), progress=False) == folder
@@ -127,6 +137,34 @@ def test_interrupted_extraction_is_not_trusted(server: Server, tmp_path: Path) -
 
     folder = fetch_movielens(tmp_path, url=url, md5=md5(archive), progress=False)
     assert (folder / "ratings.dat").read_text() == FILES["ratings.dat"]
+    assert server.requests("/ml-1m.zip") == 1
+
+
+@pytest.mark.parametrize("name", ["ratings.dat", "users.dat", "movies.dat"])
+def test_truncated_extracted_file_is_extracted_again(
+    server: Server, tmp_path: Path, name: str
+) -> None:
+    archive = make_zip(FILES)
+    url = server.serve("/ml-1m.zip", archive)
+    folder = fetch_movielens(tmp_path, url=url, md5=md5(archive), progress=False)
+    with open(folder / name, "r+b") as f:  # e.g. a disk that filled up, or a stray edit
+        f.truncate(10)
+    assert fetch_movielens(tmp_path, url=url, md5=md5(archive), progress=False) == folder
+    assert (folder / name).read_text(encoding="latin-1") == FILES[name]
+    assert server.requests("/ml-1m.zip") == 1  # the verified zip is reused, not fetched
+
+
+def test_old_style_marker_is_extracted_again(server: Server, tmp_path: Path) -> None:
+    archive = make_zip(FILES)
+    url = server.serve("/ml-1m.zip", archive)
+    folder = fetch_movielens(tmp_path, url=url, md5=md5(archive), progress=False)
+    # The bare-MD5 marker of older versions, over a file changed in place (same size):
+    # nothing records what the files should be, so they are extracted again.
+    (folder / ".complete").write_text(md5(archive) + "\n")
+    (folder / "users.dat").write_text("x" * len(FILES["users.dat"]))
+    assert fetch_movielens(tmp_path, url=url, md5=md5(archive), progress=False) == folder
+    assert (folder / "users.dat").read_text() == FILES["users.dat"]
+    assert json.loads((folder / ".complete").read_text())["md5"] == md5(archive)
     assert server.requests("/ml-1m.zip") == 1
 
 
@@ -206,3 +244,98 @@ def test_zip_with_files_outside_ml1m_folder_is_rejected(server: Server, tmp_path
     url = server.serve("/ml-1m.zip", archive)
     with pytest.raises(DownloadError, match="not the MovieLens-1M archive"):
         fetch_movielens(tmp_path, url=url, md5=md5(archive), progress=False)
+
+
+class _StallingHandler(BaseHTTPRequestHandler):
+    """Starts a 10 MiB body, sends 1 KiB of it, then stalls until the test releases it."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(10 << 20))
+        self.end_headers()
+        self.wfile.write(b"x" * 1024)
+        self.wfile.flush()
+        self.server.started.set()
+        self.server.release.wait(timeout=10)  # bounded even if the test never releases it
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_sigterm_during_download_leaves_no_temp_file(tmp_path: Path) -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _StallingHandler)
+    httpd.started, httpd.release = threading.Event(), threading.Event()
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    cache = tmp_path / "cache"
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/ml-1m.zip"
+    code = (
+        "import sys; from pathlib import Path; "
+        "from recfunnel.data.download import fetch_movielens; "
+        "fetch_movielens(Path(sys.argv[1]), url=sys.argv[2], md5='0' * 32, progress=False)"
+    )
+    # The child imports the same recfunnel as this test (a source tree or an install).
+    src = str(Path(recfunnel.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, str(cache), url],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert httpd.started.wait(timeout=10), "the download never started"
+            # The child is blocked reading the body, with its temp file open.
+            assert [p.name for p in cache.iterdir() if p.name.endswith(".part")]
+            child.send_signal(signal.SIGTERM)
+            _, stderr = child.communicate(timeout=10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    finally:
+        httpd.release.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+    assert child.returncode == 143, stderr.decode(errors="replace")
+    assert list(cache.iterdir()) == []  # no .part, no .tmp
+
+
+def test_sigterm_raises_restores_the_previous_handler() -> None:
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("this test process has its own SIGTERM handler")
+    with sigterm_raises():
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        with pytest.raises(SystemExit) as info:
+            handler(signal.SIGTERM, None)
+        assert info.value.code == 143
+        with sigterm_raises():  # nested: the outer handler stays
+            assert signal.getsignal(signal.SIGTERM) is handler
+        assert signal.getsignal(signal.SIGTERM) is handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_raises_leaves_other_handlers_and_threads_alone() -> None:
+    def own(signum: int, frame: object) -> None:
+        pass
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        with sigterm_raises():
+            assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    seen = []
+
+    def in_thread() -> None:
+        with sigterm_raises():  # signal.signal would raise ValueError off the main thread
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    worker = threading.Thread(target=in_thread)
+    worker.start()
+    worker.join(timeout=5)
+    assert seen == [previous]

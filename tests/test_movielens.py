@@ -9,15 +9,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfunnel.data import movielens
+from recfunnel.data import MovieLens, movielens
 from recfunnel.data.movielens import (
     CACHE_DIR_ENV,
     DATA_DIR_ENV,
+    MAX_TIMESTAMP,
+    MIN_RATINGS,
     dataset_stats,
     load_movielens,
     read_movies,
     read_ratings,
 )
+from recfunnel.data.synthetic import write_synthetic_movielens
 from recfunnel.errors import DataError
 
 MOVIES = [
@@ -41,7 +44,11 @@ RATINGS = [
     "2::3::1::978300275",
     "3::6::2::978824291",
     "3::7::4::978302268",
-]
+    "1::6::4::978300500",
+    "2::7::5::978301000",
+    "3::3::3::978302000",
+    "3::2::5::978303000",
+]  # MIN_RATINGS (10) ratings: the fewest a data set may have
 FILE_LINES = {"ratings.dat": RATINGS, "users.dat": USERS, "movies.dat": MOVIES}
 
 
@@ -123,6 +130,22 @@ def test_windows_line_ends_and_blank_trailing_lines_are_fine(tmp_path: Path, end
     assert ml.items["genres"].iloc[0] == "Animation|Children's|Comedy"  # no stray "\r"
 
 
+@pytest.mark.parametrize("file", ["ratings.dat", "users.dat", "movies.dat"])
+@pytest.mark.parametrize("end", ["\n", "\r\n"])
+def test_file_cut_inside_its_last_line_is_rejected(tmp_path: Path, file: str, end: str) -> None:
+    folder = write_ml(tmp_path / "data", end=end)
+    data = (folder / file).read_bytes()
+    # Cut two bytes into the last line's end: for ratings.dat the timestamp 978303000
+    # becomes 9783030, still a valid number.
+    cut = data[: -len(end) - 2]
+    (folder / file).write_bytes(cut)
+    with pytest.raises(DataError, match="no line end: the file looks cut short") as info:
+        load_movielens(folder, cache_dir=tmp_path / "cache")
+    n_lines = len(FILE_LINES[file])
+    last = cut.split(b"\n")[-1].decode("latin-1")
+    assert f"{file}, line {n_lines}: " in str(info.value) and repr(last) in str(info.value)
+
+
 def test_empty_ratings_file_gives_an_empty_table(tmp_path: Path) -> None:
     (tmp_path / "ratings.dat").write_text("")
     ratings = read_ratings(tmp_path / "ratings.dat")
@@ -147,6 +170,18 @@ MALFORMED = {
     "ratings-rating-0": ("ratings.dat", 1, "1::1::0::978300760", "rating must be one of"),
     "ratings-user-0": ("ratings.dat", 6, "0::7::4::978302268", "user id must be"),
     "ratings-timestamp-negative": ("ratings.dat", 2, "1::2::3::-5", "timestamp is not"),
+    "ratings-timestamp-far-future": (
+        "ratings.dat",
+        3,
+        "2::1::4::999999999999999999",
+        "timestamp must be 0..4102444800",
+    ),
+    "ratings-timestamp-milliseconds": (
+        "ratings.dat",
+        4,
+        "2::3::1::978300275000",
+        "timestamp must be 0..4102444800",
+    ),
     "ratings-duplicate-pair": (
         "ratings.dat",
         6,
@@ -208,6 +243,43 @@ def test_malformed_line_names_file_and_line(
     assert not (tmp_path / "cache" / "parsed").exists()  # nothing bad was cached
 
 
+def test_empty_ratings_file_is_a_clear_error(tmp_path: Path) -> None:
+    folder = write_ml(tmp_path / "data", ratings=[])
+    (folder / "ratings.dat").write_bytes(b"")
+    with pytest.raises(DataError, match="is empty: ratings.dat has no ratings") as info:
+        load_movielens(folder, cache_dir=tmp_path / "cache")
+    assert str(folder.resolve()) in str(info.value) and "--data-dir" in str(info.value)
+    assert not (tmp_path / "cache" / "parsed").exists()
+
+
+@pytest.mark.parametrize(("file", "what"), [("users.dat", "users"), ("movies.dat", "movies")])
+def test_empty_users_or_movies_file_is_a_clear_error(tmp_path: Path, file: str, what: str) -> None:
+    folder = write_ml(tmp_path / "data")
+    (folder / file).write_bytes(b"\n")  # only a blank line: no records either
+    with pytest.raises(DataError, match=f"is empty: {file} has no {what}") as info:
+        load_movielens(folder, cache_dir=tmp_path / "cache")
+    assert str(folder.resolve()) in str(info.value)
+
+
+def test_too_few_ratings_to_split_is_a_clear_error(tmp_path: Path) -> None:
+    folder = write_ml(tmp_path / "data", ratings=RATINGS[: MIN_RATINGS - 1])
+    with pytest.raises(DataError, match="too small: ratings.dat has 9 ratings, at least 10"):
+        load_movielens(folder, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache" / "parsed").exists()
+
+
+def test_small_synthetic_data_sets_load(tmp_path: Path) -> None:
+    # The sizes tests/test_synthetic.py writes, and the smallest the generator allows.
+    small = write_synthetic_movielens(
+        tmp_path / "small", n_users=40, n_items=120, ratings_per_user=(25, 30), n_factors=4
+    )
+    assert len(load_movielens(small, cache_dir=tmp_path / "cache").ratings) >= 40 * 25
+    tiny = write_synthetic_movielens(
+        tmp_path / "tiny", n_users=1, n_items=60, ratings_per_user=(MIN_RATINGS, MIN_RATINGS)
+    )
+    assert len(load_movielens(tiny, cache_dir=tmp_path / "cache").ratings) == MIN_RATINGS
+
+
 def test_second_load_reads_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data, cache = write_ml(tmp_path / "data"), tmp_path / "cache"
     first = load_movielens(data, cache_dir=cache)
@@ -237,12 +309,30 @@ def test_changed_source_file_is_parsed_again(tmp_path: Path) -> None:
     )
 
 
-def test_checksum_is_sha256_of_ratings_users_movies(tmp_path: Path) -> None:
+def test_checksum_hashes_ratings_users_movies_each_by_name(tmp_path: Path) -> None:
     data = write_ml(tmp_path / "data")
     digest = hashlib.sha256()
     for name in ("ratings.dat", "users.dat", "movies.dat"):
-        digest.update((data / name).read_bytes())
+        body = (data / name).read_bytes()
+        digest.update(f"{name}\0{len(body)}\0{hashlib.sha256(body).hexdigest()}\n".encode())
     assert load_movielens(data, cache_dir=tmp_path / "cache").checksum == digest.hexdigest()
+
+
+def test_line_moved_between_files_changes_the_key_and_is_not_served_from_cache(
+    tmp_path: Path,
+) -> None:
+    data, cache = write_ml(tmp_path / "data"), tmp_path / "cache"
+    first = load_movielens(data, cache_dir=cache)  # warms the cache
+    # The last rating becomes the first line of users.dat: the bytes of ratings.dat then
+    # users.dat, run together, are unchanged.
+    before = b"".join((data / name).read_bytes() for name in ("ratings.dat", "users.dat"))
+    write_ml(data, ratings=RATINGS[:-1], users=[RATINGS[-1], *USERS])
+    after = b"".join((data / name).read_bytes() for name in ("ratings.dat", "users.dat"))
+    assert before == after
+    with pytest.raises(DataError, match=r"users.dat, line 1: expected 5 fields"):
+        load_movielens(data, cache_dir=cache)  # parsed afresh, not the stale cached tables
+    paths = tuple(data / name for name in ("ratings.dat", "users.dat", "movies.dat"))
+    assert movielens._checksum(paths) != first.checksum
 
 
 def test_damaged_cache_is_rebuilt(tmp_path: Path) -> None:
@@ -313,26 +403,50 @@ def test_folder_without_movies_dat_is_named(tmp_path: Path) -> None:
 
 def test_dataset_stats(tmp_path: Path) -> None:
     stats = dataset_stats(load_movielens(write_ml(tmp_path / "data"), cache_dir=tmp_path / "c"))
-    # Ratings 5, 3, 4, 1, 2, 4 by 3 users on movies 1, 2, 3, 6, 7 (movie 4 and 5 unrated).
+    # Ratings 5, 3, 4, 1, 2, 4, 4, 5, 3, 5 by 3 users on movies 1, 2, 3, 6, 7 (movie 4 and 5
+    # unrated).
     assert stats == {
-        "n_ratings": 6,
+        "n_ratings": 10,
         "n_users": 3,
         "n_users_rated": 3,
         "n_movies": 7,
         "n_items_rated": 5,
         "n_rating_1": 1,
         "n_rating_2": 1,
-        "n_rating_3": 1,
-        "n_rating_4": 2,
-        "n_rating_5": 1,
-        "mean_rating": pytest.approx(19 / 6),
-        "liked_share": pytest.approx(3 / 6),
+        "n_rating_3": 2,
+        "n_rating_4": 3,
+        "n_rating_5": 3,
+        "mean_rating": pytest.approx(36 / 10),
+        "liked_share": pytest.approx(6 / 10),
         "first_timestamp": 978300275,
         "last_timestamp": 978824291,
         "first_date": "2000-12-31",  # 978300275 = 2000-12-31 22:04:35 UTC
         "last_date": "2001-01-06",  # 978824291 = 2001-01-06 23:38:11 UTC
-        "density": pytest.approx(6 / (3 * 5)),
+        "density": pytest.approx(10 / (3 * 5)),
     }
+
+
+def test_timestamp_bounds_are_inclusive(tmp_path: Path) -> None:
+    path = tmp_path / "ratings.dat"
+    path.write_text("1::1::5::0\n1::2::3::4102444800\n")
+    assert read_ratings(path)["timestamp"].tolist() == [0, MAX_TIMESTAMP]
+    path.write_text("1::1::5::0\n1::2::3::4102444801\n")
+    with pytest.raises(DataError, match=r"ratings.dat, line 2: timestamp must be"):
+        read_ratings(path)
+
+
+def test_stats_dates_of_unformattable_times_are_none() -> None:
+    ratings = pd.DataFrame(
+        {
+            "user_id": np.array([1, 1], dtype=np.int32),
+            "item_id": np.array([1, 2], dtype=np.int32),
+            "rating": np.array([5, 3], dtype=np.int8),
+            "timestamp": np.array([-1, 10**17], dtype=np.int64),  # built by hand, unchecked
+        }
+    )
+    ml = MovieLens(ratings, pd.DataFrame(), pd.DataFrame(), "0" * 64, Path("."))
+    stats = dataset_stats(ml)
+    assert stats["first_date"] == "1969-12-31" and stats["last_date"] is None
 
 
 @pytest.mark.realdata

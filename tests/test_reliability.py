@@ -228,14 +228,14 @@ def test_stale_folders_of_others_are_left_alone(tmp_path):
 
 
 def test_sigterm_runs_the_cleanup(tmp_path):
-    """terminate_as_interrupt turns SIGTERM into an exception, so `except BaseException`
+    """sigterm_raises turns SIGTERM into an exception, so `except BaseException`
     removes the temp folder instead of the process dying with it in place."""
     script = textwrap.dedent(
         f"""
         import os, shutil, signal, sys, tempfile, time
         from pathlib import Path
-        from recfunnel.atomic import Terminated, terminate_as_interrupt
-        with terminate_as_interrupt():
+        from recfunnel.atomic import Terminated, sigterm_raises
+        with sigterm_raises():
             tmp = Path(tempfile.mkdtemp(prefix=".x.partial-", dir={str(tmp_path)!r}))
             try:
                 os.kill(os.getpid(), signal.SIGTERM)

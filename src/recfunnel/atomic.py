@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+
+# The exit status of a process killed by SIGTERM, as a shell reports it (128 + 15).
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
 
 def umask_mode(directory: bool = False) -> int:
@@ -38,24 +42,38 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         raise
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised as an exception so that `finally` and `except BaseException` blocks
-    remove their temp files, as they do on Ctrl-C."""
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While active, SIGTERM raises `Terminated` (a SystemExit(143)) in the main thread, so
+    cleanup runs.
 
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """While active (main thread only; elsewhere a no-op), SIGTERM raises `Terminated`
-    instead of killing the process outright; the previous handler comes back after."""
-    if threading.current_thread() is not threading.main_thread():
+    Python leaves SIGTERM at the OS default, which ends the process on the spot: no
+    `finally` or `except BaseException` runs and temp files stay behind. As an exception,
+    a SIGTERM unwinds the stack (removing them) and still ends the process with status 143.
+    Only the default handler is replaced: a handler the application installed, or SIGTERM
+    being ignored, is left alone, as is any thread but the main one (Python runs signal
+    handlers there only). The previous handler comes back on exit.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
         yield
         return
-
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(SystemExit):
+    """SIGTERM as an exception (exit status 143): `finally` and `except BaseException`
+    blocks run and remove their temp files; the CLI reports it in one line."""
+
+    def __init__(self) -> None:
+        super().__init__(SIGTERM_EXIT_CODE)
+
+
+def _raise_exit(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recfunnel import __version__
-from recfunnel.atomic import Terminated, terminate_as_interrupt
+from recfunnel.atomic import SIGTERM_EXIT_CODE, Terminated, sigterm_raises
 from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.evaluation.tables import format_table
 
@@ -538,14 +537,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with terminate_as_interrupt():
+        with sigterm_raises():
             return args.func(args)
     except RecfunnelError as error:
         print(f"recfunnel: error: {error}", file=sys.stderr)
         return 2
     except Terminated:
         print("recfunnel: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return SIGTERM_EXIT_CODE
     except KeyboardInterrupt:
         print("recfunnel: interrupted", file=sys.stderr)
         return 130

@@ -15,8 +15,9 @@ from recfunnel.data.schema import GENRES, ITEM
 class MovieLens:
     """Parsed, validated MovieLens-1M-shaped data (column names as in `recfunnel.data.schema`).
 
-    `checksum` is the SHA-256 over the three source files (ratings, users, movies, in that
-    order); run directories record it so a model is never scored against other data.
+    `checksum` is a hex SHA-256 over the three source files (ratings, users, movies, in that
+    order, each hashed on its own with its name and size); run directories record it so a
+    model is never scored against other data.
     """
 
     ratings: pd.DataFrame

@@ -2,13 +2,15 @@
 
 Nothing here trusts a file it did not verify: a download lands in a temp file that only
 replaces the destination once its size and MD5 check out, and an extracted folder counts
-as complete only when its marker file (written last) names the archive's MD5.
+as complete only when its marker file (written last) names the archive's MD5 and each
+required file still has the size the marker records.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
 import shutil
@@ -21,6 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from recfunnel import __version__
+from recfunnel.atomic import sigterm_raises
 from recfunnel.errors import DownloadError
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,8 @@ def download_file(
 
     The body streams into a temp file next to `dest`, which replaces `dest` only after
     the size (when the server sends Content-Length) and the MD5 match. Any failure
-    leaves neither a partial file nor a temp file and raises DownloadError.
+    leaves neither a partial file nor a temp file and raises DownloadError; so does a
+    SIGTERM, which raises SystemExit(143) once the temp file is gone (see `sigterm_raises`).
     """
     dest = Path(dest)
     md5 = md5.lower()
@@ -69,20 +73,21 @@ def download_file(
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            got_md5, got_sha256 = _stream(url, out, progress=progress, timeout=timeout)
-        if got_md5 != md5:
-            raise DownloadError(
-                f"{url} failed its checksum: MD5 {got_md5}, expected {md5} "
-                f"(corrupted transfer or a changed file). {LOCAL_COPY_HINT}"
-            )
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with sigterm_raises():
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                got_md5, got_sha256 = _stream(url, out, progress=progress, timeout=timeout)
+            if got_md5 != md5:
+                raise DownloadError(
+                    f"{url} failed its checksum: MD5 {got_md5}, expected {md5} "
+                    f"(corrupted transfer or a changed file). {LOCAL_COPY_HINT}"
+                )
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     log.info("downloaded %s to %s (MD5 %s, SHA-256 %s)", url, dest, got_md5, got_sha256)
     return dest
 
@@ -141,7 +146,8 @@ def fetch_movielens(
 
     Downloads `cache_dir/ml-1m.zip` if needed (see `download_file`), then extracts its
     `ml-1m/` folder into a temp folder and renames it into place, so an interrupted run
-    never leaves a folder that looks complete. A corrupt archive, or one without
+    never leaves a folder that looks complete; a SIGTERM meanwhile removes the temp files
+    before the process exits (see `sigterm_raises`). A corrupt archive, or one without
     ratings.dat, users.dat and movies.dat, raises DownloadError.
     """
     cache_dir = Path(cache_dir)
@@ -151,32 +157,49 @@ def fetch_movielens(
         return target
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    archive = download_file(url, cache_dir / "ml-1m.zip", md5, progress=progress)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{ARCHIVE_FOLDER}.", suffix=".tmp", dir=cache_dir))
-    try:
-        _extract(archive, tmp)
-        (tmp / COMPLETE_MARKER).write_text(md5 + "\n")
-        if target.exists():  # an interrupted or older extraction: replace it
-            shutil.rmtree(target)
+    with sigterm_raises():
+        archive = download_file(url, cache_dir / "ml-1m.zip", md5, progress=progress)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{ARCHIVE_FOLDER}.", suffix=".tmp", dir=cache_dir))
         try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process finished the same extraction first; use its copy.
-            if not _is_complete(target, md5):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            _extract(archive, tmp)
+            _write_marker(tmp, md5)
+            if target.exists():  # an interrupted or older extraction: replace it
+                shutil.rmtree(target)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                # Another process finished the same extraction first; use its copy.
+                if not _is_complete(target, md5):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     log.info("extracted %s to %s", archive, target)
     return target
 
 
+def _write_marker(folder: Path, md5: str) -> None:
+    """Mark `folder` complete: JSON with the archive's MD5 and each required file's size."""
+    sizes = {name: (folder / name).stat().st_size for name in REQUIRED_FILES}
+    (folder / COMPLETE_MARKER).write_text(json.dumps({"md5": md5, "sizes": sizes}) + "\n")
+
+
 def _is_complete(folder: Path, md5: str) -> bool:
-    marker = folder / COMPLETE_MARKER
-    return (
-        marker.is_file()
-        and marker.read_text().strip() == md5
-        and all((folder / name).is_file() for name in REQUIRED_FILES)
-    )
+    """Whether `folder`'s marker names archive MD5 `md5` and each required file has its size.
+
+    An old-style marker (the bare MD5), an unreadable one, or a file since truncated or
+    replaced by one of another size all mean: extract again.
+    """
+    try:
+        marker = json.loads((folder / COMPLETE_MARKER).read_text())
+        if marker["md5"] != md5:
+            return False
+        for name in REQUIRED_FILES:
+            path, size = folder / name, marker["sizes"][name]
+            if type(size) is not int or not path.is_file() or path.stat().st_size != size:
+                return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def _extract(archive: Path, dest: Path) -> None:

@@ -3,7 +3,8 @@
 The three files are `::`-separated latin-1 text, one record per line. Every malformed
 line is a DataError that names the file, the 1-based line number and the line's text;
 nothing is dropped or repaired silently. Parsed tables are cached as parquet in a folder
-named after the SHA-256 of the source files, so any change to a file forces a re-parse.
+named after a SHA-256 over the source files (each one hashed on its own, with its name and
+size), so any change to a file forces a re-parse.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +50,20 @@ DEFAULT_CACHE_DIR = Path("~/.cache/recfunnel")
 
 # Bump whenever parsing changes what ends up in the tables, so older parquet caches of
 # the same source files are parsed again instead of reused.
-CACHE_FORMAT = 1
+# 2: the cut-short, timestamp and size checks, and the per-file checksum.
+CACHE_FORMAT = 2
 _TABLES = ("ratings", "users", "items")
+# The fewest ratings a data set may have: below 10, the 10 % valid and test parts of the
+# default temporal split hold less than one rating each, and training fails far from here.
+MIN_RATINGS = 10
 _COLUMNS = {"ratings": RATING_COLUMNS, "users": USER_COLUMNS, "items": ITEM_COLUMNS}
+
+# Latest accepted rating time, 2100-01-01 00:00 UTC (the earliest is the epoch, 0). ML-1M
+# spans 2000-2003; a time beyond this is garbage (a millisecond timestamp, digits run
+# together) rather than a rating, and far enough out it cannot even be formatted as a
+# date. Checked on load, so every later module can trust TIME.
+MAX_TIMESTAMP = 4_102_444_800
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # "::" becomes this single byte so the C parser can split lines; the ASCII unit separator
 # cannot occur in a valid file (checked), unlike a tab.
@@ -75,14 +87,20 @@ def read_ratings(path: str | Path) -> pd.DataFrame:
     """Parse ratings.dat (`UserID::MovieID::Rating::Timestamp`), keeping the file order.
 
     Returns columns user_id (int32), item_id (int32), rating (int8, 1..5), timestamp
-    (int64) with index 0..n-1 (row i is line i + 1). Raises DataError on a malformed line,
-    a rating outside 1..5 or a second rating of the same (user, movie) pair.
+    (int64, 0..MAX_TIMESTAMP) with index 0..n-1 (row i is line i + 1). Raises DataError on
+    a malformed line, a rating outside 1..5, a timestamp out of range or a second rating of
+    the same (user, movie) pair.
     """
     path = Path(path)
     df = _split(path, RATING_COLUMNS, int_columns=RATING_COLUMNS)
     _check_ids(path, df[USER])
     _check_ids(path, df[ITEM])
     _check(path, ~df[RATING].between(1, 5).to_numpy(), "rating must be one of 1, 2, 3, 4, 5")
+    _check(
+        path,
+        ~df[TIME].between(0, MAX_TIMESTAMP).to_numpy(),
+        f"timestamp must be 0..{MAX_TIMESTAMP} (1970-01-01 to 2100-01-01 UTC)",
+    )
     # Ids are < 2**31 now, so this packs each (user, movie) pair into one int64.
     pair = (df[USER].to_numpy() << 32) | df[ITEM].to_numpy()
     _check_unique(
@@ -176,12 +194,18 @@ def _split(path: Path, columns: tuple[str, ...], *, int_columns: tuple[str, ...]
     """Split a `::` file into `columns`: int64 for `int_columns`, str for the rest.
 
     Row i of the result is line i + 1 of the file. Windows line ends and blank lines at
-    the end of the file are accepted; any other blank line is a wrong field count.
+    the end of the file are accepted; any other blank line is a wrong field count. A
+    non-empty file must end in a line end: GroupLens' files all do, and a file cut inside
+    its last field (say a timestamp missing its last digits) would otherwise parse.
     """
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if raw and not raw.endswith(b"\n"):
+        raise _line_error(
+            path, raw.count(b"\n") + 1, "the last line has no line end: the file looks cut short"
+        )
     if b"\r" in raw:
         raw = raw.replace(b"\r\n", b"\n")
     raw = raw.rstrip(b"\n")
@@ -306,13 +330,14 @@ def load_movielens(
     The data folder is `data_dir`, else $RECFUNNEL_DATA_DIR, else (when `download`) the
     archive fetched into `cache_dir`. `cache_dir` (default $RECFUNNEL_CACHE_DIR, else
     ~/.cache/recfunnel) also holds the parsed tables, as parquet in `parsed/<sha256>/`.
-    Besides each file's own checks, every rating must name a user of users.dat and a
-    movie of movies.dat.
+    Besides each file's own checks, no file may be empty, there must be MIN_RATINGS
+    ratings or more, and every rating must name a user of users.dat and a movie of
+    movies.dat.
     """
     cache = _resolve_cache_dir(cache_dir)
     folder = _resolve_data_dir(data_dir, cache, download=download, progress=progress)
     ratings_path, users_path, movies_path = (folder / name for name in REQUIRED_FILES)
-    checksum = _sha256((ratings_path, users_path, movies_path))
+    checksum = _checksum((ratings_path, users_path, movies_path))
 
     parsed = cache / "parsed" / checksum
     tables = _read_parsed(parsed)
@@ -320,6 +345,7 @@ def load_movielens(
         ratings = read_ratings(ratings_path)
         users = read_users(users_path)
         items = read_movies(movies_path)
+        _check_size(folder, ratings, users, items)
         _check_references(ratings_path, ratings, users, items)
         tables = (ratings, users, items)
         _write_parsed(parsed, tables, checksum)
@@ -357,17 +383,48 @@ def _resolve_data_dir(
     return folder.resolve()
 
 
-def _sha256(paths: tuple[Path, ...]) -> str:
-    """Hex SHA-256 over the bytes of `paths`, one after the other."""
+def _checksum(paths: tuple[Path, ...]) -> str:
+    """Hex SHA-256 over a line `name NUL size NUL sha256(bytes) LF` per file, in order.
+
+    Each file is hashed on its own: a hash of the bytes run together is the same when a
+    line moves from the end of one file to the start of the next, and a warm cache would
+    then serve tables of files that no longer parse.
+    """
     digest = hashlib.sha256()
     for path in paths:
+        file_digest, size = hashlib.sha256(), 0
         try:
             with open(path, "rb") as f:
                 while chunk := f.read(1 << 20):
-                    digest.update(chunk)
+                    file_digest.update(chunk)
+                    size += len(chunk)
         except OSError as exc:
             raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        digest.update(f"{path.name}\0{size}\0{file_digest.hexdigest()}\n".encode())
     return digest.hexdigest()
+
+
+def _check_size(
+    folder: Path, ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame
+) -> None:
+    """No file may be empty, and there must be MIN_RATINGS ratings or more to split."""
+    empty = [
+        f"{file} has no {what}"
+        for file, what, table in (
+            ("ratings.dat", "ratings", ratings),
+            ("users.dat", "users", users),
+            ("movies.dat", "movies", items),
+        )
+        if table.empty
+    ]
+    if empty:
+        raise DataError(f"the data set in {folder} is empty: {', '.join(empty)}. {_FIX_HINT}.")
+    if len(ratings) < MIN_RATINGS:
+        raise DataError(
+            f"the data set in {folder} is too small: ratings.dat has {len(ratings)} ratings, "
+            f"at least {MIN_RATINGS} are needed to split it into train, valid and test. "
+            f"{_FIX_HINT}."
+        )
 
 
 def _check_references(
@@ -464,4 +521,14 @@ def dataset_stats(ml: MovieLens) -> dict[str, int | float | str | None]:
 
 
 def _iso_date(timestamp: int | None) -> str | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).date().isoformat()
+    """The UTC date of a Unix timestamp; None for None or a time no date can hold.
+
+    Epoch plus a timedelta rather than datetime.fromtimestamp, which raises OSError for
+    times the platform's C library cannot convert (negative ones on Windows, say).
+    """
+    if timestamp is None:
+        return None
+    try:
+        return (_EPOCH + timedelta(seconds=int(timestamp))).date().isoformat()
+    except OverflowError:  # beyond year 9999 (or before year 1)
+        return None
