@@ -41,6 +41,10 @@ def test_candidates_are_immutable_and_with_scores_returns_a_new_value():
         c.scores["prerank"] = c.scores["recall"]  # type: ignore[index]
     with pytest.raises(AttributeError):
         c.items = c.items  # type: ignore[misc]
+    with pytest.raises(ValueError, match="read-only"):
+        c.items[0, 0] = 1
+    with pytest.raises(ValueError, match="read-only"):
+        c.scores["recall"][0, 0] = 1.0
     d = c.with_scores("prerank", np.arange(5.0))  # flat values, in pairs() order
     assert "prerank" not in c.scores and d.scores["prerank"][1].tolist()[:2] == [3.0, 4.0]
     assert np.isnan(d.scores["prerank"][1, 2])

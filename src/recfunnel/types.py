@@ -141,7 +141,15 @@ class Embeddings:
 
 
 def _frozen(mapping: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-    return MappingProxyType(dict(mapping))
+    """A read-only view of `mapping` whose arrays are read-only too."""
+    return MappingProxyType({name: _read_only(a) for name, a in mapping.items()})
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only view of `array` (the caller's array stays writable)."""
+    view = np.asarray(array).view()
+    view.flags.writeable = False
+    return view
 
 
 @dataclass(frozen=True)
@@ -161,6 +169,7 @@ class Candidates:
     embeddings: Embeddings | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "items", _read_only(self.items))
         object.__setattr__(self, "scores", _frozen(self.scores))
         object.__setattr__(self, "channels", _frozen(self.channels))
 

@@ -22,7 +22,9 @@ from recfunnel.evaluation import metrics
 from recfunnel.evaluation.baselines import EASE, Popularity
 from recfunnel.evaluation.protocol import Evaluator, EvalUsers
 from recfunnel.funnel import STAGES, Funnel
-from recfunnel.types import Candidates, Pairs, Requests
+from recfunnel.rank.report import pointwise_scores
+from recfunnel.rerank.report import lambda_sweep
+from recfunnel.types import Candidates, Pairs
 
 LAMBDAS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 LIST_KEYS = ("ndcg@20", "recall@20", "precision@20", "hit_rate@20", "ild@20")
@@ -38,23 +40,6 @@ def _list_row(
     out[f"recall@{k}"] = row.get(f"recall@{k}", np.nan)
     hits = metrics.hit_matrix(cands.items, users.truth).sum()
     out["retention"] = float(hits / recall_hits) if recall_hits else float("nan")
-    return out
-
-
-def _pointwise(
-    labels: np.ndarray, rows: np.ndarray, logits: np.ndarray, calibrated: bool
-) -> dict[str, float | None]:
-    """AUC and GAUC of any score; LogLoss only for a head trained as P(liked | rated) (the
-    recall and pre-rank logits are not probabilities of that, so their LogLoss means
-    nothing and is left blank)."""
-    out: dict[str, float | None] = {
-        "auc": metrics.auc(labels, logits),
-        "gauc": metrics.gauc(rows, labels, logits),
-        "logloss": None,
-    }
-    if calibrated:
-        probs = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
-        out["logloss"] = metrics.log_loss(labels, probs)
     return out
 
 
@@ -108,8 +93,15 @@ def evaluate_funnel(
         report["stages" if group == "warm" else "cold"] = rows
         if group == "warm":
             report["timing"] = {"funnel_seconds_all_warm_users": seconds}
-            report["lambda_sweep"] = _lambda_sweep(
-                funnel, evaluator, users, requests, lists, lambdas
+            report["lambda_sweep"] = lambda_sweep(
+                funnel["rerank"],
+                requests,
+                lists["rank"],
+                evaluator,
+                users,
+                k=funnel.sizes.topk_final,
+                lambdas=lambdas,
+                keys=LIST_KEYS,
             )
             report["pointwise"] = _pointwise_report(funnel, split, part, users, requests)
             report["baselines"] = _baselines(split, funnel.item_ids, evaluator, users)
@@ -119,24 +111,6 @@ def evaluate_funnel(
         "rank": funnel["rank"].log_.to_dict(),
     }
     return report
-
-
-def _lambda_sweep(
-    funnel: Funnel,
-    evaluator: Evaluator,
-    users: EvalUsers,
-    requests: Requests,
-    lists: dict[str, Candidates],
-    lambdas: Sequence[float],
-) -> list[dict[str, float]]:
-    out = []
-    for lam in lambdas:
-        final = funnel.run(requests, resume=("rank", lists["rank"]), lambda_mmr=float(lam))[
-            "rerank"
-        ]
-        row = evaluator.list_metrics(final.items, users)
-        out.append({"lambda": float(lam), **{k: row[k] for k in LIST_KEYS if k in row}})
-    return out
 
 
 def _pointwise_report(
@@ -151,7 +125,7 @@ def _pointwise_report(
     # For rank, the logit of its P(liked | rated) head: the classic CTR quantity.
     logits = {"recall": scores["recall"], "prerank": scores["prerank"], "rank": scores["rank.like"]}
     return {
-        stage: _pointwise(labels, rows, logit, calibrated=stage == "rank")
+        stage: pointwise_scores(labels, rows, logit, calibrated=stage == "rank")
         for stage, logit in logits.items()
     }
 
