@@ -57,15 +57,16 @@ class History:
 
     def as_of(self, now: np.ndarray) -> History:
         """The entries of row b dated at or before now[b] (this history if none is later)."""
-        ratings, times = self.ratings.tocsr(), self.timestamps.tocsr()
-        if not times.nnz:
+        now = np.asarray(now)
+        times = self.timestamps.tocsr()
+        if not times.nnz or times.data.max() <= now.min():  # the common case: nothing later
             return self
         rows = np.repeat(np.arange(times.shape[0]), np.diff(times.indptr))
-        late = times.data > np.asarray(now)[rows]
+        late = times.data > now[rows]
         if not late.any():
             return self
         keep = sp.csr_matrix(((~late).astype(np.float64), times.indices, times.indptr), times.shape)
-        ratings, times = ratings.multiply(keep).tocsr(), times.multiply(keep).tocsr()
+        ratings, times = self.ratings.tocsr().multiply(keep).tocsr(), times.multiply(keep).tocsr()
         ratings.eliminate_zeros()
         times.eliminate_zeros()
         return History(ratings, times)
@@ -118,9 +119,9 @@ class Requests:
         evaluation ask, with the whole known history visible."""
         times = history.timestamps.tocsr()
         last = np.zeros(len(user_ids), dtype=np.int64)
-        if times.nnz:
-            rows = np.repeat(np.arange(times.shape[0]), np.diff(times.indptr))
-            np.maximum.at(last, rows, times.data.astype(np.int64))
+        rated = np.diff(times.indptr) > 0
+        if rated.any():  # each row's max: one reduceat over the rows that have entries
+            last[rated] = np.maximum.reduceat(times.data, times.indptr[:-1][rated])
         return cls(user_ids, history, np.maximum(last, int(floor)))
 
 
@@ -147,6 +148,8 @@ def _frozen(mapping: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
 
 def _read_only(array: np.ndarray) -> np.ndarray:
     """A read-only view of `array` (the caller's array stays writable)."""
+    if isinstance(array, np.ndarray) and not array.flags.writeable:
+        return array  # already frozen: a value handed on from an earlier stage
     view = np.asarray(array).view()
     view.flags.writeable = False
     return view
@@ -213,10 +216,12 @@ class Candidates:
     def reorder(self, order: np.ndarray) -> Candidates:
         """Keep columns `order` (B, M) of each row, in that order; -1 in `order` pads."""
         pad = order < 0
-        safe = np.where(pad, 0, order)
+        padded = bool(pad.any())
+        index = (np.arange(len(order))[:, None], np.where(pad, 0, order) if padded else order)
 
         def take(a: np.ndarray, fill: float) -> np.ndarray:
-            return np.where(pad, fill, np.take_along_axis(a, safe, axis=1))
+            picked = a[index]  # one fancy index, reused for every array
+            return np.where(pad, fill, picked) if padded else picked
 
         return Candidates(
             take(self.items, -1),

@@ -177,6 +177,8 @@ class Pipeline:
                 chunk_size=chunk_size,
             )
         ]
+        if len(parts) == 1:  # one chunk (every single-user call): nothing to stack
+            return parts[0]
         return {stage: Candidates.concat([p[stage] for p in parts]) for stage in parts[0]}
 
     def recommend_chunks(
@@ -242,18 +244,31 @@ class Pipeline:
         row = np.searchsorted(self.user_ids, user_id)
         cold = self._ratings.indptr[row + 1] == self._ratings.indptr[row]
         final = lists["rerank"]
+        # Each earlier list as {catalogue position: (1-based place, score)}, built once.
+        places = {
+            stage: {
+                int(item): (column + 1, float(score))
+                for column, (item, score) in enumerate(
+                    zip(
+                        lists[stage].items[0].tolist(),
+                        lists[stage].scores[stage][0].tolist(),
+                        strict=True,
+                    )
+                )
+                if item >= 0
+            }
+            for stage in ("recall", "prerank", "rank")
+        }
         items = []
-        for place, position in enumerate(final.items[0]):
+        for place, position in enumerate(final.items[0].tolist()):
             if position < 0:
                 break
             scores, positions = {}, {}
-            for stage in ("recall", "prerank", "rank"):
-                columns = np.flatnonzero(lists[stage].items[0] == position)
-                if columns.size:
-                    positions[stage] = int(columns[0]) + 1
-                    scores[stage] = float(lists[stage].scores[stage][0, columns[0]])
+            for stage, seen in places.items():
+                if position in seen:
+                    positions[stage], scores[stage] = seen[position]
             positions["rerank"] = place + 1
-            items.append(self._item(place + 1, int(position), scores, positions))
+            items.append(self._item(place + 1, position, scores, positions))
         return Recommendation(
             user_id=user_id,
             path="cold" if cold else "funnel",
@@ -278,7 +293,10 @@ class Pipeline:
         positions = positions[positions >= 0]
         if len(positions) < 2:
             return float("nan")
-        return float(metrics.ild_at_k(positions[None, :], self._genres)[0])
+        # Only the list's own rows: ild_at_k normalises every feature row it is given, and
+        # the whole catalogue's would cost more than the rest of the call's re-rank.
+        rows = np.arange(len(positions))[None, :]
+        return float(metrics.ild_at_k(rows, self._genres[positions])[0])
 
     def _popular_list(self, user_id: int, k: int) -> Recommendation:
         # Stable sort: equal counts go to the smaller movie id, as everywhere else.
