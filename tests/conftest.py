@@ -51,3 +51,20 @@ def ml1m(ml1m_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> MovieLens:
 def synthetic_ml(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> MovieLens:
     """The default synthetic data set, loaded once per session (parsed into a temp cache)."""
     return load_movielens(synthetic_dir, cache_dir=tmp_path_factory.mktemp("synthetic-cache"))
+
+
+@pytest.fixture(scope="session")
+def smoke_run(
+    synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[str]]:
+    """One run directory trained through the CLI with the smoke config on the synthetic
+    data, shared by the session: (its path, the data options for further CLI calls). Tests
+    may add report files to it (as `evaluate` does); anything they damage, they copy first."""
+    from recfunnel.cli import main
+    from recfunnel.run import SMOKE_OVERRIDES
+
+    root = tmp_path_factory.mktemp("smoke-run")
+    data = ["--data-dir", str(synthetic_dir), "--cache-dir", str(root / "cache"), "--no-progress"]
+    out = root / "run"
+    assert main(["train", *data, "--out", str(out), *SMOKE_OVERRIDES]) == 0
+    return out, data

@@ -15,12 +15,8 @@ FAST = list(SMOKE_OVERRIDES)
 
 
 @pytest.fixture(scope="module")
-def trained(synthetic_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("funnel")
-    data = ["--data-dir", str(synthetic_dir), "--cache-dir", str(root / "cache"), "--no-progress"]
-    out = root / "run"
-    assert main(["train", *data, "--out", str(out), *FAST]) == 0
-    return out, data
+def trained(smoke_run):
+    return smoke_run
 
 
 @pytest.fixture(scope="module")

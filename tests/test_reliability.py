@@ -33,12 +33,8 @@ from recfunnel.training.recipe import TrainReport
 
 
 @pytest.fixture(scope="module")
-def trained(synthetic_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("reliability")
-    data = ["--data-dir", str(synthetic_dir), "--cache-dir", str(root / "cache"), "--no-progress"]
-    out = root / "run"
-    assert main(["train", *data, "--out", str(out), *SMOKE_OVERRIDES]) == 0
-    return out, data
+def trained(smoke_run):
+    return smoke_run
 
 
 def _copy(run: Path, dest: Path) -> Path:

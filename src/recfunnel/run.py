@@ -73,9 +73,9 @@ GENERATED = (
     "report-*/report.json",
     "report-*/*.png",
 )
-_PARTIAL = ".partial-"  # hidden build folder of a run: .NAME.partial-XXXX
+_PARTIAL = ".partial-"  # hidden build folder of a run: .NAME.partial-<random>
 _PARTIAL_MARKER = ".recfunnel-partial"  # inside it until the run is complete
-_OLD = ".old-"  # an old run set aside while the new one moves in: .NAME.old-XXXX/run
+_OLD = ".old-"  # an old run set aside while the new one moves in: .NAME.old-<random>/run
 
 log = logging.getLogger(__name__)
 
