@@ -8,10 +8,8 @@ import pytest
 
 from recfunnel.cli import main
 from recfunnel.errors import ConfigError, RecfunnelError
-from recfunnel.run import SMOKE_OVERRIDES, load_run
+from recfunnel.run import load_run
 from recfunnel.serving.recommender import Pipeline
-
-FAST = list(SMOKE_OVERRIDES)
 
 
 @pytest.fixture(scope="module")
