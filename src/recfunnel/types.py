@@ -294,8 +294,9 @@ class Pairs:
         )
 
     def concat(self, other: Pairs) -> Pairs:
-        """These pairs followed by `other`'s (rows already in one request numbering); the
-        embeddings stay this value's (set the stacked ones with `with_embeddings`)."""
+        """These pairs followed by `other`'s (rows already in one request numbering), with
+        the scores both carry; the embeddings stay this value's (set the stacked ones with
+        `with_embeddings`)."""
 
         def cat(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
             return None if a is None or b is None else np.concatenate([a, b])
@@ -303,7 +304,11 @@ class Pairs:
         return Pairs(
             np.concatenate([self.rows, other.rows]),
             np.concatenate([self.items, other.items]),
-            {n: np.concatenate([s, other.scores[n]]) for n, s in self.scores.items()},
+            {
+                n: np.concatenate([s, other.scores[n]])
+                for n, s in self.scores.items()
+                if n in other.scores
+            },
             self.embeddings,
             cat(self.labels, other.labels),
             cat(self.rated, other.rated),

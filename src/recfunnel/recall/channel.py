@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recfunnel.evaluation.protocol import top_k
 from recfunnel.stage import Scorer
-from recfunnel.types import Candidates, Requests
+from recfunnel.types import Candidates, Pairs, Requests
 
 
 class Channel(Scorer):
@@ -44,3 +45,26 @@ class Channel(Scorer):
 
     def select(self, candidates: Candidates, **options: Any) -> Candidates:
         return candidates
+
+
+class CatalogueChannel(Channel):
+    """A channel that scores the whole catalogue for each request (item-to-item models,
+    trending, content): retrieval is an exact top-k of those scores with the known items
+    removed, and a pair's score is read from the same row. Subclasses implement `fit` and
+    `catalogue_scores`."""
+
+    @abstractmethod
+    def catalogue_scores(self, requests: Requests) -> np.ndarray:
+        """(B, n_items) float64 scores of every catalogue position for each request."""
+
+    def retrieve(self, requests: Requests, k: int) -> Candidates:
+        self.check_fitted()
+        scores = self.catalogue_scores(requests)
+        items = top_k(scores, requests.history.ratings, k)
+        values = np.take_along_axis(scores, np.maximum(items, 0), axis=1)
+        return Candidates(items, {self.name: np.where(items >= 0, values, np.nan)})
+
+    def score_pairs(self, requests: Requests, pairs: Pairs) -> Pairs:
+        self.check_fitted()
+        scores = self.catalogue_scores(requests)
+        return pairs.with_scores(self.name, scores[pairs.rows, pairs.items])

@@ -1,62 +1,97 @@
 """Merging recall channels' lists into one candidate list per request.
 
-Each channel proposes its own top-K. The merged list takes every channel's candidates in
-order of the channels' priority (the order of `recall.channels`), drops repeats, and keeps
-the first k; each candidate remembers the rank at which every channel proposed it
-(`Candidates.channels`), so the later stages can weigh the channels. With one channel the
-merged list is that channel's list.
+Each channel proposes its own top-K. The merged list keeps every candidate once, at most k
+per request, and remembers the rank at which every channel proposed it
+(`Candidates.channels`) and each channel's score (NaN where that channel did not propose it),
+so the later stages can weigh the channels. Two orders:
+
+- **round_robin**: every channel's first item, then every channel's second, and so on,
+  channels in the order of `recall.channels` (equal quotas);
+- **rrf**: reciprocal-rank fusion (Cormack et al., 2009), fused(i) = sum over the channels
+  that proposed i of 1 / (rrf_k + rank); ties go to the smaller catalogue position.
+
+With one channel the merged list is that channel's list. Everything is vectorised over the
+batch: one sort of all (request, item) proposals.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 
 from recfunnel.types import Candidates
 
 
-def merge_lists(lists: dict[str, Candidates], k: int) -> Candidates:
-    """One list (B, <= k) from the channels' lists (B, k_c) each, in `lists`' order. Scores
-    of a channel are kept where that channel proposed the item (NaN elsewhere)."""
+def merge_lists(
+    lists: dict[str, Candidates],
+    k: int,
+    *,
+    how: Literal["round_robin", "rrf"] = "round_robin",
+    rrf_k: int = 60,
+) -> Candidates:
+    """One list (B, k) from the channels' lists (B, k_c) each, in `lists`' order; -1 pads
+    a row with fewer than k distinct candidates."""
     names = list(lists)
     if len(names) == 1:
         only = lists[names[0]]
-        return only if only.items.shape[1] <= k else only.reorder(_first(only.items.shape, k))
-    first = lists[names[0]]
-    b = len(first)
-    rows = []
-    for r in range(b):
-        seen: dict[int, int] = {}
-        for name in names:
-            for item in lists[name].items[r]:
-                if item >= 0 and item not in seen and len(seen) < k:
-                    seen[int(item)] = len(seen)
-        rows.append(list(seen))
-    width = max((len(row) for row in rows), default=0)
-    items = np.full((b, width), -1, dtype=np.int64)
-    for r, row in enumerate(rows):
-        items[r, : len(row)] = row
+        if only.items.shape[1] <= k:
+            return only
+        return only.reorder(np.broadcast_to(np.arange(k), (len(only), k)).copy())
+    b = len(lists[names[0]])
+    rows, items, channel, rank = [], [], [], []
+    for c, name in enumerate(names):
+        r, col = np.nonzero(lists[name].valid)
+        rows.append(r)
+        items.append(lists[name].items[r, col])
+        channel.append(np.full(len(r), c))
+        rank.append(col + 1)
+    row, item = np.concatenate(rows).astype(np.int64), np.concatenate(items).astype(np.int64)
+    ch, rk = np.concatenate(channel), np.concatenate(rank)
+    span = int(item.max()) + 1 if len(item) else 1
+    key = row * span + item
+
+    if how == "round_robin":
+        order = np.lexsort((ch, rk, row))  # by request, then rank, then channel order
+        _, first = np.unique(key[order], return_index=True)
+        chosen = order[np.sort(first)]  # each pair's first proposal, in merged order
+        m_row, m_item = row[chosen], item[chosen]
+    else:
+        unique, inverse = np.unique(key, return_inverse=True)
+        fused = np.bincount(inverse, weights=1.0 / (rrf_k + rk))
+        u_row, u_item = unique // span, unique % span
+        order = np.lexsort((u_item, -fused, u_row))  # by request, fused score, position
+        m_row, m_item = u_row[order], u_item[order]
+
+    # Place within each request's merged sequence; keep the first k.
+    starts = np.searchsorted(m_row, np.arange(b))
+    place = np.arange(len(m_row)) - starts[m_row]
+    keep = place < k
+    out = np.full((b, k), -1, dtype=np.int64)  # always k wide, so that batches stack
+    out[m_row[keep], place[keep]] = m_item[keep]
+
+    merged_key = np.where(out >= 0, np.arange(b)[:, None] * span + out, -1)
     scores, channels = {}, {}
     for name in names:
         part = lists[name]
-        for key, value in part.scores.items():
-            scores[key] = _spread(items, part.items, value, np.nan)
-        for key, value in part.channels.items():
-            channels[key] = _spread(items, part.items, value, 0)
+        p_row, p_col = np.nonzero(part.valid)
+        p_key = p_row * span + part.items[p_row, p_col]
+        sort = np.argsort(p_key, kind="stable")
+        p_key = p_key[sort]
+        at = np.clip(np.searchsorted(p_key, merged_key), 0, max(len(p_key) - 1, 0))
+        found = (merged_key >= 0) & (len(p_key) > 0)
+        if len(p_key):
+            found &= p_key[at] == merged_key
+        source = (p_row[sort][at], p_col[sort][at]) if len(p_key) else None
+        for key_name, value in part.scores.items():
+            spread = np.full(out.shape, np.nan)
+            if source is not None:
+                spread[found] = value[source][found]
+            scores[key_name] = spread
+        for key_name, value in part.channels.items():
+            spread_rank = np.zeros(out.shape, dtype=np.int64)
+            if source is not None:
+                spread_rank[found] = value[source][found]
+            channels[key_name] = spread_rank
     embeddings = next((p.embeddings for p in lists.values() if p.embeddings is not None), None)
-    return Candidates(items, scores, channels, embeddings)
-
-
-def _first(shape: tuple[int, int], k: int) -> np.ndarray:
-    return np.broadcast_to(np.arange(k), (shape[0], k)).copy()
-
-
-def _spread(items: np.ndarray, source: np.ndarray, values: np.ndarray, fill: float) -> np.ndarray:
-    """values (B, M) given for `source` (B, M) items, laid out over `items` (B, N)."""
-    out = np.full(items.shape, fill, dtype=np.asarray(values).dtype if fill == 0 else np.float64)
-    for r in range(len(items)):
-        where = {int(item): j for j, item in enumerate(source[r]) if item >= 0}
-        for c, item in enumerate(items[r]):
-            j = where.get(int(item))
-            if j is not None:
-                out[r, c] = values[r, j]
-    return out
+    return Candidates(out, scores, channels, embeddings)

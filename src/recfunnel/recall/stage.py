@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -22,13 +22,25 @@ from recfunnel.config import param, section
 from recfunnel.errors import ConfigError
 from recfunnel.recall.channel import Channel
 from recfunnel.recall.index import ItemIndex
+from recfunnel.recall.item_to_item import (
+    EASEChannel,
+    EASEChannelConfig,
+    RP3betaChannel,
+    RP3betaConfig,
+)
 from recfunnel.recall.merge import merge_lists
+from recfunnel.recall.trending import TrendingChannel, TrendingConfig
 from recfunnel.recall.two_tower.channel import TwoTowerChannel, TwoTowerConfig
 from recfunnel.stage import FitData, Scorer, Stacked, Validate
 from recfunnel.types import Candidates, Pairs, Requests
 
 # name -> channel class; the name is also the channel's config section in RecallConfig.
-CHANNELS: dict[str, type[Channel]] = {"two_tower": TwoTowerChannel}
+CHANNELS: dict[str, type[Channel]] = {
+    "two_tower": TwoTowerChannel,
+    "ease": EASEChannel,
+    "rp3beta": RP3betaChannel,
+    "trending": TrendingChannel,
+}
 
 
 @dataclass(frozen=True)
@@ -38,10 +50,19 @@ class RecallConfig:
     channels: tuple[str, ...] = param(
         ("two_tower",), f"channels to run, in merge priority order ({', '.join(CHANNELS)})"
     )
+    merge: Literal["round_robin", "rrf"] = param(
+        "round_robin",
+        "round_robin: each channel's 1st item, then each one's 2nd, ... (repeats dropped); "
+        "rrf: reciprocal-rank fusion, sum of 1 / (rrf_k + rank) over the channels",
+    )
+    rrf_k: int = param(60, "rrf: the rank offset (larger flattens the fusion)")
     score_by: str = param(
         "two_tower", "the channel whose score of every candidate is the recall score"
     )
     two_tower: TwoTowerConfig = section(TwoTowerConfig, "two-tower embedding retrieval")
+    ease: EASEChannelConfig = section(EASEChannelConfig, "EASE item-to-item retrieval")
+    rp3beta: RP3betaConfig = section(RP3betaConfig, "RP3beta random-walk retrieval")
+    trending: TrendingConfig = section(TrendingConfig, "the most liked movies of late")
 
     def validate(self) -> None:
         unknown = [c for c in self.channels if c not in CHANNELS]
@@ -52,6 +73,8 @@ class RecallConfig:
             )
         if self.score_by not in self.channels:
             raise ConfigError(f"recall.score_by {self.score_by!r} is not in recall.channels")
+        if self.rrf_k <= 0:
+            raise ConfigError(f"recall.rrf_k must be > 0, got {self.rrf_k}")
 
 
 class RecallStage(Scorer):
@@ -92,7 +115,7 @@ class RecallStage(Scorer):
         self.check_fitted()
         k = k or Channel.default_k
         lists = {name: channel(requests, k=k) for name, channel in self.channels.items()}
-        merged = merge_lists(lists, k)
+        merged = merge_lists(lists, k, how=self.config.merge, rrf_k=self.config.rrf_k)
         score = merged.scores[self.config.score_by]
         missing = merged.valid & np.isnan(score)
         if missing.any():  # proposed by other channels only: ask the scoring channel

@@ -229,7 +229,6 @@ def build_examples(
     extra = missed(
         Pairs(m_rows.astype(np.int64), m_items.astype(np.int64), embeddings=pairs.embeddings)
     )
-    extra = Pairs(extra.rows, extra.items, {n: extra.scores[n] for n in out.scores})
     return out.concat(_labelled(extra, m_rating, candidate=False))
 
 
@@ -281,7 +280,7 @@ def add_like_pairs(
         Pairs(
             scored.rows + len(replay.requests),
             scored.items,
-            {n: scored.scores[n] for n in examples.scores},
+            {n: s for n, s in scored.scores.items() if n in examples.scores},
         ),
         rating,
         candidate=False,

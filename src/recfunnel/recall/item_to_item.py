@@ -1,0 +1,120 @@
+"""Item-to-item recall channels: EASE and RP3beta.
+
+Both score an item for a user as the sum of its similarities to the items the user liked,
+`score(u, i) = sum over liked h of W[h, i]`, with W (n_items, n_items) learned from the liked
+train ratings (X, users x items, binary):
+
+- **EASE** (Steck, 2019): the closed-form linear model with a zero diagonal,
+  W = I - P / diag(P), P = (X^T X + lambda I)^-1.
+- **RP3beta** (Paudel et al., 2017): a three-step random walk item -> user -> item,
+  W[h, i] = sum_u P(u | h)^alpha P(i | u)^alpha, each column divided by popularity(i)^beta so
+  that the walk does not always end on the most popular movies; only the `neighbours` largest
+  entries of each row are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from recfunnel.artifacts import load_array
+from recfunnel.config import param
+from recfunnel.data.schema import USER
+from recfunnel.data.split import liked
+from recfunnel.errors import ConfigError
+from recfunnel.evaluation.baselines import EASE
+from recfunnel.evaluation.protocol import interaction_matrix
+from recfunnel.recall.channel import CatalogueChannel
+from recfunnel.stage import FitData, Stacked, Validate
+from recfunnel.types import Requests
+
+
+class _WeightsChannel(CatalogueChannel):
+    """A channel whose state is one item-item matrix `weights_` (n_items, n_items)."""
+
+    fitted_attribute = "weights_"
+
+    def catalogue_scores(self, requests: Requests) -> np.ndarray:
+        return np.asarray(requests.history.liked() @ self.weights_, dtype=np.float64)
+
+    def _save(self, directory: Path) -> None:
+        np.save(directory / "weights.npy", self.weights_)
+
+    def _load(self, directory: Path, data: FitData) -> None:
+        n = len(data.item_ids)
+        self.weights_ = load_array(directory / "weights.npy", shape=(n, n), kind="f")
+
+
+@dataclass(frozen=True)
+class EASEChannelConfig:
+    """EASE as a recall channel."""
+
+    lam: float = param(1000.0, "L2 regularisation of the item-item regression")
+
+    def validate(self) -> None:
+        if not self.lam > 0:
+            raise ConfigError(f"lam must be > 0, got {self.lam}")
+
+
+class EASEChannel(_WeightsChannel):
+    """EASE's top-K of each request."""
+
+    name = "ease"
+    config_class = EASEChannelConfig
+
+    def fit(
+        self, data: FitData, stacked: Stacked | None = None, validate: Validate | None = None
+    ) -> EASEChannel:
+        self.config.validate()
+        self.weights_ = EASE(self.config.lam).fit(data.split.train, data.item_ids).weights_
+        self.weights_ = self.weights_.astype(np.float32)
+        self._fitted()
+        return self
+
+
+@dataclass(frozen=True)
+class RP3betaConfig:
+    """RP3beta as a recall channel."""
+
+    alpha: float = param(1.0, "exponent of the walk's transition probabilities")
+    beta: float = param(0.5, "popularity penalty: column i is divided by popularity(i)^beta")
+    neighbours: int = param(200, "largest similarities kept per item (0: all)")
+
+    def validate(self) -> None:
+        if self.alpha <= 0 or self.beta < 0 or self.neighbours < 0:
+            raise ConfigError("alpha must be > 0, beta >= 0 and neighbours >= 0")
+
+
+class RP3betaChannel(_WeightsChannel):
+    """RP3beta's top-K of each request."""
+
+    name = "rp3beta"
+    config_class = RP3betaConfig
+
+    def fit(
+        self, data: FitData, stacked: Stacked | None = None, validate: Validate | None = None
+    ) -> RP3betaChannel:
+        cfg = self.config
+        cfg.validate()
+        positives = liked(data.split.train)
+        users = np.unique(positives[USER].to_numpy())
+        x = interaction_matrix(positives, users, data.item_ids)
+        x.data[:] = 1.0
+        popularity = np.asarray(x.sum(axis=0)).ravel()
+        p_ui = sp.diags(1.0 / np.maximum(np.asarray(x.sum(axis=1)).ravel(), 1)) @ x
+        p_iu = sp.diags(1.0 / np.maximum(popularity, 1)) @ x.T.tocsr()
+        if cfg.alpha != 1.0:
+            p_ui, p_iu = p_ui.power(cfg.alpha), p_iu.power(cfg.alpha)
+        weights = (p_iu @ p_ui).toarray()
+        weights /= np.maximum(popularity, 1)[None, :] ** cfg.beta
+        np.fill_diagonal(weights, 0.0)
+        if 0 < cfg.neighbours < weights.shape[1]:
+            # Keep each row's largest entries (a sparse neighbourhood), zero the rest.
+            cut = np.partition(weights, -cfg.neighbours, axis=1)[:, -cfg.neighbours][:, None]
+            weights[weights < cut] = 0.0
+        self.weights_ = weights.astype(np.float32)
+        self._fitted()
+        return self

@@ -1,0 +1,57 @@
+"""Merging recall channels' lists: hand-worked priority and reciprocal-rank fusion."""
+
+import numpy as np
+import pytest
+
+from recfunnel.recall.merge import merge_lists
+from recfunnel.types import Candidates
+
+
+def _list(name: str, items: list[list[int]], scores: list[list[float]]) -> Candidates:
+    items_a = np.array(items)
+    ranks = np.where(items_a >= 0, np.arange(1, items_a.shape[1] + 1), 0)
+    return Candidates(items_a, {name: np.array(scores, dtype=float)}, {name: ranks})
+
+
+A = _list("a", [[5, 3, 9], [1, 2, -1]], [[3.0, 2.0, 1.0], [2.0, 1.0, np.nan]])
+B = _list("b", [[3, 7, 5], [4, 1, 6]], [[0.9, 0.8, 0.7], [0.6, 0.5, 0.4]])
+
+
+def test_round_robin_takes_the_channels_in_turn_without_repeats():
+    out = merge_lists({"a": A, "b": B}, k=4, how="round_robin")
+    # Row 0: a1 = 5, b1 = 3, a2 = 3 (repeat), b2 = 7, a3 = 9. Row 1: a1 = 1, b1 = 4, a2 = 2,
+    # b2 = 1 (repeat), b3 = 6.
+    assert out.items.tolist() == [[5, 3, 7, 9], [1, 4, 2, 6]]
+    # Channel ranks: where each channel proposed the item, 0 if it did not.
+    assert out.channels["a"].tolist() == [[1, 2, 0, 3], [1, 0, 2, 0]]
+    assert out.channels["b"].tolist() == [[3, 1, 2, 0], [2, 1, 0, 3]]
+    assert out.scores["b"][0].tolist()[:3] == [0.7, 0.9, 0.8] and np.isnan(out.scores["b"][0, 3])
+
+
+def test_rrf_sums_reciprocal_ranks_and_breaks_ties_by_position():
+    out = merge_lists({"a": A, "b": B}, k=5, how="rrf", rrf_k=1)
+    # Row 0 with rrf_k = 1: 3 -> 1/3 + 1/2 = .833, 5 -> 1/2 + 1/4 = .75, 7 -> 1/3,
+    # 9 -> 1/4. Row 1: 1 -> 1/2 + 1/3 = .833, 4 -> 1/2, 2 -> 1/3, 6 -> 1/4.
+    assert out.items.tolist() == [[3, 5, 7, 9, -1], [1, 4, 2, 6, -1]]
+    tied = merge_lists(
+        {"a": _list("a", [[8]], [[1.0]]), "b": _list("b", [[2]], [[1.0]])}, k=2, how="rrf"
+    )
+    assert tied.items.tolist() == [[2, 8]]  # equal fused scores: the smaller position first
+    assert merge_lists({"a": A, "b": B}, k=6).items[1].tolist() == [1, 4, 2, 6, -1, -1]
+
+
+def test_k_cuts_every_row_and_one_channel_passes_through():
+    assert merge_lists({"a": A, "b": B}, k=2).items.tolist() == [[5, 3], [1, 4]]
+    assert merge_lists({"a": A}, k=3) is A
+    assert merge_lists({"a": A}, k=2).items.tolist() == [[5, 3], [1, 2]]
+
+
+@pytest.mark.parametrize("how", ["round_robin", "rrf"])
+def test_empty_batch_and_empty_lists(how):
+    none = Candidates(
+        np.zeros((0, 3), np.int64), {"a": np.zeros((0, 3))}, {"a": np.zeros((0, 3), np.int64)}
+    )
+    assert merge_lists({"a": none, "b": none}, k=3, how=how).items.shape[0] == 0
+    blank = _list("a", [[-1, -1]], [[np.nan, np.nan]])
+    out = merge_lists({"a": blank, "b": _list("b", [[-1]], [[np.nan]])}, k=3, how=how)
+    assert not out.valid.any()
