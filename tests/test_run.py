@@ -37,6 +37,22 @@ def test_evaluate_run_dir_json(trained, capsys):
     assert (out / "recall_metrics.json").is_file()
 
 
+def test_recall_channels_report(trained, capsys):
+    out, data = trained
+    args = ["evaluate", str(out), "--stage", "recall", "--channels", *data]
+    assert main([*args, "--json"]) == 0
+    channels = json.loads(capsys.readouterr().out)["channels"]
+    models = {(r["part"], r["model"]) for r in channels["rows"]}
+    assert {("test", "two_tower"), ("test", "ease"), ("valid", "all (rrf)")} <= models
+    assert ("test", "all but trending (rrf)") in models
+    assert channels["overlap"]["ease"]["ease"] == 1.0
+    assert 0 <= channels["overlap"]["two_tower"]["ease"] <= 1
+    assert channels["cost"]["ease"]["fit_s"] >= 0 and "fit_s" not in channels["cost"]["two_tower"]
+    assert main(args) == 0
+    assert "Overlap of the channels" in capsys.readouterr().out
+    assert main(["evaluate", str(out), "--channels", *data]) == 2
+
+
 def test_train_refuses_to_overwrite_and_rejects_bad_overrides(trained, capsys):
     out, data = trained
     assert main(["train", *data, "--out", str(out), *FAST]) == 2

@@ -158,7 +158,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_recall(args: argparse.Namespace, run: Run, ml: MovieLens) -> int:
     from recfunnel.atomic import write_atomic
-    from recfunnel.recall.report import RECALL_COLUMNS, evaluate_recall
+    from recfunnel.recall.report import (
+        CHANNEL_COLUMNS,
+        RECALL_COLUMNS,
+        channel_report,
+        evaluate_recall,
+    )
 
     history = args.history or "known"
     channel = run.funnel["recall"].channels["two_tower"]
@@ -171,6 +176,16 @@ def _evaluate_recall(args: argparse.Namespace, run: Run, ml: MovieLens) -> int:
         ease_lambda=args.ease_lambda,
     )
     report["train"] = channel.log_.to_dict()
+    if args.channels:
+        from recfunnel.evaluation.protocol import catalogue
+        from recfunnel.stage import FitData
+        from recfunnel.training.stacking import time_slice
+
+        early, _ = time_slice(run.split, run.config.stacking.slice_fraction)
+        data = FitData(ml, run.split, catalogue(ml.ratings), progress=False)
+        report["channels"] = channel_report(
+            run.funnel["recall"], run.config.recall, data, early, run.funnel.now
+        )
     write_atomic(run.path / "recall_metrics.json", json.dumps(report, indent=2).encode())
     if args.json:
         print(json.dumps(report, indent=2))
@@ -188,6 +203,26 @@ def _evaluate_recall(args: argparse.Namespace, run: Run, ml: MovieLens) -> int:
             ["backend", "build_s", "recall@200_vs_exact", "queries", "search_s", "ms_per_query"],
         )
     )
+    if args.channels:
+        channels = report["channels"]
+        print()
+        print(
+            "Recall channels (warm users; channels the run lacks fitted on the early part of "
+            "train, as the funnel fits its own; merged: all channels, and RRF without each)"
+        )
+        print(format_table(channels["rows"], ["part", "model", *CHANNEL_COLUMNS]))
+        print()
+        print("Overlap of the channels' top-200 on test (mean Jaccard)")
+        names = list(channels["overlap"])
+        print(
+            format_table(
+                [{"channel": a, **channels["overlap"][a]} for a in names], ["channel", *names]
+            )
+        )
+        print()
+        print("Cost: fit seconds (blank: trained with the run) and serving ms per user")
+        cost = [{"channel": n, **c} for n, c in channels["cost"].items()]
+        print(format_table(cost, ["channel", "fit_s", "valid_ms_per_user", "test_ms_per_user"]))
     return 0
 
 
@@ -198,6 +233,8 @@ def _evaluate_run(args: argparse.Namespace) -> int:
     from recfunnel.run import load_run, read_manifest
 
     read_manifest(args.run_dir)  # a clear error before any data is loaded
+    if args.channels and args.stage != "recall":
+        raise ConfigError("--channels goes with --stage recall")
     if args.model is not None:
         raise ConfigError(
             "--model picks baselines to evaluate without RUN_DIR; a run directory's report "
@@ -441,6 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="funnel",
         help="with RUN_DIR: the whole funnel (report.md + plots), or the recall stage alone "
         "beside the baselines with every ANN backend (default: funnel)",
+    )
+    evaluate.add_argument(
+        "--channels",
+        action="store_true",
+        help="with --stage recall: also every registered recall channel alone and merged",
     )
     evaluate.add_argument(
         "--model",
