@@ -21,6 +21,7 @@ import pandas as pd
 from recfunnel.config import param, section
 from recfunnel.errors import ConfigError
 from recfunnel.recall.channel import Channel
+from recfunnel.recall.content import ContentChannel, ContentConfig
 from recfunnel.recall.index import ItemIndex
 from recfunnel.recall.item_to_item import (
     EASEChannel,
@@ -40,6 +41,7 @@ CHANNELS: dict[str, type[Channel]] = {
     "ease": EASEChannel,
     "rp3beta": RP3betaChannel,
     "trending": TrendingChannel,
+    "content": ContentChannel,
 }
 
 
@@ -63,6 +65,7 @@ class RecallConfig:
     ease: EASEChannelConfig = section(EASEChannelConfig, "EASE item-to-item retrieval")
     rp3beta: RP3betaConfig = section(RP3betaConfig, "RP3beta random-walk retrieval")
     trending: TrendingConfig = section(TrendingConfig, "the most liked movies of late")
+    content: ContentConfig = section(ContentConfig, "TF-IDF of title, genres and decade")
 
     def validate(self) -> None:
         unknown = [c for c in self.channels if c not in CHANNELS]
