@@ -52,8 +52,12 @@ def world(synthetic_ml):
     data = FitData(synthetic_ml, split, first.item_ids, progress=False)
     users = Evaluator(split, first.item_ids, ks=(10,)).users("test", "warm")
     requests = first.requests(users)[np.arange(min(12, len(users.user_ids)))]
-    first.channels, second.channels = channels, channels_again  # the test's own attribute
-    return {"funnels": (first, second), "data": data, "requests": requests}
+    return {
+        "funnels": (first, second),
+        "channels": {id(first): channels, id(second): channels_again},
+        "data": data,
+        "requests": requests,
+    }
 
 
 # Every stage of the funnel, with every registered channel after "recall".
@@ -61,9 +65,10 @@ STAGE_NAMES = list(COMPONENTS)
 CASES = [STAGE_NAMES[0], *(f"recall.{c}" for c in CHANNELS), *STAGE_NAMES[1:]]
 
 
-def _component(funnel: Funnel, case: str) -> Component:
+def _component(world: dict, funnel: Funnel, case: str) -> Component:
+    """The component of `case` in `funnel`; a channel from that funnel's channel set."""
     stage, _, channel = case.partition(".")
-    return funnel.channels[channel] if channel else funnel[stage]
+    return world["channels"][id(funnel)][channel] if channel else funnel[stage]
 
 
 def _input(funnel: Funnel, case: str, requests: Requests) -> Candidates:
@@ -103,7 +108,7 @@ def test_unknown_and_cold_users_get_lists(world, case):
     empty = History(sp.csr_matrix((2, n)), sp.csr_matrix((2, n)))
     cold = Requests(np.array([10**6, 10**6 + 1]), empty, np.full(2, funnel.now))
     both = requests.concat(cold)
-    out = _call(_component(funnel, case), case, both, _input(funnel, case, both))
+    out = _call(_component(world, funnel, case), case, both, _input(funnel, case, both))
     assert len(out) == len(both)
     valid = out.valid
     assert valid[-2:].any(), "a user with no history still gets candidates"
@@ -115,7 +120,7 @@ def test_unknown_and_cold_users_get_lists(world, case):
 @pytest.mark.parametrize("case", CASES)
 def test_empty_batch_and_empty_lists(world, case):
     funnel, requests = world["funnels"][0], world["requests"]
-    component = _component(funnel, case)
+    component = _component(world, funnel, case)
     none = requests[np.arange(0)]
     out = _call(component, case, none, _input(funnel, case, none))
     assert len(out) == 0
@@ -133,7 +138,7 @@ def test_empty_batch_and_empty_lists(world, case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_using_a_component_before_fit_is_a_clear_error(world, case, tmp_path):
-    component = _component(world["funnels"][0], case)
+    component = _component(world, world["funnels"][0], case)
     fresh = type(component)(component.config)
     requests = world["requests"]
     with pytest.raises(NotFittedError, match="not fitted"):
@@ -146,7 +151,7 @@ def test_using_a_component_before_fit_is_a_clear_error(world, case, tmp_path):
 @pytest.mark.parametrize("case", CASES)
 def test_save_load_round_trip_gives_identical_lists(world, case, tmp_path):
     funnel, requests, data = world["funnels"][0], world["requests"], world["data"]
-    component = _component(funnel, case)
+    component = _component(world, funnel, case)
     cands = _input(funnel, case, requests)
     component.save(tmp_path / "c")
     loaded = type(component).load(tmp_path / "c", data)
@@ -159,15 +164,15 @@ def test_same_seed_same_output(world, case):
     requests = world["requests"]
     cands = _input(first, case, requests)
     _assert_same(
-        _call(_component(first, case), case, requests, cands),
-        _call(_component(second, case), case, requests, cands),
+        _call(_component(world, first, case), case, requests, cands),
+        _call(_component(world, second, case), case, requests, cands),
     )
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_no_known_item_is_ever_returned(world, case):
     funnel, requests = world["funnels"][0], world["requests"]
-    out = _call(_component(funnel, case), case, requests, _input(funnel, case, requests))
+    out = _call(_component(world, funnel, case), case, requests, _input(funnel, case, requests))
     known = requests.history.ratings.tocsr()
     assert known.nnz
     for row, items in enumerate(out.items):
@@ -189,7 +194,7 @@ def test_ratings_dated_after_the_request_change_nothing(world, case):
             ratings[row, item] = 5
             times[row, item] = requests.now[row] + 86_400 * (1 + item % 30)
     future = Requests(requests.user_ids, History(ratings.tocsr(), times.tocsr()), requests.now)
-    component = _component(funnel, case)
+    component = _component(world, funnel, case)
     _assert_same(
         _call(component, case, requests, _input(funnel, case, requests)),
         _call(component, case, future, _input(funnel, case, future)),

@@ -19,7 +19,7 @@ import numpy as np
 from recfunnel.artifacts import load_array
 from recfunnel.config import param
 from recfunnel.errors import ConfigError
-from recfunnel.evaluation.baselines import EASE
+from recfunnel.evaluation.baselines import ease_weights
 from recfunnel.stage import FitData, Scorer, Stacked, Validate
 from recfunnel.types import Pairs, Requests
 
@@ -47,8 +47,7 @@ class ItemToItem(Scorer):
     ) -> ItemToItem:
         """W (n_items, n_items) float32 from the liked ratings of data.split.train."""
         self.config.validate()
-        model = EASE(self.config.lam).fit(data.split.train, data.item_ids)
-        self.weights_ = model.weights_.astype(np.float32)
+        self.weights_ = ease_weights(data.split.train, data.item_ids, self.config.lam)
         self._fitted()
         return self
 

@@ -133,9 +133,6 @@ class Embeddings:
     users: np.ndarray
     items: np.ndarray
 
-    def rows(self, rows: slice | np.ndarray) -> Embeddings:
-        return Embeddings(self.users[rows], self.items)
-
     @staticmethod
     def stack(parts: list[Embeddings]) -> Embeddings:
         return Embeddings(np.vstack([p.users for p in parts]), parts[0].items)

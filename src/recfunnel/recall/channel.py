@@ -10,7 +10,6 @@ that candidates proposed by another channel get its score too. The recall stage
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,9 +41,6 @@ class Channel(Scorer):
 
     def refresh(self, train: pd.DataFrame) -> None:
         """Move the serving state to the end of `train` without refitting (default: none)."""
-
-    def select(self, candidates: Candidates, **options: Any) -> Candidates:
-        return candidates
 
 
 class CatalogueChannel(Channel):

@@ -25,7 +25,7 @@ from recfunnel.config import param
 from recfunnel.data.schema import USER
 from recfunnel.data.split import liked
 from recfunnel.errors import ConfigError
-from recfunnel.evaluation.baselines import EASE
+from recfunnel.evaluation.baselines import ease_weights
 from recfunnel.evaluation.protocol import interaction_matrix
 from recfunnel.recall.channel import CatalogueChannel
 from recfunnel.stage import FitData, Stacked, Validate
@@ -69,8 +69,7 @@ class EASEChannel(_WeightsChannel):
         self, data: FitData, stacked: Stacked | None = None, validate: Validate | None = None
     ) -> EASEChannel:
         self.config.validate()
-        self.weights_ = EASE(self.config.lam).fit(data.split.train, data.item_ids).weights_
-        self.weights_ = self.weights_.astype(np.float32)
+        self.weights_ = ease_weights(data.split.train, data.item_ids, self.config.lam)
         self._fitted()
         return self
 

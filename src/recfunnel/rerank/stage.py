@@ -10,6 +10,7 @@ items' genre vectors or of their recall embeddings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -94,5 +95,5 @@ class MMRReranker(Component):
             vectors = candidates.embeddings.items[safe]
         return candidates.reorder(mmr(relevance, vectors, k, lam, valid))
 
-    def _load(self, directory: Any, data: FitData) -> None:
+    def _load(self, directory: Path, data: FitData) -> None:
         self.genres_ = data.ml.genre_matrix(data.item_ids).astype(np.float32)
