@@ -50,6 +50,7 @@ def test_recall_channels_report(trained, capsys):
     assert channels["cost"]["ease"]["fit_s"] >= 0 and "fit_s" not in channels["cost"]["two_tower"]
     assert main(args) == 0
     assert "Overlap of the channels" in capsys.readouterr().out
+    assert (out / "recall_channels.png").read_bytes().startswith(b"\x89PNG")
     assert main(["evaluate", str(out), "--channels", *data]) == 2
 
 

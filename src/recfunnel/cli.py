@@ -163,6 +163,7 @@ def _evaluate_recall(args: argparse.Namespace, run: Run, ml: MovieLens) -> int:
         RECALL_COLUMNS,
         channel_report,
         evaluate_recall,
+        write_overlap_plot,
     )
 
     history = args.history or "known"
@@ -184,8 +185,14 @@ def _evaluate_recall(args: argparse.Namespace, run: Run, ml: MovieLens) -> int:
         early, _ = time_slice(run.split, run.config.stacking.slice_fraction)
         data = FitData(ml, run.split, catalogue(ml.ratings), progress=False)
         report["channels"] = channel_report(
-            run.funnel["recall"], run.config.recall, data, early, run.funnel.now
+            run.funnel["recall"],
+            run.config.recall,
+            data,
+            early,
+            run.funnel.now,
+            refit=run.config.stacking.refit,
         )
+        write_overlap_plot(report["channels"], run.path / "recall_channels.png")
     write_atomic(run.path / "recall_metrics.json", json.dumps(report, indent=2).encode())
     if args.json:
         print(json.dumps(report, indent=2))
@@ -207,8 +214,8 @@ def _evaluate_recall(args: argparse.Namespace, run: Run, ml: MovieLens) -> int:
         channels = report["channels"]
         print()
         print(
-            "Recall channels (warm users; channels the run lacks fitted on the early part of "
-            "train, as the funnel fits its own; merged: all channels, and RRF without each)"
+            "Recall channels (warm users; channels the run lacks fitted as the funnel serves "
+            "its own; merged: all channels, and RRF without each)"
         )
         print(format_table(channels["rows"], ["part", "model", *CHANNEL_COLUMNS]))
         print()

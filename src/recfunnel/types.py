@@ -323,3 +323,9 @@ class Pairs:
             "candidate": self.candidate,
         }
         return Pairs(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def channel_features(pairs: Pairs) -> tuple[str, ...]:
+    """The recall channel features the pairs carry (scores named "recall.<channel>..."), in
+    their order: what a later stage reads beside the recall score."""
+    return tuple(name for name in pairs.scores if name.startswith("recall."))

@@ -4,7 +4,11 @@ In industry the pre-ranker exists because the ranker is too expensive for every 
 candidate: it reads only cheap, precomputed inputs, here the recall model's user and item
 vectors and its logit, and keeps the share of candidates the ranker can afford.
 
-    x = [u | v | u * v | recall logit | item-to-item score (standardised)]  ->  MLP  ->  logit
+    x = [u | v | u * v | recall logit | item-to-item score | channel features]  ->  MLP  ->  logit
+
+(the scalars standardised). With several recall channels, the channel features are each
+channel's score of the candidate and the reciprocal rank at which it proposed it (0 when it
+did not): the pre-ranker learns how much to trust each channel, instead of a fixed fusion.
 
 (the model is `prerank.model.PreRankMLP`; this module is its stage wrapper)
 
@@ -32,7 +36,7 @@ from recfunnel.evaluation.protocol import metric_cutoff
 from recfunnel.prerank.model import PreRankMLP
 from recfunnel.stage import FitData, Scorer, Stacked, Validate, require_stacked
 from recfunnel.training.loop import TrainLog, fit
-from recfunnel.types import Candidates, Pairs, Requests
+from recfunnel.types import Candidates, Pairs, Requests, channel_features
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class PreRankConfig:
     hidden: tuple[int, ...] = param((64,), "hidden layer sizes")
     use_recall_logit: bool = param(True, "read the recall logit as an input")
     use_cf: bool = param(True, "read the item-to-item (EASE) score as an input")
+    use_channels: bool = param(
+        True, "read the recall channels' scores and reciprocal ranks (recall.<channel>[.rrf])"
+    )
     batch_size: int = param(2048, "examples per batch")
     epochs: int = param(4, "maximum epochs (early stopping on valid may end sooner)")
     patience: int = param(2, "epochs without valid improvement before stopping")
@@ -72,9 +79,11 @@ class PreRankStage(Scorer):
 
     @property
     def scalars(self) -> tuple[str, ...]:
-        """The earlier stages' scores this configuration reads, in order."""
+        """The earlier stages' scores this stage reads, in order: the recall logit, the
+        item-to-item score, then the channel features it found when it was fitted."""
         names = ("recall",) if self.config.use_recall_logit else ()
-        return names + (("item_to_item",) if self.config.use_cf else ())
+        names += ("item_to_item",) if self.config.use_cf else ()
+        return names + getattr(self, "channel_features_", ())
 
     def fit(
         self,
@@ -94,6 +103,7 @@ class PreRankStage(Scorer):
         cfg.validate()
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
+        self.channel_features_ = channel_features(pairs) if cfg.use_channels else ()
         # Standardise the scalars with train statistics, so their scale matches the vectors'.
         raw = self._raw_scalars(pairs)
         self.scalar_mean_ = raw.mean(0).tolist()
@@ -162,14 +172,20 @@ class PreRankStage(Scorer):
 
     def _save(self, directory: Path) -> None:
         torch.save(self.model_.state_dict(), directory / "model.pt")
-        state = {"mean": self.scalar_mean_, "std": self.scalar_std_, "dim": self.dim_}
+        state = {
+            "mean": self.scalar_mean_,
+            "std": self.scalar_std_,
+            "dim": self.dim_,
+            "channel_features": list(self.channel_features_),
+        }
         (directory / "state.json").write_text(json.dumps(state, indent=2))
         (directory / "train_log.json").write_text(json.dumps(self.log_.to_dict(), indent=2))
 
     def _load(self, directory: Path, data: FitData) -> None:
         path = directory / "state.json"
         state = read_json(path)
-        require_keys(state, path, mean=list, std=list, dim=int)
+        require_keys(state, path, mean=list, std=list, dim=int, channel_features=list)
+        self.channel_features_ = tuple(str(name) for name in state["channel_features"])
         n = len(self.scalars)
         if len(state["mean"]) != n or len(state["std"]) != n or state["dim"] <= 0:
             raise RunFileError(f"{path}: expected {n} means and stds and a positive dim")

@@ -5,6 +5,7 @@
         | days in catalogue | gender | age | occupation | zip digit | history length
         | [user id] | DIN interest: attention over the liked-items sequence, keyed by the target
     dense: recall logit | pre-rank logit | genre affinity | user / item like rate
+           | [each recall channel's score and reciprocal rank, with several channels]
     x0 = [fields | dense]
     cross (DCN-v2):  x_{l+1} = x0 * (W_l x_l + b_l) + x_l        explicit feature crosses
     deep:            MLP(x0)                                      implicit interactions

@@ -20,7 +20,7 @@ from recfunnel.rank.features import DENSE, RankFeatureSpace, RequestFeatures
 from recfunnel.rank.model import RankModel, RankSizes
 from recfunnel.stage import FitData, Scorer, Stacked, Validate, require_stacked
 from recfunnel.training.loop import TrainLog, fit
-from recfunnel.types import Candidates, Pairs, Requests
+from recfunnel.types import Candidates, Pairs, Requests, channel_features
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class RankConfig:
     use_recall_logit: bool = param(True, "read the recall logit")
     use_prerank_logit: bool = param(True, "read the (cross-fitted) pre-rank logit")
     use_cf: bool = param(True, "read the item-to-item (EASE, fitted on the early part) score")
+    use_channels: bool = param(
+        True, "read the recall channels' scores and reciprocal ranks (recall.<channel>[.rrf])"
+    )
     popularity_window_days: int = param(14, "the 'recent' like-share window, in days")
     dropout: float = param(0.1, "dropout in the deep part")
     batch_size: int = param(1024, "examples per batch")
@@ -95,6 +98,7 @@ class RankStage(Scorer):
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         self.features_ = self._feature_space(data)
+        self.channel_features_ = channel_features(examples) if cfg.use_channels else ()
         self.model_ = self._build_model()
         if cfg.objective == "like":
             # Rated pairs that recall missed would teach "low recall logit => liked", the
@@ -104,7 +108,8 @@ class RankStage(Scorer):
         table = self._pair_table(req, examples)
         # Standardise dense inputs with the training pairs' statistics (kept for serving).
         self.dense_stats_ = {
-            name: (float(table[name].mean()), float(table[name].std() + 1e-6)) for name in cfg.dense
+            name: (float(table[name].mean()), float(table[name].std() + 1e-6))
+            for name in self.dense_
         }
         labels = torch.from_numpy(examples.labels)
         rated = torch.from_numpy(examples.rated)
@@ -147,6 +152,11 @@ class RankStage(Scorer):
         self._fitted()
         return self
 
+    @property
+    def dense_(self) -> tuple[str, ...]:
+        """The dense inputs: the configured ones, then the channel features of the fit."""
+        return self.config.dense + self.channel_features_
+
     def _feature_space(self, data: FitData) -> RankFeatureSpace:
         return RankFeatureSpace(
             data.ml,
@@ -166,7 +176,7 @@ class RankStage(Scorer):
             attention_hidden=cfg.attention_hidden,
             use_din=cfg.use_din,
             use_user_id=cfg.use_user_id,
-            dense=cfg.dense,
+            dense=self.dense_,
             dropout=cfg.dropout,
             heads=1 if cfg.objective == "like" else 2,
         )
@@ -178,6 +188,8 @@ class RankStage(Scorer):
         for name, score in (("recall", "recall"), ("prerank", "prerank"), ("cf", "item_to_item")):
             if name in self.config.dense:
                 table[name] = np.asarray(pairs.scores[score], dtype=np.float32)
+        for name in self.channel_features_:
+            table[name] = np.asarray(pairs.scores[name], dtype=np.float32)
         table["user_like_rate"] = req.like_rate[pairs.rows]
         return table
 
@@ -189,7 +201,7 @@ class RankStage(Scorer):
             name: torch.from_numpy(np.ascontiguousarray(table[name][idx]))
             for name in ("item", "genres", "year", "recent", "total", "age")
         }
-        for name in self.config.dense:
+        for name in self.dense_:
             mean, std = self.dense_stats_[name]
             values = (table[name][idx] - mean) / std
             batch[name] = torch.from_numpy(values.astype(np.float32))
@@ -235,14 +247,18 @@ class RankStage(Scorer):
     def _load(self, directory: Path, data: FitData) -> None:
         """The weights, and the feature tables refitted on the same train data."""
         self.features_ = self._feature_space(data)
-        self.model_ = self._build_model()
-        load_weights(self.model_, directory / "model.pt", built_from=(directory / "config.json",))
         path = directory / "dense_stats.json"
         stats = read_json(path)
         try:
             self.dense_stats_ = {name: (float(m), float(s)) for name, (m, s) in stats.items()}
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, AttributeError):
             raise RunFileError(f"{path}: expected {{name: [mean, std]}}") from None
-        if set(self.dense_stats_) != set(self.config.dense):
+        # The channel features the model was trained with follow the configured inputs.
+        self.channel_features_ = tuple(n for n in self.dense_stats_ if n.startswith("recall."))
+        if set(self.dense_stats_) != set(self.dense_):
             raise RunFileError(f"{path} does not list the dense inputs {list(self.config.dense)}")
+        self.model_ = self._build_model()
+        load_weights(
+            self.model_, directory / "model.pt", built_from=(directory / "config.json", path)
+        )
         self.log_ = TrainLog.read(directory / "train_log.json")

@@ -23,6 +23,10 @@ class Channel(Scorer):
     """A recall channel. Subclasses implement `fit`, `retrieve` and `score_pairs`."""
 
     default_k = 200  # list length when the caller names none
+    # Whether the training recipe may refit the channel on all of train for serving (see
+    # `StackingConfig.refit`): true when the later stages read only its scores, which keep
+    # their meaning; false when they read its vectors, whose space a refit would rotate.
+    refit_for_serving: bool = True
 
     @abstractmethod
     def retrieve(self, requests: Requests, k: int) -> Candidates:

@@ -4,12 +4,16 @@ registered channel alone and merged (`channel_report`)."""
 
 from __future__ import annotations
 
+import io
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from matplotlib.figure import Figure
 
+from recfunnel.atomic import write_atomic
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.split import Split
 from recfunnel.evaluation.baselines import EASE, Popularity
@@ -149,20 +153,24 @@ def channel_report(
     early: Split,
     now: int,
     *,
+    refit: bool = True,
     k: int = 200,
 ) -> dict[str, Any]:
     """Every registered channel alone, and merged, on valid (history: train) and test
     (history: known), warm users. Channels the run does not hold are fitted the way the funnel
-    fits its own: on the early part of train (`early`), serving state refreshed to the end of
-    train. Rows: recall@{50,100,200} and NDCG@20 of each channel, of all channels fused (RRF
-    and round-robin), and of RRF without each channel (its marginal gain); "overlap": mean
-    Jaccard of two channels' top-k; "cost": fit seconds and serving ms per user."""
+    serves its own: on all of train when `refit` (the recipe's `stacking.refit`) and the
+    channel allows it, otherwise on the early part of train (`early`); serving state as of
+    the end of train. Rows: recall@{50,100,200} and NDCG@20 of each channel, of all channels
+    fused (RRF and round-robin), and of RRF without each channel (its marginal gain);
+    "overlap": mean Jaccard of two channels' top-k; "cost": fit seconds and serving ms per
+    user."""
     channels, cost = {}, {}
     for name, cls in CHANNELS.items():
         start = time.perf_counter()
         channel = stage.channels.get(name)
         if channel is None:
-            channel = cls(getattr(config, name)).fit(data.with_split(early))
+            fit_on = data if refit and cls.refit_for_serving else data.with_split(early)
+            channel = cls(getattr(config, name)).fit(fit_on)
             channel.refresh(data.split.train)
             cost[name] = {"fit_s": time.perf_counter() - start}
         channels[name] = channel
@@ -202,3 +210,30 @@ def _jaccard(a: Candidates, b: Candidates) -> float:
         sa, sb = set(row_a[row_a >= 0].tolist()), set(row_b[row_b >= 0].tolist())
         out.append(len(sa & sb) / len(sa | sb) if sa | sb else 1.0)
     return float(np.mean(out)) if out else float("nan")
+
+
+def plot_overlap(channels: dict[str, Any]) -> Figure:
+    """Heat map of the channels' mean Jaccard overlap (`channel_report`'s "overlap")."""
+    overlap = channels["overlap"]
+    names = list(overlap)
+    values = np.array([[overlap[a][b] for b in names] for a in names], dtype=np.float64)
+    fig = Figure(figsize=(1.1 * len(names) + 2.5, 1.0 * len(names) + 1.5), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis")
+    for i, j in np.ndindex(values.shape):
+        # Dark cells get light text and the other way round, so every number stays legible.
+        colour = "white" if values[i, j] < 0.6 else "black"
+        ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color=colour, fontsize=9)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_title(f"Overlap of the channels' top-{channels['k']} (test, mean Jaccard)")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def write_overlap_plot(channels: dict[str, Any], path: Path) -> Path:
+    """`plot_overlap` as a PNG at `path`, written atomically."""
+    buf = io.BytesIO()
+    plot_overlap(channels).savefig(buf, format="png", dpi=120)
+    write_atomic(path, buf.getvalue())
+    return path

@@ -61,6 +61,12 @@ class RecallConfig:
     score_by: str = param(
         "two_tower", "the channel whose score of every candidate is the recall score"
     )
+    features: bool = param(
+        True,
+        "with several channels: hand the later stages every channel's score of every "
+        "candidate (recall.<channel>) and the reciprocal rank at which it proposed it "
+        "(recall.<channel>.rrf, 0 when it did not)",
+    )
     two_tower: TwoTowerConfig = section(TwoTowerConfig, "two-tower embedding retrieval")
     ease: EASEChannelConfig = section(EASEChannelConfig, "EASE item-to-item retrieval")
     rp3beta: RP3betaConfig = section(RP3betaConfig, "RP3beta random-walk retrieval")
@@ -106,6 +112,15 @@ class RecallStage(Scorer):
         self._fitted()
         return self
 
+    def refit(self, data: FitData) -> list[str]:
+        """Refit on `data` every channel that allows it (`Channel.refit_for_serving`); the
+        names of the refitted ones."""
+        self.check_fitted()
+        refitted = [name for name, c in self.channels.items() if c.refit_for_serving]
+        for name in refitted:
+            self.channels[name] = _build(name, getattr(self.config, name), None).fit(data)
+        return refitted
+
     def refresh(self, train: pd.DataFrame) -> None:
         """Every channel's serving state as of the end of `train` (see `Channel.refresh`)."""
         for channel in self.channels.values():
@@ -125,13 +140,46 @@ class RecallStage(Scorer):
             pairs = self.scorer.score_pairs(requests, merged.pairs())
             score = merged.unflatten(pairs.scores[self.config.score_by])
             merged = Candidates(merged.items, merged.scores, merged.channels, pairs.embeddings)
-        return merged.with_scores(self.name, score)
+        merged = merged.with_scores(self.name, score)
+        if not self.feature_names:
+            return merged
+        pairs = self._channel_scores(requests, merged.pairs())
+        for name in self.channels:
+            merged = merged.with_scores(f"recall.{name}", pairs.scores[f"recall.{name}"])
+            rank = merged.channels[name]
+            rrf = np.where(rank > 0, 1.0 / (self.config.rrf_k + rank), 0.0)
+            merged = merged.with_scores(f"recall.{name}.rrf", np.where(merged.valid, rrf, np.nan))
+        return merged
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The per-channel scores every candidate carries for the later stages (none with one
+        channel: its score is already the recall score)."""
+        if not self.config.features or len(self.channels) < 2:
+            return ()
+        return tuple(f"recall.{name}{suffix}" for name in self.channels for suffix in ("", ".rrf"))
 
     def score_pairs(self, requests: Requests, pairs: Pairs) -> Pairs:
-        """The recall score (and embeddings) of arbitrary pairs."""
+        """The recall score (and embeddings) of arbitrary pairs, and the channel features:
+        every channel's score, and a reciprocal rank of 0 (the pairs were not proposed)."""
         self.check_fitted()
         scored = self.scorer.score_pairs(requests, pairs)
-        return scored.with_scores(self.name, scored.scores[self.config.score_by])
+        scored = scored.with_scores(self.name, scored.scores[self.config.score_by])
+        if not self.feature_names:
+            return scored
+        scored = self._channel_scores(requests, scored)
+        for name in self.channels:
+            scored = scored.with_scores(f"recall.{name}.rrf", np.zeros(len(scored)))
+        return scored
+
+    def _channel_scores(self, requests: Requests, pairs: Pairs) -> Pairs:
+        """`pairs` with scores["recall.<channel>"] (n,) of every channel."""
+        for name, channel in self.channels.items():
+            own = pairs.scores.get(name)
+            if own is None or np.isnan(own).any():
+                own = channel.score_pairs(requests, pairs).scores[name]
+            pairs = pairs.with_scores(f"recall.{name}", np.asarray(own, dtype=np.float64))
+        return pairs
 
     def _save(self, directory: Path) -> None:
         for name, channel in self.channels.items():

@@ -6,7 +6,9 @@ Reading `train_funnel` top to bottom is the recipe:
      out of sample;
   2. replay the slice users' requests through recall and item-to-item, and label the
      candidates with what the users did next;
-  3. move recall's serving state (popularity inputs, the index) to the end of train;
+  3. refit the channels that allow it and the item-to-item model on all of train for
+     serving (`stacking.refit`), and move recall's serving state (popularity inputs, the
+     index) to the end of train;
   4. train pre-rank (early stopping on valid), then cross-fit it to get out-of-fold logits;
   5. train rank on the same examples with those logits (early stopping on valid).
 Validation runs the funnel's own chain (`Funnel.run`) on the valid users.
@@ -114,7 +116,16 @@ def train_funnel(
         "from_candidates": int(np.asarray(examples.candidate).sum()),
     }
 
-    # 3. Serving state of recall: popularity as of the end of train, items in the index.
+    report.seconds["examples"] = time.perf_counter() - start
+
+    # 3. Serving state: the channels that allow it, and the item-to-item score, refitted on
+    # all of train (they then know the slice's ratings too); every channel's serving inputs
+    # (popularity, the index) as of the end of train.
+    if stacking.refit:
+        start_refit = time.perf_counter()
+        report.examples["refitted"] = recall.refit(data)
+        item_to_item = ItemToItem(item_to_item_config).fit(data)
+        report.seconds["refit"] = time.perf_counter() - start_refit
     recall.refresh(split.train)
     stages: dict[str, Component] = {
         "recall": recall,
@@ -124,7 +135,6 @@ def train_funnel(
         "rerank": MMRReranker(rerank_config).fit(data),
     }
     funnel = Funnel(stages, funnel_config, item_ids, now=serving_time(split.train))
-    report.seconds["examples"] = time.perf_counter() - start
 
     # Valid: warm users, history = train, through the funnel's own chain.
     ks = {

@@ -67,6 +67,12 @@ class StackingConfig:
         "users who were not replayed (split by history_fraction)",
     )
 
+    refit: bool = param(
+        True,
+        "serve with the recall channels and the item-to-item score refitted on all of train "
+        "(channels whose vectors the later stages read keep their early fit)",
+    )
+
     def validate(self) -> None:
         if not 0 < self.slice_fraction < 1 or not 0 <= self.history_fraction < 1:
             raise ConfigError(

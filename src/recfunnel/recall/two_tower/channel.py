@@ -124,6 +124,7 @@ class TwoTowerChannel(Channel):
     name = "two_tower"
     config_class = TwoTowerConfig
     fitted_attribute = "model_"
+    refit_for_serving = False  # pre-rank reads its user and item vectors
 
     def __init__(self, config: TwoTowerConfig | None = None, index: ItemIndex | None = None):
         super().__init__(config)
