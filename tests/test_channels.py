@@ -24,7 +24,7 @@ def test_content_terms_are_unit_rows_and_shared_terms_make_neighbours():
     assert cos[0, 1] > cos[2, 3] > 0 and cos[0, 2] == 0
 
 
-def test_trending_counts_the_window_and_removes_known_items():
+def test_trending_shares_the_window_and_removes_known_items():
     day = 86_400
     train = pd.DataFrame(
         {
@@ -38,7 +38,7 @@ def test_trending_counts_the_window_and_removes_known_items():
     channel.item_ids_ = np.array([10, 20, 30])
     channel.refresh(train)
     # Window (8, 10] days: item 20 liked twice, item 30 once; item 10 (day 0) is out.
-    assert channel.counts_.tolist() == [0.0, 2.0, 1.0]
+    np.testing.assert_allclose(channel.shares_, [0.0, 2 / 3, 1 / 3])
     seen = History(
         sp.csr_matrix(([4.0], ([0], [1])), (1, 3)), sp.csr_matrix(([1.0], ([0], [1])), (1, 3))
     )

@@ -29,8 +29,13 @@ def test_candidates_carry_every_channels_score_and_reciprocal_rank(trained):
     funnel, _, _, _, requests = trained
     cands = funnel.run(requests, upto="recall")["recall"]
     names = ("two_tower", "ease", "trending")
-    assert funnel["recall"].feature_names == tuple(
-        f"recall.{n}{s}" for n in names for s in ("", ".rrf")
+    # The two-tower scores the list (scores["recall"]): only its rank is a new feature.
+    assert funnel["recall"].feature_names == (
+        "recall.two_tower.rrf",
+        "recall.ease",
+        "recall.ease.rrf",
+        "recall.trending",
+        "recall.trending.rrf",
     )
     valid = cands.valid
     for name in names:
@@ -39,7 +44,8 @@ def test_candidates_carry_every_channels_score_and_reciprocal_rank(trained):
         # 1 / (60 + rank) where the channel proposed the item, 0 where only others did.
         expected = np.where(rank > 0, 1.0 / (60 + rank), 0.0)
         np.testing.assert_allclose(rrf[valid], expected[valid])
-        assert np.isfinite(cands.scores[f"recall.{name}"][valid]).all()
+        score = cands.scores["recall" if name == "two_tower" else f"recall.{name}"]
+        assert np.isfinite(score[valid]).all()
     # A channel's score of a candidate it did not propose is its own score of that pair.
     pairs = cands.pairs()
     ease = funnel["recall"].channels["ease"].score_pairs(requests, Pairs(pairs.rows, pairs.items))
@@ -58,7 +64,8 @@ def test_pairs_recall_did_not_propose_get_a_zero_reciprocal_rank(trained):
     scored = funnel["recall"].score_pairs(requests, Pairs(np.array([0, 1]), np.array([0, 1])))
     for name in funnel["recall"].channels:
         assert scored.scores[f"recall.{name}.rrf"].tolist() == [0.0, 0.0]
-        assert np.isfinite(scored.scores[f"recall.{name}"]).all()
+    for name in ("recall", "recall.ease", "recall.trending"):
+        assert np.isfinite(scored.scores[name]).all()
 
 
 def test_serving_refits_the_score_only_channels_on_all_of_train(trained, synthetic_ml):

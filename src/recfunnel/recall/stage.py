@@ -22,6 +22,7 @@ from recfunnel.config import param, section
 from recfunnel.errors import ConfigError
 from recfunnel.recall.channel import Channel
 from recfunnel.recall.content import ContentChannel, ContentConfig
+from recfunnel.recall.graph.channel import LightGCNChannel, LightGCNConfig
 from recfunnel.recall.index import ItemIndex
 from recfunnel.recall.item_to_item import (
     EASEChannel,
@@ -30,6 +31,7 @@ from recfunnel.recall.item_to_item import (
     RP3betaConfig,
 )
 from recfunnel.recall.merge import merge_lists
+from recfunnel.recall.sequence.channel import SequenceChannel, SequenceConfig
 from recfunnel.recall.trending import TrendingChannel, TrendingConfig
 from recfunnel.recall.two_tower.channel import TwoTowerChannel, TwoTowerConfig
 from recfunnel.stage import FitData, Scorer, Stacked, Validate
@@ -42,6 +44,8 @@ CHANNELS: dict[str, type[Channel]] = {
     "rp3beta": RP3betaChannel,
     "trending": TrendingChannel,
     "content": ContentChannel,
+    "lightgcn": LightGCNChannel,
+    "sequence": SequenceChannel,
 }
 
 
@@ -50,10 +54,12 @@ class RecallConfig:
     """The recall channels and how their lists are merged."""
 
     channels: tuple[str, ...] = param(
-        ("two_tower",), f"channels to run, in merge priority order ({', '.join(CHANNELS)})"
+        ("two_tower", "ease", "rp3beta", "trending"),
+        f"channels to run, in merge priority order ({', '.join(CHANNELS)}); the default set "
+        "is the one that scored best on valid",
     )
     merge: Literal["round_robin", "rrf"] = param(
-        "round_robin",
+        "rrf",
         "round_robin: each channel's 1st item, then each one's 2nd, ... (repeats dropped); "
         "rrf: reciprocal-rank fusion, sum of 1 / (rrf_k + rank) over the channels",
     )
@@ -72,6 +78,8 @@ class RecallConfig:
     rp3beta: RP3betaConfig = section(RP3betaConfig, "RP3beta random-walk retrieval")
     trending: TrendingConfig = section(TrendingConfig, "the most liked movies of late")
     content: ContentConfig = section(ContentConfig, "TF-IDF of title, genres and decade")
+    lightgcn: LightGCNConfig = section(LightGCNConfig, "LightGCN over the liked train graph")
+    sequence: SequenceConfig = section(SequenceConfig, "SASRec / BERT4Rec next-item recall")
 
     def validate(self) -> None:
         unknown = [c for c in self.channels if c not in CHANNELS]
@@ -134,21 +142,27 @@ class RecallStage(Scorer):
         k = k or Channel.default_k
         lists = {name: channel(requests, k=k) for name, channel in self.channels.items()}
         merged = merge_lists(lists, k, how=self.config.merge, rrf_k=self.config.rrf_k)
-        score = merged.scores[self.config.score_by]
-        missing = merged.valid & np.isnan(score)
-        if missing.any():  # proposed by other channels only: ask the scoring channel
-            pairs = self.scorer.score_pairs(requests, merged.pairs())
-            score = merged.unflatten(pairs.scores[self.config.score_by])
-            merged = Candidates(merged.items, merged.scores, merged.channels, pairs.embeddings)
-        merged = merged.with_scores(self.name, score)
-        if not self.feature_names:
-            return merged
-        pairs = self._channel_scores(requests, merged.pairs())
+        # A channel's score is NaN where only other channels proposed the item: ask it.
+        pairs = merged.pairs()
+        for name, channel in self.channels.items():
+            if np.isnan(pairs.scores[name]).any():
+                pairs = channel.score_pairs(requests, pairs)
+        merged = Candidates(
+            merged.items,
+            {n: merged.unflatten(v) for n, v in pairs.scores.items()},
+            merged.channels,
+            pairs.embeddings if pairs.embeddings is not None else merged.embeddings,
+        )
+        merged = merged.with_scores(self.name, merged.scores[self.config.score_by])
         for name in self.channels:
-            merged = merged.with_scores(f"recall.{name}", pairs.scores[f"recall.{name}"])
-            rank = merged.channels[name]
-            rrf = np.where(rank > 0, 1.0 / (self.config.rrf_k + rank), 0.0)
-            merged = merged.with_scores(f"recall.{name}.rrf", np.where(merged.valid, rrf, np.nan))
+            if f"recall.{name}" in self.feature_names:
+                merged = merged.with_scores(f"recall.{name}", merged.scores[name])
+            if f"recall.{name}.rrf" in self.feature_names:
+                rank = merged.channels[name]
+                rrf = np.where(rank > 0, 1.0 / (self.config.rrf_k + rank), 0.0)
+                merged = merged.with_scores(
+                    f"recall.{name}.rrf", np.where(merged.valid, rrf, np.nan)
+                )
         return merged
 
     @property
@@ -157,7 +171,13 @@ class RecallStage(Scorer):
         channel: its score is already the recall score)."""
         if not self.config.features or len(self.channels) < 2:
             return ()
-        return tuple(f"recall.{name}{suffix}" for name in self.channels for suffix in ("", ".rrf"))
+        # The scoring channel's own score is already scores["recall"]: only its rank is new.
+        return tuple(
+            f"recall.{name}{suffix}"
+            for name in self.channels
+            for suffix in ("", ".rrf")
+            if not (name == self.config.score_by and suffix == "")
+        )
 
     def score_pairs(self, requests: Requests, pairs: Pairs) -> Pairs:
         """The recall score (and embeddings) of arbitrary pairs, and the channel features:
@@ -173,8 +193,10 @@ class RecallStage(Scorer):
         return scored
 
     def _channel_scores(self, requests: Requests, pairs: Pairs) -> Pairs:
-        """`pairs` with scores["recall.<channel>"] (n,) of every channel."""
+        """`pairs` with scores["recall.<channel>"] (n,) of every channel but the scoring one."""
         for name, channel in self.channels.items():
+            if name == self.config.score_by:
+                continue
             own = pairs.scores.get(name)
             if own is None or np.isnan(own).any():
                 own = channel.score_pairs(requests, pairs).scores[name]

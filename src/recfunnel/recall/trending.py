@@ -1,10 +1,15 @@
 """The trending channel: what was liked most over the last days, for everyone.
 
-score(u, i) = the likes movie i received in the `window_days` days before the serving moment
-(the end of the data it is fitted or refreshed on), the same for every user; the user's own
-movies are removed as in every channel. It is the "what is hot" row of a product page, and
-it carries a signal the personalised channels lack: a test user returns months later, when
-other movies are popular.
+score(u, i) = movie i's share of the likes given in the `window_days` days before the serving
+moment (the end of the data it is fitted or refreshed on), the same for every user; the
+user's own movies are removed as in every channel. It is the "what is hot" row of a product
+page, and it carries a signal the personalised channels lack: a test user returns months
+later, when other movies are popular.
+
+A share, not a count, because the later stages read the score: they learn from it as of the
+end of the early part of train and are served it as of the end of train, when the number of
+likes per window differs (with raw counts, the candidates' mean score on ML-1M was 1.8 times
+higher at serving than in training, 1.1 training standard deviations off).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ class TrendingChannel(CatalogueChannel):
 
     name = "trending"
     config_class = TrendingConfig
-    fitted_attribute = "counts_"
+    fitted_attribute = "shares_"
 
     def fit(
         self, data: FitData, stacked: Stacked | None = None, validate: Validate | None = None
@@ -54,7 +59,7 @@ class TrendingChannel(CatalogueChannel):
         return self
 
     def refresh(self, train: pd.DataFrame) -> None:
-        """Count the likes of the window that ends with `train`."""
+        """Each movie's share of the likes of the window that ends with `train`."""
         likes = liked(train)
         start = likes[TIME].max() - self.config.window_days * DAY
         recent = likes.loc[likes[TIME] > start, ITEM].to_numpy()
@@ -62,14 +67,15 @@ class TrendingChannel(CatalogueChannel):
         known = (columns < len(self.item_ids_)) & (
             self.item_ids_[np.minimum(columns, len(self.item_ids_) - 1)] == recent
         )
-        self.counts_ = np.bincount(columns[known], minlength=len(self.item_ids_)).astype(np.float64)
+        counts = np.bincount(columns[known], minlength=len(self.item_ids_)).astype(np.float64)
+        self.shares_ = counts / max(counts.sum(), 1.0)
 
     def catalogue_scores(self, requests: Requests) -> np.ndarray:
-        return np.broadcast_to(self.counts_, (len(requests), len(self.counts_))).copy()
+        return np.broadcast_to(self.shares_, (len(requests), len(self.shares_))).copy()
 
     def _save(self, directory: Path) -> None:
-        np.save(directory / "counts.npy", self.counts_)
+        np.save(directory / "shares.npy", self.shares_)
 
     def _load(self, directory: Path, data: FitData) -> None:
         self.item_ids_ = np.asarray(data.item_ids, dtype=np.int64)
-        self.counts_ = load_array(directory / "counts.npy", shape=(len(self.item_ids_),))
+        self.shares_ = load_array(directory / "shares.npy", shape=(len(self.item_ids_),))
