@@ -20,6 +20,7 @@ from recfunnel.artifacts import load_array
 from recfunnel.config import param
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.baselines import ease_weights
+from recfunnel.features import item_to_item_scores
 from recfunnel.stage import FitData, Scorer, Stacked, Validate
 from recfunnel.types import Pairs, Requests
 
@@ -53,13 +54,7 @@ class ItemToItem(Scorer):
 
     def score_pairs(self, requests: Requests, pairs: Pairs) -> Pairs:
         self.check_fitted()
-        liked = requests.history.liked().astype(np.float32).tocsc()
-        history = np.flatnonzero(np.diff(liked.indptr))  # items some request liked
-        columns, inverse = np.unique(pairs.items, return_inverse=True)
-        # Only the (liked item, candidate) block of the weights is read: for one user that is
-        # ~100 x 200 numbers instead of a pass over the 3,706 x 3,706 matrix.
-        block = self.weights_[np.ix_(history, columns)]
-        scores = np.asarray(liked[:, history] @ block)  # (B, n_columns)
+        scores, inverse = item_to_item_scores(self.weights_, requests.history.liked(), pairs.items)
         return pairs.with_scores(self.name, scores[pairs.rows, inverse].astype(np.float32))
 
     def _save(self, directory: Path) -> None:

@@ -27,9 +27,10 @@ from recfunnel.data.split import liked
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.baselines import ease_weights
 from recfunnel.evaluation.protocol import interaction_matrix
+from recfunnel.features import item_to_item_scores
 from recfunnel.recall.channel import CatalogueChannel
 from recfunnel.stage import FitData, Stacked, Validate
-from recfunnel.types import Requests
+from recfunnel.types import Pairs, Requests
 
 
 class _WeightsChannel(CatalogueChannel):
@@ -38,7 +39,15 @@ class _WeightsChannel(CatalogueChannel):
     fitted_attribute = "weights_"
 
     def catalogue_scores(self, requests: Requests) -> np.ndarray:
-        return np.asarray(requests.history.liked() @ self.weights_, dtype=np.float64)
+        # The history in the weights' dtype: a float64 one would make scipy upcast the whole
+        # (n_items, n_items) matrix on every call (28 ms for one user on ML-1M, not 0.3 ms).
+        liked = requests.history.liked().astype(self.weights_.dtype)
+        return np.asarray(liked @ self.weights_, dtype=np.float64)
+
+    def score_pairs(self, requests: Requests, pairs: Pairs) -> Pairs:
+        self.check_fitted()
+        scores, inverse = item_to_item_scores(self.weights_, requests.history.liked(), pairs.items)
+        return pairs.with_scores(self.name, scores[pairs.rows, inverse])
 
     def _save(self, directory: Path) -> None:
         np.save(directory / "weights.npy", self.weights_)
