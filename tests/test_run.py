@@ -56,6 +56,22 @@ def test_recall_channels_report(trained, capsys):
     assert main(["evaluate", str(out), "--channels", *data]) == 2
 
 
+def test_compare_two_runs_with_paired_intervals(trained, smoke_run, capsys, tmp_path):
+    out, data = trained
+    # A run against itself: every difference, and its interval, is exactly 0.
+    assert main(["compare", str(out), str(out), *data, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert {r["stage"] for r in rows} == {"recall", "prerank", "rank", "rerank"}
+    assert all(r["a - b"] == r["low"] == r["high"] == 0 for r in rows)
+    # Two different runs (one-epoch recall and HNSW here, the smoke config there).
+    other, _ = smoke_run
+    assert main(["compare", str(out), str(other), *data, "--split", "valid"]) == 0
+    text = capsys.readouterr().out
+    assert "paired bootstrap 95 % interval" in text and "rerank" in text
+    assert main(["compare", str(out), str(tmp_path / "absent"), *data]) == 2
+    assert "absent" in capsys.readouterr().err
+
+
 def test_train_refuses_to_overwrite_and_rejects_bad_overrides(trained, capsys):
     out, data = trained
     assert main(["train", *data, "--out", str(out), *FAST]) == 2

@@ -18,8 +18,16 @@ import numpy as np
 
 from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, RATING, USER
 from recfunnel.data.split import Split, SplitName
+from recfunnel.errors import ConfigError
 from recfunnel.evaluation import metrics
 from recfunnel.evaluation.baselines import EASE, Popularity
+from recfunnel.evaluation.bootstrap import (
+    DRAWS,
+    SEED,
+    difference,
+    intervals_report,
+    per_user_scores,
+)
 from recfunnel.evaluation.protocol import Evaluator, EvalUsers
 from recfunnel.funnel import STAGES, Funnel
 from recfunnel.rank.report import pointwise_scores
@@ -104,7 +112,20 @@ def evaluate_funnel(
                 keys=LIST_KEYS,
             )
             report["pointwise"] = _pointwise_report(funnel, split, part, users, requests)
-            report["baselines"] = _baselines(split, funnel.item_ids, evaluator, users)
+            baselines = _baselines(split, funnel.item_ids, evaluator, users)
+            report["baselines"] = {name: row for name, (row, _) in baselines.items()}
+            per_user = {stage: per_user_scores(lists[stage].items, users) for stage in STAGES}
+            per_user |= {name: per_user_scores(top, users) for name, (_, top) in baselines.items()}
+            # Each stage against the one before it and against EASE, the final list against
+            # recall's own top 20: the questions "does this stage earn its place?".
+            comparisons = [(b, a) for a, b in zip(STAGES, STAGES[1:], strict=False)]
+            comparisons += [(stage, "EASE") for stage in STAGES]
+            comparisons.append((STAGES[-1], STAGES[0]))
+            report["intervals"] = {
+                "draws": DRAWS,
+                "seed": SEED,
+                **intervals_report(per_user, comparisons),
+            }
     report["training"] = {
         "recall": funnel["recall"].scorer.log_.to_dict(),
         "prerank": funnel["prerank"].log_.to_dict(),
@@ -132,10 +153,47 @@ def _pointwise_report(
 
 def _baselines(
     split: Split, item_ids: np.ndarray, evaluator: Evaluator, users: EvalUsers
-) -> dict[str, dict[str, float]]:
+) -> dict[str, tuple[dict[str, float], np.ndarray]]:
+    """name -> (its list metrics, its top-20 lists (n_users, 20))."""
     out = {}
     for name, model in (("popularity", Popularity()), ("EASE", EASE())):
         model.fit(split.train, item_ids)
-        row = evaluator.list_metrics(evaluator.rank(model, users, 20), users)
-        out[name] = {k: row[k] for k in LIST_KEYS if k in row}
+        top = evaluator.rank(model, users, 20)
+        row = evaluator.list_metrics(top, users)
+        out[name] = ({k: row[k] for k in LIST_KEYS if k in row}, top)
     return out
+
+
+def compare_funnels(
+    a: Funnel, b: Funnel, split: Split, *, part: SplitName = "test"
+) -> list[dict[str, Any]]:
+    """Every stage's list of funnel `a` against the same stage of `b`, on the same warm users
+    of `part`: one row per (stage, metric) with both means and the paired bootstrap interval
+    of a - b."""
+    if not np.array_equal(a.item_ids, b.item_ids):
+        raise ConfigError("the two runs were trained on different catalogues")
+    history = "known" if part == "test" else "train"
+    evaluator = Evaluator(split, a.item_ids, ks=(20,), history=history)
+    users = evaluator.users(part, "warm")
+    scores = {}
+    for name, funnel in (("a", a), ("b", b)):
+        lists = funnel.run(funnel.requests(users))
+        scores[name] = {stage: per_user_scores(lists[stage].items, users) for stage in STAGES}
+    rows = []
+    for stage in STAGES:
+        for metric in ("ndcg@20", "recall@20"):
+            first, second = scores["a"][stage][metric], scores["b"][stage][metric]
+            diff = difference(first, second)
+            rows.append(
+                {
+                    "stage": stage,
+                    "metric": metric,
+                    "users": len(users.user_ids),
+                    "a": float(first.mean()),
+                    "b": float(second.mean()),
+                    "a - b": diff["mean"],
+                    "low": diff["low"],
+                    "high": diff["high"],
+                }
+            )
+    return rows

@@ -30,6 +30,9 @@ Every section but "stages" is optional and is skipped when absent or empty:
                                "epochs": [{"epoch": int, "loss": float, "<metric>": float,
                                            "seconds": float}, ...]}},
       "timing": {"<name>": float},         # seconds, free-form
+      "intervals": {"draws": int, "seed": int,
+                    "lists": {"<list>": {"ndcg@20": {"mean", "low", "high"}, ...}},
+                    "differences": {"<a> - <b>": {"ndcg@20": {"mean", "low", "high"}, ...}}},
     }
 
 Stages are shown in funnel order (recall, prerank, rank, rerank); any other stage name
@@ -219,6 +222,48 @@ def _how_to_read(report: Mapping[str, Any]) -> str:
     )
 
 
+def _fmt_interval(entry: object, signed: bool = False) -> str:
+    """ "0.2437 [0.2301, 0.2570]" from {"mean", "low", "high"} (blank when absent)."""
+    e = _mapping(entry)
+    mean, low, high = (_number(e.get(k)) for k in ("mean", "low", "high"))
+    if mean is None or low is None or high is None:
+        return ""
+    sign = "+" if signed else ""
+    return f"{mean:{sign}.4f} [{low:{sign}.4f}, {high:{sign}.4f}]"
+
+
+def _intervals_section(intervals: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: each list's NDCG@20 and Recall@20 with 95 % intervals, then the paired
+    differences (an interval that excludes 0 is a difference the users' spread does not
+    explain)."""
+    lists = _mapping(intervals.get("lists"))
+    if not lists:
+        return []
+    metrics = ("ndcg@20", "recall@20")
+    draws = intervals.get("draws", "")
+    body = [
+        [str(n)] + [_fmt_interval(_mapping(v).get(m)) for m in metrics] for n, v in lists.items()
+    ]
+    out = [
+        "## Confidence intervals",
+        "",
+        f"Paired bootstrap over the evaluated users ({draws} draws, seed "
+        f"{intervals.get('seed', '')}): the mean and its 95 % interval. A difference whose "
+        "interval excludes 0 is not explained by which users happen to be evaluated.",
+        "",
+        _md_table(["list", "NDCG@20", "Recall@20"], body),
+        "",
+    ]
+    differences = _mapping(intervals.get("differences"))
+    if differences:
+        body = [
+            [str(n)] + [_fmt_interval(_mapping(v).get(m), signed=True) for m in metrics]
+            for n, v in differences.items()
+        ]
+        out += [_md_table(["difference", "NDCG@20", "Recall@20"], body), ""]
+    return out
+
+
 def render_markdown(report: dict) -> str:
     """The whole report as markdown: title, how to read it, tables, links to the plots.
 
@@ -234,6 +279,8 @@ def render_markdown(report: dict) -> str:
     # Pairs, not a merged dict: a baseline may share a stage's name.
     baselines = [(str(n), _mapping(v)) for n, v in _mapping(report.get("baselines")).items()]
     out += ["## End to end", "", _list_table([*stages.items(), *baselines], "list"), ""]
+
+    out += _intervals_section(_mapping(report.get("intervals")))
 
     cold = _mapping(report.get("cold"))
     if cold:

@@ -1,0 +1,83 @@
+"""Paired bootstrap intervals over users: hand-checkable cases and the normal approximation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recfunnel.evaluation.bootstrap import (
+    difference,
+    interval,
+    intervals_report,
+    per_user_scores,
+)
+from recfunnel.evaluation.protocol import EvalUsers
+from recfunnel.evaluation.report import render_markdown
+from recfunnel.types import History
+
+
+def test_a_constant_has_a_zero_width_interval_and_a_list_equals_itself():
+    assert interval(np.full(50, 0.25)) == {"mean": 0.25, "low": 0.25, "high": 0.25}
+    a = np.random.default_rng(1).random(200)
+    assert difference(a, a) == {"mean": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_the_interval_matches_the_normal_approximation_and_is_seeded():
+    values = np.random.default_rng(2).normal(0.3, 0.2, size=2000)
+    out = interval(values, draws=2000)
+    half = 1.96 * values.std() / np.sqrt(len(values))
+    assert out["low"] < values.mean() < out["high"]
+    assert (out["high"] - out["low"]) / 2 == pytest.approx(half, rel=0.1)
+    assert interval(values, draws=2000) == out  # same seed, same draws
+    assert interval(values, draws=2000, seed=1) != out
+
+
+def test_pairing_cancels_the_spread_the_two_lists_share():
+    rng = np.random.default_rng(3)
+    users = rng.random(1000)  # most of the spread is the users'
+    a, b = users + 0.01 + rng.normal(0, 0.01, 1000), users
+    paired = difference(a, b)
+    width_paired = paired["high"] - paired["low"]
+    width_alone = interval(a)["high"] - interval(a)["low"]
+    assert paired["low"] > 0  # a real +0.01 the users' spread would hide
+    assert width_paired < width_alone / 10
+    with pytest.raises(ValueError, match="same users"):
+        difference(a, b[:10])
+
+
+def _users(truth_rows: list[list[int]], n_items: int) -> EvalUsers:
+    rows = [r for r, items in enumerate(truth_rows) for _ in items]
+    cols = [i for items in truth_rows for i in items]
+    truth = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(truth_rows), n_items))
+    empty = sp.csr_matrix((len(truth_rows), n_items))
+    return EvalUsers(np.arange(1, len(truth_rows) + 1), truth, empty, History(empty, empty))
+
+
+def test_per_user_scores_are_the_protocols_gains():
+    users = _users([[0], [1, 2]], n_items=25)
+    topk = np.array([[0, *range(3, 22)], [5, 2, *range(6, 24)]])
+    scores = per_user_scores(topk, users)
+    # User 1: the hit at rank 1, NDCG 1. User 2: one of two hits at rank 2.
+    ideal = 1 + 1 / np.log2(3)
+    np.testing.assert_allclose(scores["ndcg@20"], [1.0, (1 / np.log2(3)) / ideal])
+    np.testing.assert_allclose(scores["recall@20"], [1.0, 0.5])
+
+
+def test_the_report_section_and_its_markdown():
+    rng = np.random.default_rng(4)
+    lists = {
+        name: {"ndcg@20": rng.random(100), "recall@20": rng.random(100)} for name in ("a", "b")
+    }
+    section = intervals_report(lists, [("a", "b")], draws=200)
+    assert set(section["lists"]) == {"a", "b"}
+    diff = section["differences"]["a - b"]["ndcg@20"]
+    assert diff["mean"] == pytest.approx(
+        lists["a"]["ndcg@20"].mean() - lists["b"]["ndcg@20"].mean()
+    )
+    report = {
+        "stages": {"recall": {"candidates": 200, "ndcg@20": 0.2}},
+        "intervals": {"draws": 200, "seed": 0, **section},
+    }
+    text = render_markdown(report)
+    assert "## Confidence intervals" in text and "| a - b | " in text
