@@ -12,6 +12,7 @@ from recfunnel.config import load_config
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.metrics import ild_at_k
 from recfunnel.rerank import RerankConfig, cosine_similarity, mmr, relevance_scale
+from recfunnel.rerank.dpp import RIDGE, dpp
 
 # ----------------------------------------------------------------------------- reference
 
@@ -372,3 +373,53 @@ def test_config_defaults_and_validation():
         load_config(RerankConfig, overrides=["similarity=jaccard"])
     with pytest.raises(ConfigError, match="relevance"):
         RerankConfig(relevance="zscore").validate()  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- DPP
+def _greedy_by_determinants(rel, vectors, k, lam):
+    """The greedy MAP the slow way: at each step, the item whose addition gives the largest
+    det(L_Y) (one explicit determinant per candidate)."""
+    alpha = lam / (2 * (1 - lam))
+    q = np.exp(alpha * rel)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    kernel = q[:, None] * (unit @ unit.T + RIDGE * np.eye(len(q))) * q[None, :]
+    chosen: list[int] = []
+    for _ in range(k):
+        rest = [i for i in range(len(q)) if i not in chosen]
+        dets = [np.linalg.det(kernel[np.ix_(chosen + [i], chosen + [i])]) for i in rest]
+        chosen.append(rest[int(np.argmax(dets))])
+    return chosen
+
+
+def test_dpp_matches_the_explicit_determinant_greedy():
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        rel = rng.random(8)
+        vectors = rng.random((8, 4)) + 0.05
+        out = dpp(rel[None], vectors[None], 5, 0.6)
+        assert out[0].tolist() == _greedy_by_determinants(rel, vectors, 5, 0.6)
+
+
+def test_dpp_skips_a_duplicate_and_lambda_one_is_the_relevance_order():
+    rel = np.array([[1.0, 0.95, 0.5]])
+    vectors = np.array([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])  # items 0 and 1 are twins
+    assert dpp(rel, vectors, 3, 0.5)[0].tolist() == [0, 2, 1]
+    assert dpp(rel, vectors, 3, 1.0)[0].tolist() == [0, 1, 2]
+
+
+def test_dpp_never_picks_padding_and_pads_short_lists():
+    rel = np.array([[0.2, 0.9, 0.5], [0.1, 0.0, 0.0]])
+    valid = np.array([[True, False, True], [True, False, False]])
+    vectors = np.ones((2, 3, 2))
+    out = dpp(rel, vectors, 3, 0.5, valid)
+    assert out[0].tolist()[:2] == [2, 0] and out[0, 2] == -1
+    assert out[1].tolist() == [0, -1, -1]
+    with pytest.raises(ValueError, match="lambda"):
+        dpp(rel, vectors, 2, 1.5)
+
+
+def test_the_method_is_a_validated_config_field():
+    assert RerankConfig().method == "mmr"
+    assert load_config(RerankConfig, overrides=["method=dpp"]).method == "dpp"
+    with pytest.raises(ConfigError):
+        load_config(RerankConfig, overrides=["method=greedy"])

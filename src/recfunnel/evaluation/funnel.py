@@ -73,6 +73,7 @@ def evaluate_funnel(
         "stages": {},
         "cold": {},
         "rerank": {
+            "method": funnel["rerank"].config.method,
             "lambda_mmr": funnel["rerank"].config.lambda_mmr,
             "similarity": funnel["rerank"].config.similarity,
         },
@@ -101,16 +102,22 @@ def evaluate_funnel(
         report["stages" if group == "warm" else "cold"] = rows
         if group == "warm":
             report["timing"] = {"funnel_seconds_all_warm_users": seconds}
-            report["lambda_sweep"] = lambda_sweep(
-                funnel["rerank"],
-                requests,
-                lists["rank"],
-                evaluator,
-                users,
-                k=funnel.sizes.topk_final,
-                lambdas=lambdas,
-                keys=LIST_KEYS,
-            )
+            # The configured re-ranker's sweep, and both methods' for the Pareto plot.
+            rerank = funnel["rerank"]
+            report["rerank_sweeps"] = {
+                method: lambda_sweep(
+                    rerank.with_method(method),
+                    requests,
+                    lists["rank"],
+                    evaluator,
+                    users,
+                    k=funnel.sizes.topk_final,
+                    lambdas=lambdas,
+                    keys=LIST_KEYS,
+                )
+                for method in ("mmr", "dpp")
+            }
+            report["lambda_sweep"] = report["rerank_sweeps"][rerank.config.method]
             report["pointwise"] = _pointwise_report(funnel, split, part, users, requests)
             baselines = _baselines(split, funnel.item_ids, evaluator, users)
             report["baselines"] = {name: row for name, (row, _) in baselines.items()}

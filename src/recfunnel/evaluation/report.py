@@ -24,7 +24,8 @@ Every section but "stages" is optional and is skipped when absent or empty:
                                "hit_rate@20": float, "ild@20": float}},
       "lambda_sweep": [{"lambda": float, "ndcg@20": float, "ild@20": float,
                         "precision@20": float}, ...],
-      "rerank": {"lambda_mmr": float, "similarity": "genre"},
+      "rerank": {"method": "mmr", "lambda_mmr": float, "similarity": "genre"},
+      "rerank_sweeps": {"mmr": [...rows like lambda_sweep...], "dpp": [...]},
       "training": {"<stage>": {"metric": str, "best_epoch": int, "best_metric": float,
                                "seconds": float,
                                "epochs": [{"epoch": int, "loss": float, "<metric>": float,
@@ -305,7 +306,23 @@ def render_markdown(report: dict) -> str:
             name = _fmt_lambda(lam) + (" (default)" if _is_default(lam, default) else "")
             body.append([name] + [_fmt(_number(p.get(k)), d) for _, k, d in _SWEEP_COLUMNS])
         header = ["lambda"] + [h for h, _, _ in _SWEEP_COLUMNS]
-        out += ["## MMR lambda sweep", "", _md_table(header, body), ""]
+        method = str(_mapping(report.get("rerank")).get("method", "mmr")).upper()
+        out += [f"## {method} lambda sweep", "", _md_table(header, body), ""]
+        for other, rows in _mapping(report.get("rerank_sweeps")).items():
+            if str(other).upper() == method or not isinstance(rows, Sequence):
+                continue
+            body = [
+                [_fmt_lambda(_number(r.get("lambda")))]
+                + [_fmt(_number(r.get(k)), d) for _, k, d in _SWEEP_COLUMNS]
+                for r in rows
+                if isinstance(r, Mapping)
+            ]
+            out += [
+                f"## {str(other).upper()} lambda sweep (for comparison)",
+                "",
+                _md_table(header, body),
+                "",
+            ]
 
     training = _mapping(report.get("training"))
     if training:
@@ -386,7 +403,8 @@ def _plot_funnel(report: Mapping[str, Any]) -> Figure:
 
 
 def _plot_lambda_sweep(report: Mapping[str, Any]) -> Figure:
-    """NDCG@20 (y) against ILD@20 (x) per MMR lambda, the default lambda starred."""
+    """NDCG@20 (y) against ILD@20 (x) per lambda of the configured re-ranker, the default
+    starred, and the other method's curve when the report has it ("rerank_sweeps")."""
     points = _sweep_points(report)
     default = _default_lambda(report)
     lams = [_number(p["lambda"]) for p in points]
@@ -396,7 +414,24 @@ def _plot_lambda_sweep(report: Mapping[str, Any]) -> Figure:
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     # Points are sorted by lambda, so the line traces the accuracy/diversity trade-off.
-    ax.plot(ild, ndcg, "o-", color="tab:blue", alpha=0.8)
+    method = str(_mapping(report.get("rerank")).get("method", "mmr"))
+    ax.plot(ild, ndcg, "o-", color="tab:blue", alpha=0.8, label=f"{method.upper()} (configured)")
+    # The other method's curve, when the report has both: one Pareto plot of the two.
+    for other, sweep in _mapping(report.get("rerank_sweeps")).items():
+        if other == method or not isinstance(sweep, Sequence):
+            continue
+        rows = sorted(
+            (r for r in sweep if isinstance(r, Mapping) and _number(r.get("lambda")) is not None),
+            key=lambda r: _number(r["lambda"]),
+        )
+        ax.plot(
+            [_nan(_number(r.get("ild@20"))) for r in rows],
+            [_nan(_number(r.get("ndcg@20"))) for r in rows],
+            "s--",
+            color="tab:green",
+            alpha=0.8,
+            label=str(other).upper(),
+        )
     for lam, xi, yi in zip(lams, ild, ndcg, strict=True):
         if xi == xi and yi == yi:
             ax.annotate(
@@ -418,7 +453,7 @@ def _plot_lambda_sweep(report: Mapping[str, Any]) -> Figure:
                 )
     ax.set_xlabel("ILD@20 (diversity)")
     ax.set_ylabel("NDCG@20 (accuracy)")
-    ax.set_title("MMR lambda sweep")
+    ax.set_title("Re-rank lambda sweep: accuracy against diversity")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best")

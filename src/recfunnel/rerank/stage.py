@@ -1,6 +1,7 @@
-"""The re-rank stage: MMR over the ranked list, for a more varied final list.
+"""The re-rank stage: MMR or a DPP over the ranked list, for a more varied final list.
 
     rerank/mmr.py     the MMR algorithm, vectorised in numpy (relevance scaling, cosine)
+    rerank/dpp.py     the DPP's fast greedy MAP inference (Chen et al., 2018)
     rerank/stage.py   MMRReranker and RerankConfig: the component the funnel chains
 
 Relevance is the rank score, brought to [0, 1] per user; similarity is the cosine of the
@@ -9,7 +10,7 @@ items' genre vectors or of their recall embeddings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,19 +18,28 @@ import numpy as np
 
 from recfunnel.config import param
 from recfunnel.errors import ConfigError
+from recfunnel.rerank.dpp import dpp
 from recfunnel.rerank.mmr import RELEVANCES, mmr, relevance_scale
 from recfunnel.stage import Component, FitData, Stacked, Validate
 from recfunnel.types import Candidates, Requests
 
 SIMILARITIES = ("genre", "embedding")
+METHODS = ("mmr", "dpp")
 
 
 @dataclass(frozen=True)
 class RerankConfig:
-    """MMR re-ranking of the ranker's top candidates."""
+    """MMR or DPP re-ranking of the ranker's top candidates."""
 
+    method: Literal["mmr", "dpp"] = param(
+        "mmr",
+        "mmr: greedy relevance minus max similarity to the chosen; dpp: greedy MAP of a "
+        "determinantal point process with a quality x similarity kernel",
+    )
     lambda_mmr: float = param(
-        0.5, "MMR trade-off in [0, 1]: 1 keeps the ranker's order, 0 is pure diversity"
+        0.5,
+        "trade-off in [0, 1] of either method: 1 keeps the ranker's order, lower is more "
+        "varied (dpp: quality exp(alpha * relevance), alpha = lambda / (2 (1 - lambda)))",
     )
     similarity: Literal["genre", "embedding"] = param(
         "genre", "cosine of genre multi-hot vectors or of recall item embeddings"
@@ -41,6 +51,8 @@ class RerankConfig:
     def validate(self) -> None:
         if not 0.0 <= self.lambda_mmr <= 1.0:  # also rejects nan
             raise ConfigError(f"rerank.lambda_mmr must lie in [0, 1], got {self.lambda_mmr}")
+        if self.method not in METHODS:
+            raise ConfigError(f"rerank.method must be one of {METHODS}, got {self.method!r}")
         if self.similarity not in SIMILARITIES:
             raise ConfigError(
                 f"rerank.similarity must be one of {SIMILARITIES}, got {self.similarity!r}"
@@ -52,7 +64,7 @@ class RerankConfig:
 
 
 class MMRReranker(Component):
-    """Re-orders the rank stage's list with MMR and keeps the first k."""
+    """Re-orders the rank stage's list with MMR (or a DPP, `method`) and keeps the first k."""
 
     name = "rerank"
     config_class = RerankConfig
@@ -93,7 +105,17 @@ class MMRReranker(Component):
             if candidates.embeddings is None:
                 raise ConfigError("rerank.similarity=embedding needs candidates with embeddings")
             vectors = candidates.embeddings.items[safe]
-        return candidates.reorder(mmr(relevance, vectors, k, lam, valid))
+        method = dpp if self.config.method == "dpp" else mmr
+        return candidates.reorder(method(relevance, vectors, k, lam, valid))
+
+    def with_method(self, method: str) -> MMRReranker:
+        """A copy that re-ranks with `method` ("mmr" or "dpp"), everything else the same."""
+        self.check_fitted()
+        other = MMRReranker(replace(self.config, method=method))
+        other.config.validate()
+        other.genres_ = self.genres_
+        other._fitted()
+        return other
 
     def _load(self, directory: Path, data: FitData) -> None:
         self.genres_ = data.ml.genre_matrix(data.item_ids).astype(np.float32)
