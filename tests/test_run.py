@@ -44,7 +44,12 @@ def test_recall_channels_report(trained, capsys):
     channels = json.loads(capsys.readouterr().out)["channels"]
     models = {(r["part"], r["model"]) for r in channels["rows"]}
     assert {("test", "two_tower"), ("test", "ease"), ("valid", "all (rrf)")} <= models
-    assert ("test", "all but trending (rrf)") in models
+    # The run's merge, without each of its channels and with each other one.
+    assert {
+        ("test", "run (rrf)"),
+        ("test", "run without trending"),
+        ("test", "run with lightgcn"),
+    } <= models
     assert channels["overlap"]["ease"]["ease"] == 1.0
     assert 0 <= channels["overlap"]["two_tower"]["ease"] <= 1
     # Fitted for the report: the channels the run lacks; the run's own carry no fit time.

@@ -215,7 +215,8 @@ def _evaluate_recall(args: argparse.Namespace, run: Run, ml: MovieLens) -> int:
         print()
         print(
             "Recall channels (warm users; channels the run lacks fitted as the funnel serves "
-            "its own; merged: all channels, and RRF without each)"
+            "its own; merged: all channels, the run's own merge, and it without or with each "
+            "channel)"
         )
         print(format_table(channels["rows"], ["part", "model", *CHANNEL_COLUMNS]))
         print()

@@ -161,7 +161,8 @@ def channel_report(
     serves its own: on all of train when `refit` (the recipe's `stacking.refit`) and the
     channel allows it, otherwise on the early part of train (`early`); serving state as of
     the end of train. Rows: recall@{50,100,200} and NDCG@20 of each channel, of all channels
-    fused (RRF and round-robin), and of RRF without each channel (its marginal gain);
+    fused (RRF and round-robin), of the run's own merge, and of that merge without each of
+    its channels and with each other one (the marginal gains);
     "overlap": mean Jaccard of two channels' top-k; "cost": fit seconds and serving ms per
     user."""
     channels, cost = {}, {}
@@ -189,9 +190,21 @@ def channel_report(
                 1000 * (time.perf_counter() - start) / max(len(requests), 1)
             )
         merged = {f"all ({how})": merge_lists(lists, k, how=how) for how in ("rrf", "round_robin")}
+        # The run's own merge, and each channel's marginal gain against it: the run without
+        # each of its channels, with each of the others.
+        own = list(config.channels)
+
+        def merge(names: list[str], lists: dict[str, Candidates] = lists) -> Candidates:
+            return merge_lists(
+                {n: lists[n] for n in names}, k, how=config.merge, rrf_k=config.rrf_k
+            )
+
+        merged[f"run ({config.merge})"] = merge(own)
         for name in lists:
-            rest = {n: v for n, v in lists.items() if n != name}
-            merged[f"all but {name} (rrf)"] = merge_lists(rest, k, how="rrf")
+            if name in own and len(own) > 1:
+                merged[f"run without {name}"] = merge([n for n in own if n != name])
+            elif name not in own:
+                merged[f"run with {name}"] = merge([*own, name])
         for name, cands in {**lists, **merged}.items():
             metrics = evaluator.list_metrics(cands.items, users)
             rows.append({"part": part, "model": name, **{c: metrics[c] for c in CHANNEL_COLUMNS}})

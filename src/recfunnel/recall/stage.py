@@ -56,7 +56,7 @@ class RecallConfig:
     channels: tuple[str, ...] = param(
         ("two_tower", "ease", "rp3beta", "trending"),
         f"channels to run, in merge priority order ({', '.join(CHANNELS)}); the default set "
-        "is the one that scored best on valid",
+        "was chosen on valid (the README's channel table)",
     )
     merge: Literal["round_robin", "rrf"] = param(
         "rrf",
