@@ -55,3 +55,32 @@ def test_empty_batch_and_empty_lists(how):
     blank = _list("a", [[-1, -1]], [[np.nan, np.nan]])
     out = merge_lists({"a": blank, "b": _list("b", [[-1]], [[np.nan]])}, k=3, how=how)
     assert not out.valid.any()
+
+
+def test_quotas_reserve_slots_per_channel_and_keep_the_fused_order():
+    # Row 0 fused order (rrf_k = 1): 3, 5, 7, 9. With quotas (a: 1, b: 1) and k = 3: a keeps
+    # 5, b keeps 3 (its best), the free slot goes to the best-fused other item, 7.
+    out = merge_lists({"a": A, "b": B}, k=3, how="quota", rrf_k=1, quotas=(1, 1))
+    assert out.items[0].tolist() == [3, 5, 7]
+    # a may place none and b all three: b's 3, 7, 5; the list is in fused order.
+    out = merge_lists({"a": A, "b": B}, k=3, how="quota", rrf_k=1, quotas=(0, 3))
+    assert out.items[0].tolist() == [3, 5, 7]
+    # a's quota of 2 wins 5 and 3 first, so b's quota of 1 takes its best free item, 7; the
+    # last-fused 9, in no quota, is left out at k = 3.
+    out = merge_lists({"a": A, "b": B}, k=3, how="quota", rrf_k=1, quotas=(2, 1))
+    assert sorted(out.items[0].tolist()) == [3, 5, 7]
+    # Row 1 has only four distinct items: the rest is padding, channel ranks travel along.
+    out = merge_lists({"a": A, "b": B}, k=5, how="quota", rrf_k=1, quotas=(2, 2))
+    assert out.items[1].tolist() == [1, 4, 2, 6, -1]
+    assert out.channels["b"][1].tolist() == [2, 1, 0, 3, 0]
+    with pytest.raises(ValueError, match="one quota"):
+        merge_lists({"a": A, "b": B}, k=3, how="quota", quotas=(1,))
+
+
+def test_quota_config_needs_one_quota_per_channel():
+    from recfunnel.errors import ConfigError
+    from recfunnel.recall.stage import RecallConfig
+
+    RecallConfig(channels=("two_tower", "ease"), merge="quota", quotas=(150, 50)).validate()
+    with pytest.raises(ConfigError, match="one quota"):
+        RecallConfig(channels=("two_tower", "ease"), merge="quota", quotas=(150,)).validate()

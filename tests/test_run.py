@@ -2,6 +2,10 @@
 the example config. (tests/test_funnel.py covers the funnel's train -> evaluate -> recommend.)"""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -59,6 +63,20 @@ def test_recall_channels_report(trained, capsys):
     assert "Overlap of the channels" in capsys.readouterr().out
     assert (out / "recall_channels.png").read_bytes().startswith(b"\x89PNG")
     assert main(["evaluate", str(out), "--channels", *data]) == 2
+
+
+def test_bench_merges_prints_every_way_of_merging(smoke_run, synthetic_dir, tmp_path):
+    out, _ = smoke_run
+    done = subprocess.run(
+        [sys.executable, "bench/merges.py", str(out), "--data-dir", str(synthetic_dir)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RECFUNNEL_CACHE_DIR": str(tmp_path)},
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
+    for way in ("rrf", "round_robin", "quota"):
+        assert f"\n{way}" in done.stdout
 
 
 def test_compare_two_runs_with_paired_intervals(trained, smoke_run, capsys, tmp_path):

@@ -8,7 +8,10 @@ so the later stages can weigh the channels. Two orders:
 - **round_robin**: every channel's first item, then every channel's second, and so on,
   channels in the order of `recall.channels` (equal quotas);
 - **rrf**: reciprocal-rank fusion (Cormack et al., 2009), fused(i) = sum over the channels
-  that proposed i of 1 / (rrf_k + rank); ties go to the smaller catalogue position.
+  that proposed i of 1 / (rrf_k + rank); ties go to the smaller catalogue position;
+- **quota**: per-channel quotas, the way a product reserves slots for a channel: channel c
+  places its best `quotas[c]` items that no earlier channel placed, the rest of the k slots
+  go by fusion, and the list is in fused order (`quota_merge`).
 
 With one channel the merged list is that channel's list. Everything is vectorised over the
 batch: one sort of all (request, item) proposals.
@@ -16,6 +19,7 @@ batch: one sort of all (request, item) proposals.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -27,11 +31,14 @@ def merge_lists(
     lists: dict[str, Candidates],
     k: int,
     *,
-    how: Literal["round_robin", "rrf"] = "round_robin",
+    how: Literal["round_robin", "rrf", "quota"] = "round_robin",
     rrf_k: int = 60,
+    quotas: Sequence[int] = (),
 ) -> Candidates:
     """One list (B, k) from the channels' lists (B, k_c) each, in `lists`' order; -1 pads
-    a row with fewer than k distinct candidates."""
+    a row with fewer than k distinct candidates. `quotas` (one per channel) for "quota"."""
+    if how == "quota":
+        return quota_merge(lists, k, quotas, rrf_k=rrf_k)
     names = list(lists)
     if len(names) == 1:
         only = lists[names[0]]
@@ -95,3 +102,31 @@ def merge_lists(
             channels[key_name] = spread_rank
     embeddings = next((p.embeddings for p in lists.values() if p.embeddings is not None), None)
     return Candidates(out, scores, channels, embeddings)
+
+
+def quota_merge(
+    lists: dict[str, Candidates], k: int, quotas: Sequence[int], *, rrf_k: int = 60
+) -> Candidates:
+    """Per-channel quotas (see the module docstring): channels in `lists`' order, channel c
+    keeps its best `quotas[c]` items not already kept; free slots are filled by the fused
+    order; the kept items are listed in fused order, at most k (the earliest fused first
+    when the quotas add up to more than k)."""
+    names = list(lists)
+    if len(quotas) != len(names) or min(quotas, default=0) < 0:
+        raise ValueError(f"one quota >= 0 per channel ({len(names)}), got {list(quotas)}")
+    width = sum(c.items.shape[1] for c in lists.values())
+    union = merge_lists(lists, width, how="rrf", rrf_k=rrf_k)  # every candidate, fused order
+    b = len(union)
+    order = np.full((b, k), -1, dtype=np.int64)
+    for row in range(b):  # a few hundred items per row: a plain loop is clear and fast enough
+        kept: set[int] = set()
+        for name, quota in zip(names, quotas, strict=True):
+            own = [int(i) for i in lists[name].items[row] if i >= 0 and int(i) not in kept]
+            kept.update(own[:quota])
+        items = union.items[row]
+        valid = items >= 0
+        chosen = valid & np.isin(items, list(kept))
+        # The kept items first (up to k), then the best-fused others; both in fused order.
+        columns = np.sort(np.r_[np.flatnonzero(chosen)[:k], np.flatnonzero(valid & ~chosen)][:k])
+        order[row, : len(columns)] = columns
+    return union.reorder(order)

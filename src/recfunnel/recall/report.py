@@ -194,12 +194,19 @@ def channel_report(
         # each of its channels, with each of the others.
         own = list(config.channels)
 
-        def merge(names: list[str], lists: dict[str, Candidates] = lists) -> Candidates:
-            return merge_lists(
-                {n: lists[n] for n in names}, k, how=config.merge, rrf_k=config.rrf_k
-            )
+        def merge(
+            names: list[str], how: str = config.merge, lists: dict[str, Candidates] = lists
+        ) -> Candidates:
+            # Quotas of the run's channels; a channel added to the run's set gets none.
+            quota_of = dict(zip(config.channels, config.quotas, strict=False))
+            quotas = [quota_of.get(n, 0) for n in names] if how == "quota" else []
+            chosen = {n: lists[n] for n in names}
+            return merge_lists(chosen, k, how=how, rrf_k=config.rrf_k, quotas=quotas)  # type: ignore[arg-type]
 
-        merged[f"run ({config.merge})"] = merge(own)
+        # The run's set by each way of merging it (quotas only where the run has them).
+        hows = ["rrf", "round_robin"] + (["quota"] if config.quotas else [])
+        for how in [config.merge, *(h for h in hows if h != config.merge)]:
+            merged[f"run ({how})"] = merge(own, how)
         for name in lists:
             if name in own and len(own) > 1:
                 merged[f"run without {name}"] = merge([n for n in own if n != name])

@@ -58,12 +58,16 @@ class RecallConfig:
         f"channels to run, in merge priority order ({', '.join(CHANNELS)}); the default set "
         "was chosen on valid (the README's channel table)",
     )
-    merge: Literal["round_robin", "rrf"] = param(
+    merge: Literal["round_robin", "rrf", "quota"] = param(
         "rrf",
         "round_robin: each channel's 1st item, then each one's 2nd, ... (repeats dropped); "
-        "rrf: reciprocal-rank fusion, sum of 1 / (rrf_k + rank) over the channels",
+        "rrf: reciprocal-rank fusion, sum of 1 / (rrf_k + rank) over the channels; quota: "
+        "each channel places its best `quotas` items, the rest by fusion",
     )
-    rrf_k: int = param(60, "rrf: the rank offset (larger flattens the fusion)")
+    rrf_k: int = param(60, "rrf and quota: the rank offset (larger flattens the fusion)")
+    quotas: tuple[int, ...] = param(
+        (), "quota: the slots each channel may fill, one per channel in `channels` order"
+    )
     score_by: str = param(
         "two_tower", "the channel whose score of every candidate is the recall score"
     )
@@ -92,6 +96,13 @@ class RecallConfig:
             raise ConfigError(f"recall.score_by {self.score_by!r} is not in recall.channels")
         if self.rrf_k <= 0:
             raise ConfigError(f"recall.rrf_k must be > 0, got {self.rrf_k}")
+        if self.merge == "quota" and (
+            len(self.quotas) != len(self.channels) or min(self.quotas, default=0) < 0
+        ):
+            raise ConfigError(
+                f"recall.merge=quota needs one quota >= 0 per channel ({len(self.channels)}), "
+                f"got recall.quotas={list(self.quotas)}"
+            )
 
 
 class RecallStage(Scorer):
@@ -141,7 +152,8 @@ class RecallStage(Scorer):
         self.check_fitted()
         k = k or Channel.default_k
         lists = {name: channel(requests, k=k) for name, channel in self.channels.items()}
-        merged = merge_lists(lists, k, how=self.config.merge, rrf_k=self.config.rrf_k)
+        cfg = self.config
+        merged = merge_lists(lists, k, how=cfg.merge, rrf_k=cfg.rrf_k, quotas=cfg.quotas)
         # A channel's score is NaN where only other channels proposed the item: ask it.
         pairs = merged.pairs()
         for name, channel in self.channels.items():
