@@ -67,6 +67,20 @@ def test_evaluate_writes_the_funnel_report(trained, capsys):
     assert sweep[0.0]["ild@20"] >= sweep[1.0]["ild@20"]
     for png in ("funnel.png", "lambda_sweep.png", "training_curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Both re-rankers are swept; at lambda 1 each keeps the rank order.
+    dpp = {row["lambda"]: row for row in report["rerank_sweeps"]["dpp"]}
+    assert dpp[1.0]["ndcg@20"] == pytest.approx(stages["rank"]["ndcg@20"])
+    # Each default recall channel alone is a baseline, with its interval like every list.
+    intervals = report["intervals"]
+    for name in ("two_tower", "ease", "rp3beta", "trending"):
+        row = report["baselines"][f"channel {name}"]
+        ndcg = intervals["lists"][f"channel {name}"]["ndcg@20"]
+        assert ndcg["mean"] == pytest.approx(row["ndcg@20"])
+        assert ndcg["low"] <= ndcg["mean"] <= ndcg["high"]
+    diff = intervals["differences"]["rank - prerank"]["ndcg@20"]
+    mean_diff = stages["rank"]["ndcg@20"] - stages["prerank"]["ndcg@20"]
+    assert diff["mean"] == pytest.approx(mean_diff)
+    assert "## Confidence intervals" in text and "| channel ease |" in text
 
 
 def test_recommend_for_user_warm(pipeline):

@@ -120,6 +120,7 @@ def evaluate_funnel(
             report["lambda_sweep"] = report["rerank_sweeps"][rerank.config.method]
             report["pointwise"] = _pointwise_report(funnel, split, part, users, requests)
             baselines = _baselines(split, funnel.item_ids, evaluator, users)
+            baselines |= _channel_baselines(funnel, requests, evaluator, users)
             report["baselines"] = {name: row for name, (row, _) in baselines.items()}
             per_user = {stage: per_user_scores(lists[stage].items, users) for stage in STAGES}
             per_user |= {name: per_user_scores(top, users) for name, (_, top) in baselines.items()}
@@ -156,6 +157,23 @@ def _pointwise_report(
         stage: pointwise_scores(labels, rows, logit, calibrated=stage == "rank")
         for stage, logit in logits.items()
     }
+
+
+def _channel_baselines(
+    funnel: Funnel, requests: Any, evaluator: Evaluator, users: EvalUsers
+) -> dict[str, tuple[dict[str, float], np.ndarray]]:
+    """With several recall channels, each one alone as a full ranker: its own top 20 of
+    the catalogue (the recall list is their fusion). name "channel <name>" -> (its list
+    metrics, its top-20 lists (n_users, 20))."""
+    channels = funnel["recall"].channels
+    if len(channels) < 2:
+        return {}
+    out = {}
+    for name, channel in channels.items():
+        top = channel(requests, k=20).items
+        row = evaluator.list_metrics(top, users)
+        out[f"channel {name}"] = ({k: row[k] for k in LIST_KEYS if k in row}, top)
+    return out
 
 
 def _baselines(
