@@ -81,6 +81,11 @@ def test_evaluate_writes_the_funnel_report(trained, capsys):
     mean_diff = stages["rank"]["ndcg@20"] - stages["prerank"]["ndcg@20"]
     assert diff["mean"] == pytest.approx(mean_diff)
     assert "## Confidence intervals" in text and "| channel ease |" in text
+    # Pre-rank's LogLoss on its own target: all recall candidates, labelled liked-in-test.
+    target = report["prerank_target"]
+    assert target["pairs"] == 50 * report["users"]["warm"]
+    assert 0 < target["positive_share"] < 1 and 0 < target["logloss"] < 1
+    assert target["auc"] > 0.5 and "## Pre-rank on its own target" in text
 
 
 def test_recommend_for_user_warm(pipeline):

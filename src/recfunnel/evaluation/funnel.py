@@ -119,6 +119,7 @@ def evaluate_funnel(
             }
             report["lambda_sweep"] = report["rerank_sweeps"][rerank.config.method]
             report["pointwise"] = _pointwise_report(funnel, split, part, users, requests)
+            report["prerank_target"] = _prerank_target(funnel, requests, lists, users)
             baselines = _baselines(split, funnel.item_ids, evaluator, users)
             baselines |= _channel_baselines(funnel, requests, evaluator, users)
             report["baselines"] = {name: row for name, (row, _) in baselines.items()}
@@ -156,6 +157,23 @@ def _pointwise_report(
     return {
         stage: pointwise_scores(labels, rows, logit, calibrated=stage == "rank")
         for stage, logit in logits.items()
+    }
+
+
+def _prerank_target(
+    funnel: Funnel, requests: Any, lists: dict[str, Candidates], users: EvalUsers
+) -> dict[str, float]:
+    """Pre-rank on the pairs its probability is about: every recall candidate of the
+    evaluated users (pre-rank trains on candidates, label "liked later"), labelled 1 when
+    the movie is a liked movie of the part. AUC, GAUC and LogLoss of sigmoid(logit)."""
+    pairs = lists["item_to_item"].pairs()
+    logits = funnel["prerank"].score_pairs(requests, pairs).scores["prerank"]
+    labels = np.asarray(users.truth[pairs.rows, pairs.items]).ravel().astype(np.float64)
+    out = pointwise_scores(labels, pairs.rows, np.asarray(logits), calibrated=True)
+    return {
+        **{k: float(v) for k, v in out.items() if v is not None},
+        "pairs": float(len(labels)),
+        "positive_share": float(labels.mean()) if len(labels) else float("nan"),
     }
 
 

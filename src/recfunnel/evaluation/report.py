@@ -20,6 +20,7 @@ Every section but "stages" is optional and is skipped when absent or empty:
       },
       "cold": {"<stage>": {...same keys as a stage...}},
       "pointwise": {"<stage>": {"auc": float, "gauc": float, "logloss": float}},
+      "prerank_target": {"pairs", "positive_share", "auc", "gauc", "logloss"},  # candidates
       "baselines": {"<name>": {"ndcg@20": float, "recall@20": float, "precision@20": float,
                                "hit_rate@20": float, "ild@20": float}},
       "lambda_sweep": [{"lambda": float, "ndcg@20": float, "ild@20": float,
@@ -296,6 +297,31 @@ def render_markdown(report: dict) -> str:
             for s in _ordered(pointwise)
         ]
         out += ["## Pointwise scores", "", _md_table(["stage", "AUC", "GAUC", "LogLoss"], body), ""]
+        out += [
+            "On the rated pairs of the part (liked against disliked): only the rank model's "
+            "like head is a probability of that label, so only it has a LogLoss here.",
+            "",
+        ]
+
+    target = _mapping(report.get("prerank_target"))
+    if target:
+        body = [
+            [
+                _fmt(_number(target.get("pairs")), 0),
+                _fmt(_number(target.get("positive_share")), 4),
+                *(_fmt(_number(target.get(k)), 4) for k in ("auc", "gauc", "logloss")),
+            ]
+        ]
+        header = ["pairs", "liked share", "AUC", "GAUC", "LogLoss"]
+        out += [
+            "## Pre-rank on its own target",
+            "",
+            'Pre-rank is trained on recall candidates, label "liked later": here, every recall '
+            "candidate of the evaluated users, labelled 1 when it is a liked movie of the part.",
+            "",
+            _md_table(header, body, text_columns=0),
+            "",
+        ]
 
     sweep = _sweep_points(report)
     if sweep:
