@@ -63,6 +63,13 @@ _NONE = ("none", "null")
 # --- declaring configs ---------------------------------------------------------------------
 
 
+def require_positive(**values: float) -> None:
+    """A ConfigError naming the first of `values` (field name -> value) that is not > 0."""
+    for name, value in values.items():
+        if not value > 0:
+            raise ConfigError(f"{name} must be > 0, got {value}")
+
+
 def param(default: Any, help: str) -> Any:
     """A config field with a default and a one-line doc (shown by `describe`)."""
     return dataclasses.field(default=default, metadata={"help": help})

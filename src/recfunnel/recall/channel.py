@@ -10,12 +10,13 @@ that candidates proposed by another channel get its score too. The recall stage
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
-from recfunnel.evaluation.protocol import top_k
-from recfunnel.stage import Scorer
+from recfunnel.evaluation.protocol import Evaluator, metric_cutoff, top_k
+from recfunnel.stage import FitData, Scorer
 from recfunnel.types import Candidates, Pairs, Requests
 
 
@@ -45,6 +46,23 @@ class Channel(Scorer):
 
     def refresh(self, train: pd.DataFrame) -> None:
         """Move the serving state to the end of `train` without refitting (default: none)."""
+
+    def valid_metric(self, data: FitData, metric: str) -> Callable[[], float] | None:
+        """A function measuring `metric` (e.g. "recall@200") of this channel's full-catalogue
+        lists for the warm valid users (history: train): the early-stopping signal of a
+        channel that trains in epochs; None when there is no such user. The channel must
+        score like an evaluator `Scorer` (`score(user_ids, history)` and `item_ids_`)."""
+        ks = (metric_cutoff(metric, "valid_metric"),)
+        evaluator = Evaluator(data.split, data.item_ids, ks=ks)
+        users = evaluator.users("valid", "warm")
+        if not len(users.user_ids):
+            return None
+
+        def measure() -> float:
+            top = evaluator.rank(self, users, max(evaluator.ks))  # type: ignore[arg-type]
+            return evaluator.list_metrics(top, users)[metric]
+
+        return measure
 
 
 class CatalogueChannel(Channel):

@@ -23,11 +23,9 @@ list longer than 18 would have det 0 and the greedy would stop choosing by quali
 
 from __future__ import annotations
 
-from numbers import Integral, Real
-
 import numpy as np
 
-from recfunnel.rerank.mmr import _check_scores, _unit
+from recfunnel.rerank.mmr import _unit, check_rerank_inputs
 
 __all__ = ["dpp"]
 
@@ -47,20 +45,9 @@ def dpp(
     first. `relevance` (B, N) on [0, 1] (see `mmr.relevance_scale`), `vectors` (B, N, d),
     `valid` (B, N) bool (None: all valid; padding is never picked, -1 pads a short list).
     lambda = 1 gives the descending-relevance order exactly (ties: smaller position)."""
-    if isinstance(k, bool) or not isinstance(k, Integral) or k <= 0:
-        raise ValueError(f"k must be a positive int, got {k!r}")
-    if isinstance(lambda_dpp, bool) or not isinstance(lambda_dpp, Real):
-        raise ValueError(f"lambda must be a number, got {type(lambda_dpp).__name__}")
-    lam = float(lambda_dpp)
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lambda must lie in [0, 1], got {lambda_dpp}")
-    rel, valid = _check_scores(relevance, valid, "relevance")
-    vectors = np.asarray(vectors)
-    if vectors.ndim != 3 or vectors.shape[:2] != rel.shape:
-        raise ValueError(
-            f"vectors must have shape (n_users, n_candidates, d) = {rel.shape} + (d,), "
-            f"got {vectors.shape}"
-        )
+    rel, vectors, valid, lam = check_rerank_inputs(
+        relevance, vectors, k, lambda_dpp, valid, lambda_name="lambda"
+    )
     n_users, n = rel.shape
     k = int(k)
     out = np.full((n_users, k), -1, dtype=np.int64)

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["RELEVANCES", "cosine_similarity", "mmr", "relevance_scale"]
+__all__ = ["RELEVANCES", "check_rerank_inputs", "cosine_similarity", "mmr", "relevance_scale"]
 
 RELEVANCES = ("minmax", "rank")  # how rank scores become [0, 1] relevance
 
@@ -49,6 +49,35 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     vectors = vectors.astype(dtype, copy=False)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+
+
+def check_rerank_inputs(
+    relevance: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    lam: float,
+    valid: np.ndarray | None,
+    lambda_name: str = "lambda_mmr",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The checks every greedy re-ranker (MMR, DPP) makes of its inputs: (relevance as
+    float64 (B, N), vectors (B, N, d), valid (B, N) bool, lambda as a float); a ValueError
+    naming the first bad one."""
+    if isinstance(k, bool) or not isinstance(k, Integral):
+        raise ValueError(f"k must be an int, got {type(k).__name__}")
+    if k <= 0:
+        raise ValueError(f"k must be > 0, got {k}")
+    if isinstance(lam, bool) or not isinstance(lam, Real):
+        raise ValueError(f"{lambda_name} must be a number, got {type(lam).__name__}")
+    if not 0.0 <= float(lam) <= 1.0:
+        raise ValueError(f"{lambda_name} must lie in [0, 1], got {lam}")
+    rel, valid = _check_scores(relevance, valid, "relevance")
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 3 or vectors.shape[:2] != rel.shape:
+        raise ValueError(
+            f"vectors must have shape (n_users, n_candidates, d) = {rel.shape} + (d,), "
+            f"got {vectors.shape}"
+        )
+    return rel, vectors, valid, float(lam)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -127,23 +156,7 @@ def mmr(
     lambda = 1 gives exactly the stable descending-relevance order; lambda = 0 starts from
     the first valid position (all objectives are 0), then takes the least similar.
     """
-    if isinstance(k, bool) or not isinstance(k, Integral):
-        raise ValueError(f"k must be an int, got {type(k).__name__}")
-    if k <= 0:
-        raise ValueError(f"k must be > 0, got {k}")
-    if isinstance(lambda_mmr, bool) or not isinstance(lambda_mmr, Real):
-        raise ValueError(f"lambda_mmr must be a number, got {type(lambda_mmr).__name__}")
-    lam = float(lambda_mmr)
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lambda_mmr must lie in [0, 1], got {lambda_mmr}")
-    rel, valid = _check_scores(relevance, valid, "relevance")
-    vectors = np.asarray(vectors)
-    if vectors.ndim != 3 or vectors.shape[:2] != rel.shape:
-        raise ValueError(
-            f"vectors must have shape (n_users, n_candidates, d) = {rel.shape} + (d,), "
-            f"got {vectors.shape}"
-        )
-
+    rel, vectors, valid, lam = check_rerank_inputs(relevance, vectors, k, lambda_mmr, valid)
     n_users, n = rel.shape
     k = int(k)
     out = np.full((n_users, k), -1, dtype=np.int64)

@@ -42,11 +42,11 @@ import torch
 import torch.nn.functional as F
 
 from recfunnel.artifacts import RunFileError, load_array, load_weights
-from recfunnel.config import param
+from recfunnel.config import param, require_positive
 from recfunnel.data.schema import ITEM, USER
 from recfunnel.data.split import liked
 from recfunnel.errors import ConfigError
-from recfunnel.evaluation.protocol import Evaluator, metric_cutoff
+from recfunnel.evaluation.protocol import metric_cutoff
 from recfunnel.recall.channel import CatalogueChannel
 from recfunnel.recall.graph.model import LightGCN, normalized_adjacency, to_torch
 from recfunnel.stage import FitData, Stacked, Validate
@@ -89,17 +89,14 @@ class LightGCNConfig:
     threads: int = param(2, "torch CPU threads")
 
     def validate(self) -> None:
-        positive = {
-            "dim": self.dim,
-            "negatives": self.negatives,
-            "batch_size": self.batch_size,
-            "epochs": self.epochs,
-            "patience": self.patience,
-            "threads": self.threads,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
+        require_positive(
+            dim=self.dim,
+            negatives=self.negatives,
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            patience=self.patience,
+            threads=self.threads,
+        )
         if self.layers < 0:
             raise ConfigError(f"layers must be >= 0, got {self.layers}")
         if not (self.lr > 0 and self.temperature > 0 and self.l2 >= 0):
@@ -145,15 +142,12 @@ class LightGCNChannel(CatalogueChannel):
         self.model_ = LightGCN(len(self.user_ids_), len(self.item_ids_), cfg.dim, cfg.layers)
         self._prepare_graph()
 
-        evaluator = Evaluator(
-            data.split, self.item_ids_, ks=(metric_cutoff(cfg.valid_metric, "valid_metric"),)
-        )
-        valid_users = evaluator.users("valid", "warm")
+        measure = self.valid_metric(data, cfg.valid_metric)
 
         def validate_epoch() -> float:
-            self._prepare_serving()
-            top = evaluator.rank(self, valid_users, max(evaluator.ks))
-            return evaluator.list_metrics(top, valid_users)[cfg.valid_metric]
+            self._prepare_serving()  # the epoch's propagated item layers
+            assert measure is not None
+            return measure()
 
         n_edges = edges.shape[1]
         steps = math.ceil(n_edges / cfg.batch_size)
@@ -172,7 +166,7 @@ class LightGCNChannel(CatalogueChannel):
             self.model_,
             batches,
             self._loss,
-            validate_epoch if len(valid_users.user_ids) else None,
+            validate_epoch if measure is not None else None,
             epochs=cfg.epochs,
             lr=cfg.lr,
             patience=cfg.patience,

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from recfunnel.artifacts import RunFileError, load_array, load_weights
-from recfunnel.config import param
+from recfunnel.config import param, require_positive
 from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, RATING, TIME, USER
 from recfunnel.errors import ConfigError
-from recfunnel.evaluation.protocol import Evaluator, metric_cutoff
+from recfunnel.evaluation.protocol import metric_cutoff
 from recfunnel.recall.channel import CatalogueChannel
 from recfunnel.recall.sequence.model import PAD, SequenceEncoder
 from recfunnel.stage import FitData, Stacked, Validate
@@ -74,20 +74,17 @@ class SequenceConfig:
     threads: int = param(2, "torch CPU threads")
 
     def validate(self) -> None:
-        positive = {
-            "max_len": self.max_len,
-            "dim": self.dim,
-            "blocks": self.blocks,
-            "heads": self.heads,
-            "ffn_dim": self.ffn_dim,
-            "batch_size": self.batch_size,
-            "epochs": self.epochs,
-            "patience": self.patience,
-            "threads": self.threads,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
+        require_positive(
+            max_len=self.max_len,
+            dim=self.dim,
+            blocks=self.blocks,
+            heads=self.heads,
+            ffn_dim=self.ffn_dim,
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            patience=self.patience,
+            threads=self.threads,
+        )
         if self.model not in ("sasrec", "bert4rec"):
             raise ConfigError(f"model must be 'sasrec' or 'bert4rec', got {self.model!r}")
         if self.history not in ("liked", "rated"):
@@ -137,20 +134,13 @@ class SequenceChannel(CatalogueChannel):
             for rows in bucketed_batches(windows[:, 1] - windows[:, 0], cfg.batch_size, rng):
                 yield self._batch(items, windows[rows], rng)
 
-        evaluator = Evaluator(
-            data.split, self.item_ids_, ks=(metric_cutoff(cfg.valid_metric, "valid_metric"),)
-        )
-        valid_users = evaluator.users("valid", "warm")
-
-        def validate_() -> float:
-            top = evaluator.rank(self, valid_users, max(evaluator.ks))
-            return evaluator.list_metrics(top, valid_users)[cfg.valid_metric]
+        validate_ = self.valid_metric(data, cfg.valid_metric)
 
         self.log_: TrainLog = fit(
             self.model_,
             batches,
             self._loss,
-            validate_ if len(valid_users.user_ids) else None,
+            validate_,
             epochs=cfg.epochs,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,

@@ -19,11 +19,11 @@ import pandas as pd
 import torch
 
 from recfunnel.artifacts import RunFileError, load_array, load_weights
-from recfunnel.config import param
+from recfunnel.config import param, require_positive
 from recfunnel.data.schema import LIKE_THRESHOLD
 from recfunnel.data.split import liked
 from recfunnel.errors import ConfigError
-from recfunnel.evaluation.protocol import Evaluator, metric_cutoff, top_k
+from recfunnel.evaluation.protocol import metric_cutoff, top_k
 from recfunnel.features import FeatureSpace, ItemPopularity, gather_ranges
 from recfunnel.recall.channel import Channel
 from recfunnel.recall.index import ItemIndex, load_index
@@ -92,19 +92,16 @@ class TwoTowerConfig:
     threads: int = param(2, "torch CPU threads")
 
     def validate(self) -> None:
-        positive = {
-            "dim": self.dim,
-            "out_dim": self.out_dim,
-            "max_history": self.max_history,
-            "batch_size": self.batch_size,
-            "epochs": self.epochs,
-            "patience": self.patience,
-            "threads": self.threads,
-            "popularity_window_days": self.popularity_window_days,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
+        require_positive(
+            dim=self.dim,
+            out_dim=self.out_dim,
+            max_history=self.max_history,
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            patience=self.patience,
+            threads=self.threads,
+            popularity_window_days=self.popularity_window_days,
+        )
         if self.temperature <= 0 or self.lr <= 0:
             raise ConfigError("temperature and lr must be > 0")
         if (
@@ -169,15 +166,12 @@ class TwoTowerChannel(Channel):
         def loss(batch: RecallBatch) -> torch.Tensor:
             return self._loss(batch, item_table, log_prob, examples.n_items)
 
-        evaluator = Evaluator(
-            split, self.item_ids_, ks=(metric_cutoff(cfg.valid_metric, "recall.valid_metric"),)
-        )
-        valid_users = evaluator.users("valid", "warm")
+        measure = self.valid_metric(data, cfg.valid_metric)
 
         def validate() -> float:
-            self._item_cache = None
-            top = evaluator.rank(self, valid_users, max(evaluator.ks))
-            return evaluator.list_metrics(top, valid_users)[cfg.valid_metric]
+            self._item_cache = None  # the epoch's item vectors
+            assert measure is not None
+            return measure()
 
         shared = cfg.objective == "softmax"
         negatives = cfg.batch_negatives if shared else cfg.pair_negatives
@@ -185,7 +179,7 @@ class TwoTowerChannel(Channel):
             self.model_,
             lambda epoch: examples.batches(cfg.batch_size, rng, negatives, shared),
             loss,
-            validate,
+            validate if measure is not None else None,
             epochs=cfg.epochs,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
