@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from recfunnel.data import load_movielens
+from recfunnel.errors import RecfunnelError
 from recfunnel.evaluation.protocol import Evaluator
 from recfunnel.evaluation.tables import format_table
 from recfunnel.recall.merge import merge_lists
@@ -53,4 +55,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except RecfunnelError as error:  # a bad run directory or data folder: one line, status 2
+        print(f"merges.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -77,6 +77,21 @@ def test_bench_merges_prints_every_way_of_merging(smoke_run, synthetic_dir, tmp_
     )
     for way in ("rrf", "round_robin", "quota"):
         assert f"\n{way}" in done.stdout
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "bench/merges.py",
+            str(tmp_path / "absent"),
+            "--data-dir",
+            str(synthetic_dir),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RECFUNNEL_CACHE_DIR": str(tmp_path)},
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("merges.py: error:")
 
 
 def test_compare_two_runs_with_paired_intervals(trained, smoke_run, capsys, tmp_path):
