@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from recfunnel.data.split import Split
 from recfunnel.errors import ConfigError, RecfunnelError
-from recfunnel.evaluation.protocol import Evaluator, top_k
+from recfunnel.evaluation.protocol import Evaluator, returning, top_k
 
 
 def frame(rows):
@@ -83,6 +83,37 @@ def test_valid_part_uses_train_as_known_history(tiny_split):
     assert result.groups["warm"]["recall@2"] == 0.0
     assert result.groups["cold"]["ndcg@2"] == pytest.approx(1.0)
     assert math.isclose(result.groups["cold"]["recall@2"], 1.0)
+
+
+def test_returning_users_by_hand():
+    day = 86400
+    known = frame([(1, 10, 5, 0), (1, 20, 4, 10 * day), (2, 10, 4, 5 * day), (3, 30, 4, 0)])
+    # User 1 last rated on day 10 and comes back on day 24 (a 14-day pause: returning); user
+    # 2 last rated on day 5 and rates again on day 18 (13 days: not returning); user 3 has
+    # no rating in the part.
+    part = frame([(1, 30, 4, 24 * day), (1, 40, 4, 25 * day), (2, 20, 5, 18 * day)])
+    users = np.array([1, 2, 3])
+    assert returning(part, known, users).tolist() == [True, False, False]
+    assert returning(part, known, users, gap_days=13).tolist() == [True, True, False]
+
+
+def test_return_group_is_a_subset_of_warm(tiny_split):
+    items = np.array([10, 20, 30, 40, 50])
+    ev = Evaluator(tiny_split, items, ks=(2,))
+    # Timestamps of tiny_split are seconds apart: nobody pauses for two weeks.
+    assert ev.users("test", "warm").user_ids.tolist() == [1, 2]
+    assert ev.users("test", "return").user_ids.tolist() == []
+    later = Split(
+        tiny_split.train,
+        tiny_split.valid,
+        tiny_split.test.assign(timestamp=tiny_split.test["timestamp"] + 15 * 86400),
+        "global",
+    )
+    back = Evaluator(later, items, ks=(2,)).users("test", "return")
+    assert back.user_ids.tolist() == [1, 2]
+    assert back.truth.shape == (2, 5)
+    with pytest.raises(ConfigError, match="user group"):
+        ev.users("test", "lapsed")
 
 
 def test_errors_are_clear(tiny_split):

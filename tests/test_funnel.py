@@ -65,8 +65,13 @@ def test_evaluate_writes_the_funnel_report(trained, capsys):
     sweep = {row["lambda"]: row for row in report["lambda_sweep"]}
     assert sweep[1.0]["ndcg@20"] == pytest.approx(stages["rank"]["ndcg@20"])
     assert sweep[0.0]["ild@20"] >= sweep[1.0]["ild@20"]
-    for png in ("funnel.png", "lambda_sweep.png", "training_curves.png"):
+    for png in ("funnel.png", "lambda_sweep.png", "training_curves.png", "reliability.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The like head's calibration: ECE in [0, 1] and bins that hold every rated pair.
+    rank = report["pointwise"]["rank"]
+    assert 0 <= rank["ece"] <= 1 and "ECE" in text
+    assert report["pointwise"]["recall"]["ece"] is None  # a score, not a probability
+    assert sum(rank["reliability"]["count"]) > 0
     # Both re-rankers are swept; at lambda 1 each keeps the rank order.
     dpp = {row["lambda"]: row for row in report["rerank_sweeps"]["dpp"]}
     assert dpp[1.0]["ndcg@20"] == pytest.approx(stages["rank"]["ndcg@20"])
@@ -86,6 +91,56 @@ def test_evaluate_writes_the_funnel_report(trained, capsys):
     assert target["pairs"] == 50 * report["users"]["warm"]
     assert 0 < target["positive_share"] < 1 and 0 < target["logloss"] < 1
     assert target["auc"] > 0.5 and "## Pre-rank on its own target" in text
+
+
+def test_training_chose_lambda_on_the_holdout(trained, pipeline):
+    out, _ = trained
+    manifest = json.loads((out / "manifest.json").read_text())
+    chosen = manifest["chosen_on_holdout"]["rerank.lambda_mmr"]
+    saved = json.loads((out / "config.json").read_text())["rerank"]["lambda_mmr"]
+    assert saved == chosen["lambda"] == pipeline.funnel["rerank"].config.lambda_mmr
+    assert chosen["holdout"] == "valid, returning users" and chosen["users"] >= 50
+    # The rule: within max_ndcg_loss of the rank order's NDCG@20, at least its diversity.
+    loss = chosen["max_ndcg_loss"]
+    assert chosen["ndcg@20"] >= (1 - loss) * chosen["ndcg@20 at lambda 1"] - 1e-12
+    assert chosen["ild@20"] >= chosen["ild@20 at lambda 1"]
+    # Served by default; a re-ranker whose lambda was never chosen says so.
+    requests = pipeline.requests(pipeline.user_ids[:3])
+    ranked = pipeline.funnel.run(requests, upto="rank")["rank"]
+    with pytest.raises(ConfigError, match="not been chosen"):
+        pipeline.funnel["rerank"].with_config(lambda_mmr=None)(requests, ranked, k=5)
+
+
+def test_training_calibrated_the_like_head(trained, pipeline):
+    out, _ = trained
+    manifest = json.loads((out / "manifest.json").read_text())
+    chosen = manifest["chosen_on_holdout"]["rank.temperature"]
+    saved = json.loads((out / "rank" / "calibration.json").read_text())["temperature"]
+    assert saved == chosen["temperature"] == pipeline.funnel["rank"].temperature_ > 0
+    assert chosen["logloss_after"] <= chosen["logloss_before"]
+
+
+def test_evaluate_on_returning_users(trained, synthetic_ml, capsys):
+    out, data = trained
+    run = load_run(out, synthetic_ml)
+    split = run.split
+    # Independently: warm valid users with a liked valid rating whose first valid rating
+    # comes >= 14 days after their last train rating.
+    last = split.train.groupby("user_id")["timestamp"].max()
+    first = split.valid.groupby("user_id")["timestamp"].min()
+    liked = set(split.valid.loc[split.valid["rating"] >= 4, "user_id"])
+    expected = sorted(u for u in liked if u in last.index and first[u] - last[u] >= 14 * 86400)
+    assert expected  # the synthetic data has users who pause (97 of 164 on valid)
+    assert main(["evaluate", str(out), "--split", "valid", "--users", "return", *data]) == 0
+    report = json.loads((out / "report-valid-return" / "report.json").read_text())
+    assert report["users"]["return"] == len(expected) and report["user_group"] == "return"
+    assert "returning users" in report["title"]
+
+
+def test_users_return_needs_the_funnel_report(trained, capsys):
+    _, data = trained
+    assert main(["evaluate", "--users", "return", *data]) == 2
+    assert "--users return" in capsys.readouterr().err
 
 
 def test_recommend_for_user_warm(pipeline):

@@ -42,7 +42,20 @@ def _report() -> dict:
         "users": {"warm": 1200, "cold": 30},
         "stages": stages,
         "cold": {"recall": _stage(500, 0.01, 1.0, 1.0), "rank": _stage(20, 0.02, 0.4, 0.5)},
-        "pointwise": {"rank": {"auc": 0.81234, "gauc": 0.7, "logloss": 0.5}},
+        "pointwise": {
+            "rank": {
+                "auc": 0.81234,
+                "gauc": 0.7,
+                "logloss": 0.5,
+                "ece": 0.04321,
+                # An empty bin's means are None in the JSON: skipped, not plotted as 0.
+                "reliability": {
+                    "count": [10.0, 0.0, 30.0],
+                    "mean_prob": [0.2, None, 0.8],
+                    "positive_rate": [0.1, None, 0.9],
+                },
+            }
+        },
         "baselines": {
             "pop": {
                 "ndcg@20": 0.04321,
@@ -126,11 +139,11 @@ def test_stages_follow_funnel_order() -> None:
 def test_optional_sections() -> None:
     md = render_markdown(_report())
     assert _row(md, "rank", "## Cold users")[3] == "0.0200"
-    assert _row(md, "rank", "## Pointwise scores")[1:] == ["0.8123", "0.7000", "0.5000"]
+    assert _row(md, "rank", "## Pointwise scores")[1:] == ["0.8123", "0.7000", "0.5000", "0.0432"]
     assert _row(md, "0.5 (default)", "## MMR lambda sweep")[1:] == ["0.1100", "0.6800", "0.0280"]
     assert _row(md, "1", "## MMR lambda sweep")[1] == "0.1230"
     assert _row(md, "rank", "## Training") == ["rank", "auc", "2", "0.8000", "12.35"]
-    for png in ("funnel", "lambda_sweep", "training_curves"):
+    for png in ("funnel", "lambda_sweep", "training_curves", "reliability"):
         assert f"({png}.png)" in md
 
 
@@ -141,6 +154,7 @@ def test_absent_sections_are_skipped() -> None:
         assert heading not in md
     assert "![funnel](funnel.png)" in md
     assert "lambda_sweep.png" not in md and "training_curves.png" not in md
+    assert "reliability.png" not in md
     # Missing metrics are blank cells, not errors.
     assert _row(md, "recall")[1:4] == ["200", "", "0.1000"]
 
@@ -163,7 +177,12 @@ def test_write_plots(tmp_path: Path) -> None:
     report = _report()
     before = copy.deepcopy(report)
     paths = write_plots(report, tmp_path / "plots")
-    assert [p.name for p in paths] == ["funnel.png", "lambda_sweep.png", "training_curves.png"]
+    assert [p.name for p in paths] == [
+        "funnel.png",
+        "lambda_sweep.png",
+        "training_curves.png",
+        "reliability.png",
+    ]
     for p in paths:
         data = p.read_bytes()
         assert len(data) > 1000 and data.startswith(PNG_MAGIC)

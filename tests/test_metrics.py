@@ -11,7 +11,9 @@ from sklearn import metrics as skm
 
 from recfunnel.evaluation.metrics import (
     auc,
+    calibration_bins,
     coverage,
+    expected_calibration_error,
     gauc,
     hit_matrix,
     hit_rate_at_k,
@@ -121,6 +123,26 @@ def test_log_loss_by_hand_and_clipping() -> None:
     assert log_loss(np.array([1, 0]), np.array([0.8, 0.4])) == pytest.approx(0.3669845)
     # Both fully wrong: clipped to eps = 1e-7 -> -ln(1e-7) = 16.118 each, finite.
     assert log_loss(np.array([0, 1]), np.array([1.0, 0.0])) == pytest.approx(-math.log(1e-7))
+
+
+def test_calibration_by_hand() -> None:
+    labels = np.array([0, 1, 0, 1, 1])
+    probs = np.array([0.05, 0.15, 0.55, 0.65, 1.0])  # 1.0 belongs to the last bin
+    bins = calibration_bins(labels, probs, bins=2)
+    # bin [0, 0.5): probs 0.05, 0.15 (mean 0.1), labels 0, 1 (rate 0.5)
+    # bin [0.5, 1]: probs 0.55, 0.65, 1.0 (mean 0.7333), labels 0, 1, 1 (rate 0.6667)
+    np.testing.assert_allclose(bins["count"], [2, 3])
+    np.testing.assert_allclose(bins["mean_prob"], [0.1, 2.2 / 3])
+    np.testing.assert_allclose(bins["positive_rate"], [0.5, 2 / 3])
+    # ECE = (2 * |0.5 - 0.1| + 3 * |0.6667 - 0.7333|) / 5 = (0.8 + 0.2) / 5 = 0.2
+    assert expected_calibration_error(labels, probs, bins=2) == pytest.approx(0.2)
+    # Empty bins are nan and do not count; predicting the observed rate scores 0.
+    assert np.isnan(calibration_bins(labels, probs, bins=10)["mean_prob"][3])
+    assert expected_calibration_error(labels, np.full(5, 0.6), bins=10) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="bins"):
+        calibration_bins(labels, probs, bins=0)
+    with pytest.raises(ValueError, match="probs"):
+        expected_calibration_error(labels, np.array([0.1, 0.2, 0.3, 0.4, 1.2]))
 
 
 def test_ild_by_hand() -> None:

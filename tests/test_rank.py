@@ -1,11 +1,15 @@
 """The funnel's value type and the pre-rank / rank modules, on hand-sized tensors."""
 
+import numpy as np
 import pytest
 import torch
 
+from recfunnel.errors import ConfigError
 from recfunnel.prerank.model import PreRankMLP
 from recfunnel.rank.features import DENSE
 from recfunnel.rank.model import CrossNetwork, RankModel, RankSizes, TargetAttention
+from recfunnel.rank.stage import RankConfig, RankStage
+from recfunnel.types import Pairs
 
 
 def test_target_attention_ignores_padding_and_empty_history_pools_to_zero():
@@ -69,3 +73,33 @@ def test_prerank_mlp_reads_vectors_and_scalars():
     mlp = PreRankMLP(dim=3, hidden=(5,), n_scalars=2)
     out = mlp(torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 2))
     assert out.shape == (4,)
+
+
+class _FixedLogits(RankStage):
+    """A rank stage whose like head returns given logits: calibration alone under test."""
+
+    def __init__(self, logits: np.ndarray) -> None:
+        super().__init__(RankConfig())
+        self.logits, self.model_ = logits, object()
+        self._fitted()
+
+    def score_pairs(self, requests, pairs, batch_size: int = 8192):
+        like = self.logits / self.temperature_
+        return pairs.with_scores("rank.like", like)
+
+
+def test_calibration_recovers_an_overconfident_temperature():
+    rng = np.random.default_rng(0)
+    true = rng.normal(0.0, 1.5, 20_000)
+    labels = (rng.random(true.size) < 1 / (1 + np.exp(-true))).astype(np.float32)
+    # The head is overconfident by a factor 2: its logits are twice the true ones.
+    stage = _FixedLogits(2.0 * true)
+    pairs = Pairs(np.zeros(true.size, np.int64), np.zeros(true.size, np.int64), labels=labels)
+    out = stage.calibrate(None, pairs)
+    assert out["temperature"] == pytest.approx(2.0, rel=0.05)
+    assert out["logloss_after"] < out["logloss_before"]
+    # Afterwards the head's scores are divided by it.
+    scaled = stage.score_pairs(None, pairs).scores["rank.like"]
+    np.testing.assert_allclose(scaled, 2.0 * true / stage.temperature_)
+    with pytest.raises(ConfigError, match="labelled"):
+        stage.calibrate(None, Pairs(np.zeros(3, np.int64), np.zeros(3, np.int64)))

@@ -13,6 +13,7 @@ from recfunnel.errors import ConfigError
 from recfunnel.evaluation.metrics import ild_at_k
 from recfunnel.rerank import RerankConfig, cosine_similarity, mmr, relevance_scale
 from recfunnel.rerank.dpp import RIDGE, dpp
+from recfunnel.rerank.report import choose_lambda
 
 # ----------------------------------------------------------------------------- reference
 
@@ -304,6 +305,32 @@ def test_scale_then_mmr_at_lambda_one_keeps_score_order():
         np.testing.assert_array_equal(out, np.argsort(-scores, axis=1)[:, :5])
 
 
+def test_probability_relevance_is_kept_as_is():
+    probs = np.array([[0.02, 0.30, 0.10], [0.9, 0.5, 0.7]])
+    valid = np.array([[True, True, False], [True, True, True]])
+    out = relevance_scale(probs, valid, "probability")
+    # Not stretched per user: the unsure first user keeps small relevances, padding gets 0.
+    np.testing.assert_allclose(out, [[0.02, 0.30, 0.0], [0.9, 0.5, 0.7]])
+    with pytest.raises(ValueError, match="probability"):
+        relevance_scale(np.array([[0.5, 1.5]]), how="probability")
+    # Out-of-range padding is ignored, as every relevance ignores padding.
+    padded = relevance_scale(np.array([[0.5, -3.0]]), np.array([[True, False]]), "probability")
+    np.testing.assert_allclose(padded, [[0.5, 0.0]])
+
+
+def test_probability_relevance_trades_the_same_for_every_user():
+    # Two users with the same two candidates in the same order, identical genres for the
+    # first two: min-max stretches both to [0, 1] and treats them alike; probabilities
+    # let the sure user (0.9 vs 0.8) keep the similar runner-up and the unsure one (0.12
+    # vs 0.11) take the different third item.
+    probs = np.array([[0.9, 0.8, 0.1], [0.12, 0.11, 0.01]])
+    vectors = np.array([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]] * 2)
+    by_prob = mmr(relevance_scale(probs, how="probability"), vectors, 2, 0.8)
+    assert by_prob.tolist() == [[0, 1], [0, 2]]
+    by_minmax = mmr(relevance_scale(probs, how="minmax"), vectors, 2, 0.8)
+    assert by_minmax[0].tolist() == by_minmax[1].tolist()
+
+
 def test_scale_errors():
     with pytest.raises(ValueError, match="how must be"):
         relevance_scale(np.zeros((1, 2)), how="zscore")
@@ -359,11 +386,33 @@ def test_mmr_raises_genre_diversity():
 # ----------------------------------------------------------------------------- config
 
 
+def test_choose_lambda_by_hand():
+    sweep = [
+        {"lambda": 1.0, "ndcg@20": 0.200, "ild@20": 0.60},
+        {"lambda": 0.9, "ndcg@20": 0.199, "ild@20": 0.64},
+        {"lambda": 0.8, "ndcg@20": 0.196, "ild@20": 0.70},  # loses exactly 2 %: allowed
+        {"lambda": 0.7, "ndcg@20": 0.190, "ild@20": 0.75},  # loses 5 %
+    ]
+    assert choose_lambda(sweep, 0.02) == 0.8
+    assert choose_lambda(sweep, 0.06) == 0.7
+    assert choose_lambda(sweep, 0.0) == 1.0  # only the rank order keeps all of its NDCG
+    # A tie in ILD goes to the larger lambda; lambda 1 must be in the sweep.
+    tied = [*sweep[:2], {"lambda": 0.85, "ndcg@20": 0.199, "ild@20": 0.64}]
+    assert choose_lambda(tied, 0.02) == 0.9
+    with pytest.raises(ValueError, match="lambda = 1"):
+        choose_lambda(sweep[1:], 0.02)
+
+
 def test_config_defaults_and_validation():
     config = RerankConfig()
     config.validate()
-    assert (config.lambda_mmr, config.similarity, config.relevance) == (0.5, "genre", "minmax")
+    # lambda none: training chooses it on the holdout.
+    assert (config.lambda_mmr, config.similarity, config.relevance) == (None, "genre", "minmax")
     assert load_config(RerankConfig, overrides=["lambda_mmr=0"]).lambda_mmr == 0.0
+    assert load_config(RerankConfig, overrides=["lambda_mmr=none"]).lambda_mmr is None
+    for bad in (-0.01, 1.0):
+        with pytest.raises(ConfigError, match="max_ndcg_loss"):
+            RerankConfig(max_ndcg_loss=bad).validate()
     for bad in (-0.1, 1.5, math.nan):
         with pytest.raises(ConfigError, match="lambda_mmr"):
             RerankConfig(lambda_mmr=bad).validate()

@@ -86,6 +86,21 @@ def test_global_split_on_synthetic_is_a_partition_in_time(synthetic_ml):
     assert not keys.duplicated().any()
 
 
+def test_backtest_split_lies_inside_train_and_valid(synthetic_ml):
+    real = make_split(synthetic_ml.ratings)
+    back = make_split(synthetic_ml.ratings, "backtest")
+    assert back.kind == "backtest"
+    key = ["user_id", "item_id", "timestamp"]
+    inside = pd.concat([back.train, back.valid, back.test])[key]
+    known = pd.concat([real.train, real.valid])[key]
+    # Exactly the protocol's train + valid, in time order: no real test rating is read.
+    pd.testing.assert_frame_equal(inside.reset_index(drop=True), known.reset_index(drop=True))
+    n = len(synthetic_ml.ratings)
+    assert (len(back.train), len(back.valid)) == (int(0.4 * n), int(0.45 * n) - int(0.4 * n))
+    assert back.train["timestamp"].max() <= back.valid["timestamp"].min()
+    assert back.valid["timestamp"].max() <= back.test["timestamp"].min()
+
+
 def _scramble(part: pd.DataFrame, seed: int) -> pd.DataFrame:
     """The same shape of ratings with other users, items and ratings."""
     rng = np.random.default_rng(seed)

@@ -151,6 +151,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.users != "warm" and (args.run_dir is None or args.stage != "funnel"):
+        raise ConfigError("--users return goes with RUN_DIR and the funnel report")
     if args.run_dir is not None:
         return _evaluate_run(args)
     return _evaluate_baselines(args)
@@ -261,9 +263,14 @@ def _evaluate_run(args: argparse.Namespace) -> int:
         return _evaluate_recall(args, run, ml)
     start = time.perf_counter()
     report = evaluate_funnel(
-        run.funnel, run.split, ml.genre_matrix(run.funnel.item_ids), part=args.split
+        run.funnel,
+        run.split,
+        ml.genre_matrix(run.funnel.item_ids),
+        part=args.split,
+        users=args.users,
     )
-    report["title"] = f"Funnel report: {run.path.name} ({args.split})"
+    part = args.split if args.users == "warm" else f"{args.split}, returning users"
+    report["title"] = f"Funnel report: {run.path.name} ({part})"
     report["manifest"] = run.manifest
     if run.index_missing:
         report.setdefault("notes", []).append(
@@ -273,7 +280,8 @@ def _evaluate_run(args: argparse.Namespace) -> int:
     text = render_markdown(report)
     # The test report sits at the top of the run directory; a valid one in its own folder,
     # so evaluating on valid never overwrites the test report (or the reverse).
-    out = run.path if args.split == "test" else run.path / f"report-{args.split}"
+    name = args.split if args.users == "warm" else f"{args.split}-return"
+    out = run.path if name == "test" else run.path / f"report-{name}"
     out.mkdir(exist_ok=True)
     write_plots(report, out)
     write_atomic(out / "report.json", json.dumps(report, indent=2).encode())
@@ -298,13 +306,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
     ml = _load(args)
     a, b = load_run(args.run_a, ml), load_run(args.run_b, ml)
-    rows = compare_funnels(a.funnel, b.funnel, a.split, part=args.split)
+    rows = compare_funnels(a.funnel, b.funnel, a.split, part=args.split, users=args.users)
     if args.json:
         print(json.dumps({"a": str(args.run_a), "b": str(args.run_b), "rows": rows}, indent=2))
         return 0
     print(
         f"a = {args.run_a}, b = {args.run_b}: each stage's list on the {args.split} part, "
-        f"{rows[0]['users']} warm users; a - b with its paired bootstrap 95 % interval"
+        f"{rows[0]['users']} {'warm' if args.users == 'warm' else 'returning'} users; a - b "
+        "with its paired bootstrap 95 % interval"
     )
     print(format_table(rows, ["stage", "metric", "a", "b", "a - b", "low", "high"]))
     return 0
@@ -529,10 +538,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="part to evaluate on; choose hyper-parameters on valid (default: test)",
     )
     evaluate.add_argument(
+        "--users",
+        choices=("warm", "return"),
+        default="warm",
+        help="with RUN_DIR: every warm user of the part (the protocol's), or only those who "
+        "come back after a pause of two weeks or more; on valid, the holdout that resembles "
+        "the test task (report in RUN_DIR/report-<split>-return)",
+    )
+    evaluate.add_argument(
         "--protocol",
-        choices=("global", "per_user"),
+        choices=("global", "per_user", "backtest"),
         default="global",
-        help="split protocol: global temporal 80/10/10 or per-user temporal (default: global)",
+        help="split protocol: global temporal 80/10/10, per-user temporal, or backtest (a "
+        "holdout inside train + valid, for choosing defaults) (default: global)",
     )
     evaluate.add_argument(
         "--history",
@@ -568,6 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_b", type=Path, metavar="RUN_B", help="the run to compare with")
     compare.add_argument(
         "--split", choices=("valid", "test"), default="test", help="part (default: test)"
+    )
+    compare.add_argument(
+        "--users",
+        choices=("warm", "return"),
+        default="warm",
+        help="every warm user of the part, or those back after a pause (default: warm)",
     )
     compare.add_argument("--json", action="store_true", help="print a JSON object")
     _add_data_options(compare)

@@ -25,6 +25,7 @@ package version or on other data, is refused with one clear line, not silently m
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno as _errno
 import fnmatch
 import functools
@@ -139,7 +140,11 @@ class IndexConfig:
 class PipelineConfig:
     """Everything `recfunnel train` needs; written to RUN_DIR/config.json."""
 
-    split: Literal["global", "per_user"] = param("global", "split protocol (protocol.md)")
+    split: Literal["global", "per_user", "backtest"] = param(
+        "global",
+        "split protocol (protocol.md); backtest: a holdout inside train + valid for choosing "
+        "defaults (its test part ends where the real valid part does)",
+    )
     funnel: FunnelConfig = section(FunnelConfig, "list sizes of the funnel")
     recall: RecallConfig = section(RecallConfig, "recall channels and their merge")
     index: IndexConfig = section(IndexConfig, "top-K index over the two-tower item vectors")
@@ -173,6 +178,10 @@ def write_run(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{_PARTIAL}", dir=out.parent))
     try:
         (tmp / _PARTIAL_MARKER).touch()
+        # The config as served: settings that training chose (the re-ranker's lambda) are
+        # written in, so the run reloads with them.
+        if "rerank" in funnel.stages:
+            config = dataclasses.replace(config, rerank=funnel["rerank"].config)
         save_config(config, tmp / "config.json")
         funnel.save(tmp)
         manifest = {
@@ -186,6 +195,7 @@ def write_run(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "train_seconds": report.seconds,
             "stacking_examples": report.examples,
+            "chosen_on_holdout": report.choices,
             "files": digest_files(tmp, skip=(_PARTIAL_MARKER,)),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))

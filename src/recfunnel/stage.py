@@ -127,7 +127,11 @@ class Component(ABC):
 
 class Scorer(Component):
     """A component that scores (request, item) pairs; its call scores every candidate under
-    `scores[name]` and then `select`s the list it hands on."""
+    `scores[name]` (and the `carried` scores beside it) and then `select`s the list it hands
+    on."""
+
+    # Further scores of `score_pairs` that the candidates carry on to the later stages.
+    carried: tuple[str, ...] = ()
 
     @abstractmethod
     def score_pairs(self, requests: Requests, pairs: Pairs) -> Pairs:
@@ -140,7 +144,9 @@ class Scorer(Component):
                 f"{self.name}: {len(candidates)} candidate lists for {len(requests)} requests"
             )
         scored = self.score_pairs(requests, candidates.pairs())
-        return self.select(candidates.with_scores(self.name, scored.scores[self.name]), **options)
+        for name in (self.name, *self.carried):
+            candidates = candidates.with_scores(name, scored.scores[name])
+        return self.select(candidates, **options)
 
     def select(self, candidates: Candidates, **options: Any) -> Candidates:
         """The list handed on, from the scored one: by default all of it, in its order."""

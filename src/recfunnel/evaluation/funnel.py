@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from recfunnel.evaluation.bootstrap import (
     intervals_report,
     per_user_scores,
 )
-from recfunnel.evaluation.protocol import Evaluator, EvalUsers
+from recfunnel.evaluation.protocol import RETURN_GAP_DAYS, Evaluator, EvalUsers
 from recfunnel.funnel import STAGES, Funnel
 from recfunnel.rank.report import pointwise_scores
 from recfunnel.rerank.report import lambda_sweep
@@ -58,8 +58,15 @@ def evaluate_funnel(
     *,
     part: SplitName = "test",
     lambdas: Sequence[float] = LAMBDAS,
+    users: Literal["warm", "return"] = "warm",
 ) -> dict[str, Any]:
-    """The report dict of `recfunnel.evaluation.report` (its docstring gives the schema)."""
+    """The report dict of `recfunnel.evaluation.report` (its docstring gives the schema).
+
+    `users`: the evaluated warm users, all of them ("warm", the protocol's) or only those
+    who come back after a pause ("return", see `protocol.RETURN_GAP_DAYS`): on valid, the
+    holdout that resembles the test task. The report's "users" then says "return"."""
+    if users not in ("warm", "return"):
+        raise ConfigError(f"users must be 'warm' or 'return', got {users!r}")
     history = "known" if part == "test" else "train"
     ks = sorted({10, 20, funnel.keep, funnel.sizes.topk_recall})
     evaluator = Evaluator(
@@ -70,6 +77,7 @@ def evaluate_funnel(
         "part": part,
         "history": history,
         "users": {},
+        "user_group": users,
         "stages": {},
         "cold": {},
         "rerank": {
@@ -78,9 +86,14 @@ def evaluate_funnel(
             "similarity": funnel["rerank"].config.similarity,
         },
     }
-    for group in ("warm", "cold"):
+    if users == "return":
+        report["title"] += f", users back after >= {RETURN_GAP_DAYS:g} days"
+    main_group = users
+    for group in (main_group, "cold"):
         users = evaluator.users(part, group)
         report["users"][group] = len(users.user_ids)
+        if not len(users.user_ids) and group == main_group:
+            raise ConfigError(f"no {main_group} user to evaluate on the {part} part")
         if not len(users.user_ids):
             continue
         requests = funnel.requests(users)
@@ -99,11 +112,13 @@ def evaluate_funnel(
                 own += funnel.timings.get("item_to_item", 0.0)
             row["latency_ms_per_user"] = 1000 * own / len(users.user_ids)
             rows[stage] = row
-        report["stages" if group == "warm" else "cold"] = rows
-        if group == "warm":
+        report["stages" if group == main_group else "cold"] = rows
+        if group == main_group:
             report["timing"] = {"funnel_seconds_all_warm_users": seconds}
             # The configured re-ranker's sweep, and both methods' for the Pareto plot.
             rerank = funnel["rerank"]
+            # The configured lambda among the swept ones, so its point is on the curve.
+            lambdas = sorted({*lambdas, float(rerank.config.lambda_mmr)})
             report["rerank_sweeps"] = {
                 method: lambda_sweep(
                     rerank.with_method(method),
@@ -145,7 +160,7 @@ def evaluate_funnel(
 
 def _pointwise_report(
     funnel: Funnel, split: Split, part: SplitName, users: EvalUsers, requests: Any
-) -> dict[str, dict[str, float | None]]:
+) -> dict[str, dict[str, Any]]:
     rated = split.part(part)
     rated = rated[rated[USER].isin(users.user_ids)]
     rows = np.searchsorted(users.user_ids, rated[USER].to_numpy())
@@ -162,16 +177,17 @@ def _pointwise_report(
 
 def _prerank_target(
     funnel: Funnel, requests: Any, lists: dict[str, Candidates], users: EvalUsers
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Pre-rank on the pairs its probability is about: every recall candidate of the
     evaluated users (pre-rank trains on candidates, label "liked later"), labelled 1 when
-    the movie is a liked movie of the part. AUC, GAUC and LogLoss of sigmoid(logit)."""
+    the movie is a liked movie of the part. AUC, GAUC, LogLoss, ECE and the reliability bins
+    of sigmoid(logit)."""
     pairs = lists["item_to_item"].pairs()
     logits = funnel["prerank"].score_pairs(requests, pairs).scores["prerank"]
     labels = np.asarray(users.truth[pairs.rows, pairs.items]).ravel().astype(np.float64)
     out = pointwise_scores(labels, pairs.rows, np.asarray(logits), calibrated=True)
     return {
-        **{k: float(v) for k, v in out.items() if v is not None},
+        **out,
         "pairs": float(len(labels)),
         "positive_share": float(labels.mean()) if len(labels) else float("nan"),
     }
@@ -208,20 +224,25 @@ def _baselines(
 
 
 def compare_funnels(
-    a: Funnel, b: Funnel, split: Split, *, part: SplitName = "test"
+    a: Funnel,
+    b: Funnel,
+    split: Split,
+    *,
+    part: SplitName = "test",
+    users: Literal["warm", "return"] = "warm",
 ) -> list[dict[str, Any]]:
     """Every stage's list of funnel `a` against the same stage of `b`, on the same warm users
-    of `part`: one row per (stage, metric) with both means and the paired bootstrap interval
-    of a - b."""
+    of `part` (or its returning users, `users="return"`): one row per (stage, metric) with
+    both means and the paired bootstrap interval of a - b."""
     if not np.array_equal(a.item_ids, b.item_ids):
         raise ConfigError("the two runs were trained on different catalogues")
     history = "known" if part == "test" else "train"
     evaluator = Evaluator(split, a.item_ids, ks=(20,), history=history)
-    users = evaluator.users(part, "warm")
+    group = evaluator.users(part, users)
     scores = {}
     for name, funnel in (("a", a), ("b", b)):
-        lists = funnel.run(funnel.requests(users))
-        scores[name] = {stage: per_user_scores(lists[stage].items, users) for stage in STAGES}
+        lists = funnel.run(funnel.requests(group))
+        scores[name] = {stage: per_user_scores(lists[stage].items, group) for stage in STAGES}
     rows = []
     for stage in STAGES:
         for metric in ("ndcg@20", "recall@20"):
@@ -231,7 +252,7 @@ def compare_funnels(
                 {
                     "stage": stage,
                     "metric": metric,
-                    "users": len(users.user_ids),
+                    "users": len(group.user_ids),
                     "a": float(first.mean()),
                     "b": float(second.mean()),
                     "a - b": diff["mean"],

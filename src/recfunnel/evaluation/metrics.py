@@ -14,7 +14,9 @@ from scipy.stats import rankdata
 
 __all__ = [
     "auc",
+    "calibration_bins",
     "coverage",
+    "expected_calibration_error",
     "gauc",
     "hit_matrix",
     "hit_rate_at_k",
@@ -260,3 +262,33 @@ def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
         raise ValueError("probs must lie in [0, 1]")
     p = np.clip(p, eps, 1 - eps)
     return float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))
+
+
+def calibration_bins(
+    labels: np.ndarray, probs: np.ndarray, bins: int = 10
+) -> dict[str, np.ndarray]:
+    """A reliability diagram's data: (n,) probabilities cut into `bins` equal-width bins of
+    [0, 1] (1.0 falls in the last). Per bin (bins,): "count", "mean_prob" (the average
+    prediction) and "positive_rate" (the share of labels that are 1); both are nan in an
+    empty bin. A calibrated model has mean_prob close to positive_rate in every bin."""
+    y, p = _check_pointwise(labels, probs)
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError("probs must lie in [0, 1]")
+    if bins <= 0:
+        raise ValueError(f"bins must be > 0, got {bins}")
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    count = np.bincount(which, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_prob = np.bincount(which, weights=p, minlength=bins) / count
+        positive_rate = np.bincount(which, weights=y, minlength=bins) / count
+    return {"count": count, "mean_prob": mean_prob, "positive_rate": positive_rate}
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
+    """ECE: the count-weighted mean over equal-width bins of |positive rate - mean
+    probability| (Guo et al., 2017). 0 is perfectly calibrated; a constant prediction of the
+    base rate also scores 0, so read it beside AUC and LogLoss."""
+    table = calibration_bins(labels, probs, bins)
+    full = table["count"] > 0
+    gap = np.abs(table["positive_rate"][full] - table["mean_prob"][full])
+    return float(gap @ table["count"][full] / table["count"].sum())

@@ -7,7 +7,7 @@ Every section but "stages" is optional and is skipped when absent or empty:
       "title": str,
       "part": "test",                      # the evaluated part
       "history": "known",
-      "users": {"warm": int, "cold": int},
+      "users": {"warm": int, "cold": int},  # "return" instead of "warm": returning users
       "stages": {                          # required; recall, prerank, rank, rerank
         "<stage>": {
           "candidates": int,               # length of the stage's output list
@@ -19,8 +19,11 @@ Every section but "stages" is optional and is skipped when absent or empty:
         },
       },
       "cold": {"<stage>": {...same keys as a stage...}},
-      "pointwise": {"<stage>": {"auc": float, "gauc": float, "logloss": float}},
-      "prerank_target": {"pairs", "positive_share", "auc", "gauc", "logloss"},  # candidates
+      "pointwise": {"<stage>": {"auc": float, "gauc": float, "logloss": float, "ece": float,
+                                "reliability": {"count": [...], "mean_prob": [...],
+                                                "positive_rate": [...]}}},  # one per bin
+      "prerank_target": {"pairs", "positive_share", "auc", "gauc", "logloss", "ece",
+                         "reliability"},  # on recall's candidates
       "baselines": {"<name>": {"ndcg@20": float, "recall@20": float, "precision@20": float,
                                "hit_rate@20": float, "ild@20": float}},
       "lambda_sweep": [{"lambda": float, "ndcg@20": float, "ild@20": float,
@@ -74,7 +77,12 @@ _LIST_COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("retention", "retention", 4),
     ("latency ms/user", "latency_ms_per_user", 2),
 )
-_POINTWISE_COLUMNS = (("AUC", "auc", 4), ("GAUC", "gauc", 4), ("LogLoss", "logloss", 4))
+_POINTWISE_COLUMNS = (
+    ("AUC", "auc", 4),
+    ("GAUC", "gauc", 4),
+    ("LogLoss", "logloss", 4),
+    ("ECE", "ece", 4),
+)
 _SWEEP_COLUMNS = (
     ("NDCG@20", "ndcg@20", 4),
     ("ILD@20", "ild@20", 4),
@@ -86,6 +94,7 @@ _PLOTS: dict[str, tuple[str, Callable[[Mapping[str, Any]], bool]]] = {
     "funnel.png": ("funnel", lambda r: bool(_stages(r))),
     "lambda_sweep.png": ("lambda sweep", lambda r: bool(_sweep_points(r))),
     "training_curves.png": ("training curves", lambda r: bool(_training(r))),
+    "reliability.png": ("reliability diagram", lambda r: bool(_reliability(r))),
 }
 
 
@@ -146,6 +155,24 @@ def _is_default(lam: float | None, default: float | None) -> bool:
     return lam is not None and default is not None and math.isclose(lam, default, abs_tol=1e-9)
 
 
+def _reliability(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Label -> reliability bins, for each probability the report calibrates: the rank
+    model's like head on the rated pairs, pre-rank on its own target."""
+    sources = {
+        "rank P(liked | rated), rated pairs": _mapping(
+            _mapping(_mapping(report.get("pointwise")).get("rank")).get("reliability")
+        ),
+        "pre-rank P(liked later), recall candidates": _mapping(
+            _mapping(report.get("prerank_target")).get("reliability")
+        ),
+    }
+    return {
+        label: bins
+        for label, bins in sources.items()
+        if all(isinstance(bins.get(k), Sequence) for k in ("count", "mean_prob", "positive_rate"))
+    }
+
+
 def _training(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     """Trained stages (funnel order) that have a non-empty epoch log."""
     training = _mapping(report.get("training"))
@@ -195,11 +222,14 @@ def _list_table(rows: Iterable[tuple[str, Mapping[str, Any]]], first: str) -> st
 def _how_to_read(report: Mapping[str, Any]) -> str:
     users = _mapping(report.get("users"))
     warm, cold = _number(users.get("warm")), _number(users.get("cold"))
+    back = _number(users.get("return"))
     rerank = _mapping(report.get("rerank"))
     lam = _default_lambda(report)
     who = []
     if warm is not None:
         who.append(f"{round(warm):,} warm users")
+    if back is not None:
+        who.append(f"{round(back):,} warm users who came back after a pause")
     if cold is not None:
         who.append(f"{round(cold):,} cold users (reported separately)")
     on = f"the {report.get('part', 'test')} part"
@@ -296,10 +326,12 @@ def render_markdown(report: dict) -> str:
             + [_fmt(_number(_mapping(pointwise[s]).get(k)), d) for _, k, d in _POINTWISE_COLUMNS]
             for s in _ordered(pointwise)
         ]
-        out += ["## Pointwise scores", "", _md_table(["stage", "AUC", "GAUC", "LogLoss"], body), ""]
+        header = ["stage", *(h for h, _, _ in _POINTWISE_COLUMNS)]
+        out += ["## Pointwise scores", "", _md_table(header, body), ""]
         out += [
             "On the rated pairs of the part (liked against disliked): only the rank model's "
-            "like head is a probability of that label, so only it has a LogLoss here.",
+            "like head is a probability of that label, so only it has a LogLoss and an ECE "
+            "(expected calibration error over 10 equal-width bins; see reliability.png) here.",
             "",
         ]
 
@@ -309,10 +341,10 @@ def render_markdown(report: dict) -> str:
             [
                 _fmt(_number(target.get("pairs")), 0),
                 _fmt(_number(target.get("positive_share")), 4),
-                *(_fmt(_number(target.get(k)), 4) for k in ("auc", "gauc", "logloss")),
+                *(_fmt(_number(target.get(k)), 4) for _, k, _ in _POINTWISE_COLUMNS),
             ]
         ]
-        header = ["pairs", "liked share", "AUC", "GAUC", "LogLoss"]
+        header = ["pairs", "liked share", *(h for h, _, _ in _POINTWISE_COLUMNS)]
         out += [
             "## Pre-rank on its own target",
             "",
@@ -526,15 +558,43 @@ def _plot_training(report: Mapping[str, Any]) -> Figure:
     return fig
 
 
+def _plot_reliability(report: Mapping[str, Any]) -> Figure:
+    """Reliability diagram: per bin, the share of positives (y) against the mean predicted
+    probability (x), one panel per calibrated probability; the diagonal is perfect."""
+    sources = _reliability(report)
+    fig = Figure(figsize=(4.5 * len(sources), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(sources), squeeze=False)[0]
+    for ax, (label, bins) in zip(axes, sources.items(), strict=True):
+        count = [_nan(_number(c)) for c in bins["count"]]
+        x = [_nan(_number(v)) for v in bins["mean_prob"]]
+        y = [_nan(_number(v)) for v in bins["positive_rate"]]
+        total = sum(c for c in count if c == c) or 1.0
+        ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+        ax.plot(x, y, "o-", color="tab:blue", label="observed")
+        for xi, yi, ci in zip(x, y, count, strict=True):
+            if xi == xi and yi == yi:  # point size shows how many pairs the bin holds
+                ax.plot(xi, yi, "o", color="tab:blue", markersize=3 + 20 * math.sqrt(ci / total))
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("mean predicted probability")
+        ax.set_ylabel("share of positives")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
 _PLOTTERS: dict[str, Callable[[Mapping[str, Any]], Figure]] = {
     "funnel.png": _plot_funnel,
     "lambda_sweep.png": _plot_lambda_sweep,
     "training_curves.png": _plot_training,
+    "reliability.png": _plot_reliability,
 }
 
 
 def write_plots(report: dict, out_dir: Path) -> list[Path]:
-    """Write funnel.png, lambda_sweep.png and training_curves.png into `out_dir`.
+    """Write funnel.png, lambda_sweep.png, training_curves.png and reliability.png into
+    `out_dir`.
 
     A plot whose section is missing or empty is skipped. Each file is written atomically
     (a reader never sees half a PNG). Returns the paths written, in that order. Raises

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import minimize_scalar
 
 from recfunnel.artifacts import RunFileError, load_weights, read_json
 from recfunnel.config import param
@@ -45,6 +46,12 @@ class RankConfig:
     use_cf: bool = param(True, "read the item-to-item (EASE, fitted on the early part) score")
     use_channels: bool = param(
         True, "read the recall channels' scores and reciprocal ranks (recall.<channel>[.rrf])"
+    )
+    calibrate: bool = param(
+        True,
+        "temperature-scale the like head's logit, the temperature chosen on valid's rated "
+        "pairs (lowest LogLoss): rank.like and rank.prob become calibrated probabilities; "
+        "the ranking score, and so every list, stays the trained one",
     )
     popularity_window_days: int = param(14, "the 'recent' like-share window, in days")
     dropout: float = param(0.1, "dropout in the deep part")
@@ -82,6 +89,7 @@ class RankStage(Scorer):
     """
 
     name = "rank"
+    carried = ("rank.prob",)  # the re-ranker's calibrated relevance
     config_class = RankConfig
     fitted_attribute = "model_"
 
@@ -100,6 +108,7 @@ class RankStage(Scorer):
         self.features_ = self._feature_space(data)
         self.channel_features_ = channel_features(examples) if cfg.use_channels else ()
         self.model_ = self._build_model()
+        self.temperature_ = 1.0  # until `calibrate` chooses one
         if cfg.objective == "like":
             # Rated pairs that recall missed would teach "low recall logit => liked", the
             # opposite of what holds among candidates, so the one-head model sees candidates.
@@ -151,6 +160,31 @@ class RankStage(Scorer):
         )
         self._fitted()
         return self
+
+    def calibrate(self, requests: Requests, pairs: Pairs) -> dict[str, float]:
+        """Choose the like head's temperature T on labelled rated `pairs` (valid's): the T
+        minimising the LogLoss of sigmoid(logit / T) (Guo et al. 2017). One number, fitted
+        after training, so it moves probabilities and never the order of a list."""
+        self.check_fitted()
+        if pairs.labels is None or not len(pairs.rows):
+            raise ConfigError("rank.calibrate needs labelled rated pairs")
+        self.temperature_ = 1.0
+        logits = self.score_pairs(requests, pairs).scores[f"{self.name}.like"]
+        labels = np.asarray(pairs.labels, dtype=np.float64)
+
+        def log_loss(log_t: float) -> float:
+            z = logits / np.exp(log_t)
+            # log(1 + e^-z) for a positive, log(1 + e^z) for a negative, computed stably.
+            return float(np.mean(np.logaddexp(0.0, np.where(labels > 0, -z, z))))
+
+        best = minimize_scalar(log_loss, bounds=(-3.0, 3.0), method="bounded")
+        self.temperature_ = float(np.exp(best.x))
+        return {
+            "temperature": self.temperature_,
+            "pairs": float(len(labels)),
+            "logloss_before": log_loss(0.0),
+            "logloss_after": float(best.fun),
+        }
 
     @property
     def dense_(self) -> tuple[str, ...]:
@@ -217,23 +251,35 @@ class RankStage(Scorer):
 
     def score_pairs(self, requests: Requests, pairs: Pairs, batch_size: int = 8192) -> Pairs:
         """scores["rank"] (n,), the ranking score (a logit, or log P(rated) + log P(liked |
-        rated) for watch_like), and scores["rank.like"] (n,), the logit of P(liked | rated)
-        for AUC / LogLoss on rated pairs."""
+        rated) for watch_like); scores["rank.like"] (n,), the logit of P(liked | rated),
+        divided by the calibration temperature, for AUC / LogLoss / ECE on rated pairs;
+        scores["rank.prob"] (n,), P(liked) in [0, 1] from the calibrated like head (times
+        P(rated) for watch_like): the re-ranker's probability relevance."""
         self.check_fitted()
         req = self.features_.requests(requests)
         table = self._pair_table(req, pairs)
         rank = np.empty(len(pairs.rows), dtype=np.float64)
         like = np.empty(len(pairs.rows), dtype=np.float64)
+        watch = np.empty(len(pairs.rows), dtype=np.float64)  # log P(rated | candidate)
         with torch.inference_mode():
             for start in range(0, len(rank), batch_size):
                 idx = np.arange(start, min(start + batch_size, len(rank)))
                 logits = self.model_(self._batch(table, req, idx))
                 if self.config.objective == "like":
                     rank[idx] = like[idx] = logits[:, 0].numpy()
+                    watch[idx] = 0.0
                 else:
                     score = F.logsigmoid(logits[:, 0]) + F.logsigmoid(logits[:, 1])
                     rank[idx], like[idx] = score.numpy(), logits[:, 1].numpy()
-        return pairs.with_scores(self.name, rank).with_scores(f"{self.name}.like", like)
+                    watch[idx] = F.logsigmoid(logits[:, 0]).numpy()
+        like /= self.temperature_
+        # log P(liked) = log P(rated) + log sigmoid(like), with log P(rated) = 0 for "like".
+        prob = np.exp(watch - np.logaddexp(0.0, -like))
+        return (
+            pairs.with_scores(self.name, rank)
+            .with_scores(f"{self.name}.prob", prob)
+            .with_scores(f"{self.name}.like", like)
+        )
 
     def select(self, candidates: Candidates, **_: Any) -> Candidates:
         """The whole list, re-sorted by the ranking score."""
@@ -243,6 +289,8 @@ class RankStage(Scorer):
         torch.save(self.model_.state_dict(), directory / "model.pt")
         (directory / "dense_stats.json").write_text(json.dumps(self.dense_stats_, indent=2))
         (directory / "train_log.json").write_text(json.dumps(self.log_.to_dict(), indent=2))
+        calibration = {"temperature": self.temperature_}
+        (directory / "calibration.json").write_text(json.dumps(calibration, indent=2))
 
     def _load(self, directory: Path, data: FitData) -> None:
         """The weights, and the feature tables refitted on the same train data."""
@@ -262,3 +310,15 @@ class RankStage(Scorer):
             self.model_, directory / "model.pt", built_from=(directory / "config.json", path)
         )
         self.log_ = TrainLog.read(directory / "train_log.json")
+        # A run saved before calibration existed has no file: its like head is uncalibrated.
+        path = directory / "calibration.json"
+        self.temperature_ = 1.0
+        if path.exists():
+            temperature = _mapping_value(read_json(path), "temperature")
+            if not isinstance(temperature, int | float) or not temperature > 0:
+                raise RunFileError(f"{path}: expected a positive temperature")
+            self.temperature_ = float(temperature)
+
+
+def _mapping_value(data: Any, key: str) -> Any:
+    return data.get(key) if isinstance(data, dict) else None

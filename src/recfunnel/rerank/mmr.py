@@ -16,7 +16,7 @@ import numpy as np
 
 __all__ = ["RELEVANCES", "check_rerank_inputs", "cosine_similarity", "mmr", "relevance_scale"]
 
-RELEVANCES = ("minmax", "rank")  # how rank scores become [0, 1] relevance
+RELEVANCES = ("minmax", "rank", "probability")  # how rank scores become [0, 1] relevance
 
 # ----------------------------------------------------------------------------- inputs
 
@@ -86,14 +86,17 @@ def check_rerank_inputs(
 def relevance_scale(
     scores: np.ndarray,
     valid: np.ndarray | None = None,
-    how: Literal["minmax", "rank"] = "minmax",
+    how: Literal["minmax", "rank", "probability"] = "minmax",
 ) -> np.ndarray:
     """Per-user relevance in [0, 1] from rank scores, float64 (B, N).
 
     `scores` (B, N) on any scale (logits, ...); `valid` (B, N) bool, None = all valid.
     "minmax": (s - min) / (max - min) over the user's valid candidates, 1.0 for all if they
     tie. "rank": 1 - position / (n_valid - 1) by descending score, ties broken by the
-    smaller position, 1.0 for a single candidate. Invalid slots get 0.
+    smaller position, 1.0 for a single candidate. "probability": the scores are already
+    probabilities (the rank model's calibrated P(liked)); they are kept as they are, so a
+    user whose best candidate is a coin flip gets more variety than one with a sure hit.
+    Invalid slots get 0.
 
     Why: MMR subtracts a cosine in [0, 1] from the relevance. Raw logits are unbounded and
     their spread differs from user to user, so the same lambda would mean "mostly relevance"
@@ -104,7 +107,11 @@ def relevance_scale(
     scores, valid = _check_scores(scores, valid, "scores")
     n_users, n = scores.shape
     out = np.zeros(scores.shape)
-    if how == "minmax":
+    if how == "probability":
+        if np.any(valid & ((scores < 0) | (scores > 1))):
+            raise ValueError('relevance "probability" needs scores in [0, 1]')
+        out = np.where(valid, scores, 0.0)
+    elif how == "minmax":
         lo = np.where(valid, scores, np.inf).min(axis=1, initial=np.inf, keepdims=True)
         hi = np.where(valid, scores, -np.inf).max(axis=1, initial=-np.inf, keepdims=True)
         span = hi - lo

@@ -4,8 +4,9 @@
     rerank/dpp.py     the DPP's fast greedy MAP inference (Chen et al., 2018)
     rerank/stage.py   MMRReranker and RerankConfig: the component the funnel chains
 
-Relevance is the rank score, brought to [0, 1] per user; similarity is the cosine of the
-items' genre vectors or of their recall embeddings.
+Relevance is the rank score brought to [0, 1] per user (min-max, the default) or the rank
+model's probability of a like; similarity is the cosine of the items' genre vectors or of
+their recall embeddings.
 """
 
 from __future__ import annotations
@@ -36,21 +37,32 @@ class RerankConfig:
         "mmr: greedy relevance minus max similarity to the chosen; dpp: greedy MAP of a "
         "determinantal point process with a quality x similarity kernel",
     )
-    lambda_mmr: float = param(
-        0.5,
+    lambda_mmr: float | None = param(
+        None,
         "trade-off in [0, 1] of either method: 1 keeps the ranker's order, lower is more "
-        "varied (dpp: quality exp(alpha * relevance), alpha = lambda / (2 (1 - lambda)))",
+        "varied (dpp: quality exp(alpha * relevance), alpha = lambda / (2 (1 - lambda))); "
+        "none: chosen when training ends, on the holdout (see max_ndcg_loss), and saved",
+    )
+    max_ndcg_loss: float = param(
+        0.02,
+        "with lambda_mmr none: the chosen lambda gives the most varied final list (genre "
+        "ILD@20) whose NDCG@20 is within this share of the rank order's, on valid's users "
+        "who come back after a pause (all valid warm users when too few do)",
     )
     similarity: Literal["genre", "embedding"] = param(
         "genre", "cosine of genre multi-hot vectors or of recall item embeddings"
     )
-    relevance: Literal["minmax", "rank"] = param(
-        "minmax", "how rank scores become [0, 1] relevance: per-user min-max or 1 - rank share"
+    relevance: Literal["minmax", "rank", "probability"] = param(
+        "minmax",
+        "how rank scores become [0, 1] relevance: per-user min-max, 1 - rank share, or the "
+        "rank model's probability of a like (rank.prob), the same scale for every user",
     )
 
     def validate(self) -> None:
-        if not 0.0 <= self.lambda_mmr <= 1.0:  # also rejects nan
+        if self.lambda_mmr is not None and not 0.0 <= self.lambda_mmr <= 1.0:  # rejects nan
             raise ConfigError(f"rerank.lambda_mmr must lie in [0, 1], got {self.lambda_mmr}")
+        if not 0.0 <= self.max_ndcg_loss < 1.0:
+            raise ConfigError(f"rerank.max_ndcg_loss must lie in [0, 1), got {self.max_ndcg_loss}")
         if self.method not in METHODS:
             raise ConfigError(f"rerank.method must be one of {METHODS}, got {self.method!r}")
         if self.similarity not in SIMILARITIES:
@@ -94,10 +106,15 @@ class MMRReranker(Component):
         self.check_fitted()
         k = k or self.default_k
         lam = self.config.lambda_mmr if lambda_mmr is None else lambda_mmr
+        if lam is None:
+            raise ConfigError(
+                "rerank.lambda_mmr is none and has not been chosen yet: train the funnel "
+                "(it chooses lambda on the holdout), or pass lambda_mmr or set it"
+            )
         valid = candidates.valid
-        relevance = relevance_scale(
-            np.where(valid, candidates.scores["rank"], 0.0), valid, self.config.relevance
-        )
+        how = self.config.relevance
+        score = candidates.scores["rank.prob" if how == "probability" else "rank"]
+        relevance = relevance_scale(np.where(valid, score, 0.0), valid, how)
         safe = np.where(valid, candidates.items, 0)
         if self.config.similarity == "genre":
             vectors = self.genres_[safe]
@@ -110,8 +127,12 @@ class MMRReranker(Component):
 
     def with_method(self, method: str) -> MMRReranker:
         """A copy that re-ranks with `method` ("mmr" or "dpp"), everything else the same."""
+        return self.with_config(method=method)
+
+    def with_config(self, **changes: Any) -> MMRReranker:
+        """A fitted copy with config fields `changes` (e.g. method, lambda_mmr), validated."""
         self.check_fitted()
-        other = MMRReranker(replace(self.config, method=method))
+        other = MMRReranker(replace(self.config, **changes))
         other.config.validate()
         other.genres_ = self.genres_
         other._fitted()

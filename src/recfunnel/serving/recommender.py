@@ -118,7 +118,7 @@ class Pipeline:
         return (
             config.funnel.topk_recall if topk_recall is None else topk_recall,
             config.funnel.topk_final if topk_final is None else topk_final,
-            config.rerank.lambda_mmr if lambda_mmr is None else lambda_mmr,
+            self.funnel["rerank"].config.lambda_mmr if lambda_mmr is None else lambda_mmr,
         )
 
     def _check(self, topk_recall: Any, topk_final: Any, lambda_mmr: Any) -> tuple[int, int, float]:

@@ -10,7 +10,10 @@ Reading `train_funnel` top to bottom is the recipe:
      serving (`stacking.refit`), and move recall's serving state (popularity inputs, the
      index) to the end of train;
   4. train pre-rank (early stopping on valid), then cross-fit it to get out-of-fold logits;
-  5. train rank on the same examples with those logits (early stopping on valid).
+  5. train rank on the same examples with those logits (early stopping on valid), then
+     choose its like head's temperature on valid's rated pairs (`rank.calibrate`);
+  6. choose the re-ranker's operating point (lambda) on the holdout: valid's users who come
+     back after a pause, the ones most like test's (`rerank.lambda_mmr = none`, the default).
 Validation runs the funnel's own chain (`Funnel.run`) on the valid users.
 """
 
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recfunnel.data.dataset import MovieLens
+from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, RATING, USER
 from recfunnel.data.split import Split
 from recfunnel.evaluation.protocol import Evaluator, catalogue, metric_cutoff
 from recfunnel.features import serving_time
@@ -33,6 +37,7 @@ from recfunnel.prerank import PreRankConfig, PreRankStage
 from recfunnel.rank import RankStage
 from recfunnel.recall import RecallStage
 from recfunnel.rerank import MMRReranker
+from recfunnel.rerank.report import CHOICE_GRID, choose_lambda, lambda_sweep
 from recfunnel.stage import Component, FitData, Stacked
 from recfunnel.training.stacking import (
     add_like_pairs,
@@ -40,7 +45,7 @@ from recfunnel.training.stacking import (
     slice_requests,
     time_slice,
 )
-from recfunnel.types import Candidates, Embeddings
+from recfunnel.types import Candidates, Embeddings, Pairs
 
 if TYPE_CHECKING:  # run.py builds on this module; the config class lives there
     from recfunnel.run import PipelineConfig
@@ -52,6 +57,7 @@ class TrainReport:
 
     seconds: dict[str, float] = field(default_factory=dict)
     examples: dict[str, Any] = field(default_factory=dict)
+    choices: dict[str, Any] = field(default_factory=dict)  # settings chosen on a holdout
 
 
 def train_funnel(
@@ -185,8 +191,70 @@ def train_funnel(
     )
     rank_stacked = Stacked(stacked.requests, stacked.pairs.with_scores("prerank", oof))
     funnel["rank"].fit(data, rank_stacked, valid_metric("rank", rank_config.valid_metric))
+    if rank_config.calibrate:
+        # The like head's temperature, on valid's rated pairs (history: train).
+        rated = split.valid[split.valid[USER].isin(valid_users.user_ids)]
+        pairs = Pairs(
+            np.searchsorted(valid_users.user_ids, rated[USER].to_numpy()).astype(np.int64),
+            np.searchsorted(item_ids, rated[ITEM].to_numpy()).astype(np.int64),
+            labels=(rated[RATING].to_numpy() >= LIKE_THRESHOLD).astype(np.float32),
+        )
+        scored = funnel.score_pairs(valid_requests, pairs, upto="prerank")
+        report.choices["rank.temperature"] = funnel["rank"].calibrate(valid_requests, scored)
     report.seconds["rank"] = time.perf_counter() - start
+
+    # 6. The re-ranker's lambda, unless the config fixes it.
+    if rerank_config.lambda_mmr is None:
+        start = time.perf_counter()
+        report.choices["rerank.lambda_mmr"] = choose_operating_point(funnel, data)
+        report.seconds["operating_point"] = time.perf_counter() - start
     return funnel, report
+
+
+# Fewer returning valid users than this, and the operating point is chosen on all valid
+# warm users instead: a few dozen users would make the choice noise.
+MIN_HOLDOUT_USERS = 50
+
+
+def choose_operating_point(funnel: Funnel, data: FitData) -> dict[str, Any]:
+    """Set the re-ranker's lambda to `choose_lambda` of its sweep on the holdout (valid's
+    returning users, history = train), and say what was chosen and on what."""
+    rerank = funnel["rerank"]
+    evaluator = Evaluator(
+        data.split,
+        data.item_ids,
+        ks=(20,),
+        item_features=data.ml.genre_matrix(data.item_ids),
+        ild_ks=(20,),
+    )
+    holdout, users = "valid, returning users", evaluator.users("valid", "return")
+    if len(users.user_ids) < MIN_HOLDOUT_USERS:
+        holdout, users = "valid, warm users", evaluator.users("valid", "warm")
+    requests = funnel.requests(users)
+    ranked = funnel.run(requests, upto="rank")["rank"]
+    sweep = lambda_sweep(
+        rerank,
+        requests,
+        ranked,
+        evaluator,
+        users,
+        k=funnel.sizes.topk_final,
+        lambdas=CHOICE_GRID,
+        keys=("ndcg@20", "ild@20"),
+    )
+    lam = choose_lambda(sweep, rerank.config.max_ndcg_loss)
+    funnel.stages["rerank"] = rerank.with_config(lambda_mmr=lam)
+    rows = {row["lambda"]: row for row in sweep}
+    return {
+        "lambda": lam,
+        "holdout": holdout,
+        "users": len(users.user_ids),
+        "max_ndcg_loss": rerank.config.max_ndcg_loss,
+        "ndcg@20": rows[lam]["ndcg@20"],
+        "ild@20": rows[lam]["ild@20"],
+        "ndcg@20 at lambda 1": rows[1.0]["ndcg@20"],
+        "ild@20 at lambda 1": rows[1.0]["ild@20"],
+    }
 
 
 def cross_fit_prerank(
@@ -205,4 +273,4 @@ def cross_fit_prerank(
     return out
 
 
-__all__ = ["TrainReport", "cross_fit_prerank", "train_funnel"]
+__all__ = ["TrainReport", "choose_operating_point", "cross_fit_prerank", "train_funnel"]
