@@ -41,13 +41,13 @@ class RerankConfig:
         None,
         "trade-off in [0, 1] of either method: 1 keeps the ranker's order, lower is more "
         "varied (dpp: quality exp(alpha * relevance), alpha = lambda / (2 (1 - lambda))); "
-        "none: chosen when training ends, on the holdout (see max_ndcg_loss), and saved",
+        "none: chosen when training ends, on valid (see max_ndcg_loss), and saved",
     )
     max_ndcg_loss: float = param(
         0.02,
         "with lambda_mmr none: the chosen lambda gives the most varied final list (genre "
-        "ILD@20) whose NDCG@20 is within this share of the rank order's, on valid's users "
-        "who come back after a pause (all valid warm users when too few do)",
+        "ILD@20) whose NDCG@20 is within this share of the rank order's, on valid's warm "
+        "users",
     )
     similarity: Literal["genre", "embedding"] = param(
         "genre", "cosine of genre multi-hot vectors or of recall item embeddings"
@@ -109,7 +109,7 @@ class MMRReranker(Component):
         if lam is None:
             raise ConfigError(
                 "rerank.lambda_mmr is none and has not been chosen yet: train the funnel "
-                "(it chooses lambda on the holdout), or pass lambda_mmr or set it"
+                "(it chooses lambda on valid), or pass lambda_mmr or set it"
             )
         valid = candidates.valid
         how = self.config.relevance
