@@ -18,8 +18,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from recfunnel.serving.app import create_app
@@ -99,6 +101,26 @@ def _wait_renders(page, n: int) -> None:
     page.wait_for_function(f"Number(document.body.dataset.renders || 0) >= {n}", timeout=30_000)
 
 
+def _titles_are_text_not_markup(page, pipeline: Pipeline, user: int) -> None:
+    """Titles holding markup are shown as text: nothing they contain becomes an element."""
+    original = pipeline.catalogue
+    marked = np.array(
+        [f'<img class="xss" src="x" onerror="window.xss=1">{t}' for t in original.titles],
+        dtype=object,
+    )
+    pipeline.catalogue = replace(original, titles=marked)
+    try:
+        page.reload(wait_until="load")
+        page.fill("#user-id", str(user))
+        page.click("#load-user")
+        _wait_renders(page, 1)
+        assert page.locator("img.xss").count() == 0
+        assert page.evaluate("window.xss === undefined")
+        assert '<img class="xss"' in page.text_content("#final li .title")
+    finally:
+        pipeline.catalogue = original
+
+
 def test_page_shows_the_funnel_and_re_ranks_live(served) -> None:
     chromium = _chromium()
     from playwright.sync_api import sync_playwright
@@ -153,6 +175,7 @@ def test_page_shows_the_funnel_and_re_ranks_live(served) -> None:
             if os.environ.get("RECFUNNEL_SCREENSHOT"):
                 page.screenshot(path=os.environ["RECFUNNEL_SCREENSHOT"])
             assert shot.stat().st_size > 10_000
+            _titles_are_text_not_markup(page, pipeline, user)
         finally:
             browser.close()
     assert not errors, errors
