@@ -61,7 +61,7 @@ def _chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def served(smoke_run, synthetic_ml, tmp_path_factory) -> Iterator[tuple[str, Path, Pipeline]]:
+def served(request, tmp_path_factory) -> Iterator[tuple[str, Path, Pipeline]]:
     """(base URL, run directory, pipeline) of a server running in a thread."""
     import uvicorn
 
@@ -72,8 +72,9 @@ def served(smoke_run, synthetic_ml, tmp_path_factory) -> Iterator[tuple[str, Pat
         run_dir = Path(chosen)
         pipeline = Pipeline.load(run_dir, load_movielens(progress=False))
     else:
-        run_dir = smoke_run[0]
-        pipeline = Pipeline.load(run_dir, synthetic_ml)
+        # Asked for here, not as arguments: a real run needs no smoke training.
+        run_dir = request.getfixturevalue("smoke_run")[0]
+        pipeline = Pipeline.load(run_dir, request.getfixturevalue("synthetic_ml"))
     store = RatingStore(tmp_path_factory.mktemp("browser-db") / "ratings.sqlite3")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -169,6 +170,9 @@ def test_page_shows_the_funnel_and_re_ranks_live(served) -> None:
             page.wait_for_function("document.querySelector('#status').textContent.includes('0.5')")
             ild = page.text_content("#ild")
             assert ild and ild != "–"
+            page.check('input[name="method"][value="mmr"]')  # the run's default, for the shot
+            _wait_renders(page, 5)
+            assert "MMR" in page.text_content("#status")
             shot = run_dir / "serving" / "serve.png"
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot))
