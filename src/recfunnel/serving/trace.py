@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -30,11 +31,22 @@ class Catalogue:
     genres: list[list[str]]  # per position, e.g. ["Action", "Comedy"]
 
     def movie(self, position: int) -> dict[str, Any]:
-        return {
-            "movie_id": int(self.item_ids[position]),
-            "title": str(self.titles[position]),
-            "genres": self.genres[position],
-        }
+        return dict(self._movies[position])
+
+    @cached_property
+    def _movies(self) -> list[dict[str, Any]]:
+        # Built once: a trace describes ~200 movies, and numpy scalar reads per item would
+        # cost more than the pre-rank stage.
+        return [
+            {"movie_id": int(m), "title": str(t), "genres": g}
+            for m, t, g in zip(
+                self.item_ids.tolist(), self.titles.tolist(), self.genres, strict=True
+            )
+        ]
+
+    @cached_property
+    def raw_ids(self) -> list[int]:
+        return self.item_ids.tolist()
 
 
 @dataclass(frozen=True)
@@ -119,14 +131,16 @@ def build_trace(
     stages: dict[str, list[dict[str, Any]]] = {}
     places: dict[str, dict[int, int]] = {}
     movies: dict[int, dict[str, Any]] = {}
+    raw = catalogue.raw_ids
     recall = lists["recall"]
-    channel_ranks = {name: ranks[0] for name, ranks in recall.channels.items()}
+    # Python lists first: per-item reads of numpy arrays are slow at this size.
+    channel_ranks = {name: ranks[0].tolist() for name, ranks in recall.channels.items()}
     for column, position in enumerate(recall.items[0].tolist()):
         if position < 0:
             continue
         movie = catalogue.movie(position)
         movie["channels"] = {
-            name: int(ranks[column]) for name, ranks in channel_ranks.items() if ranks[column] > 0
+            name: ranks[column] for name, ranks in channel_ranks.items() if ranks[column] > 0
         }
         movies[movie["movie_id"]] = movie
     for stage in STAGES:
@@ -139,7 +153,7 @@ def build_trace(
         ):
             if position < 0:
                 continue
-            movie_id = int(catalogue.item_ids[position])
+            movie_id = raw[position]
             entries.append({"movie_id": movie_id, "position": column + 1, "score": finite(score)})
             seen[movie_id] = column + 1
         stages[stage] = entries
