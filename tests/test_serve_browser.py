@@ -61,6 +61,12 @@ def _chromium() -> str:
 
 
 @pytest.fixture(scope="module")
+def chromium() -> str:
+    """Checked before the server starts, so a skip costs nothing."""
+    return _chromium()
+
+
+@pytest.fixture(scope="module")
 def served(request, tmp_path_factory) -> Iterator[tuple[str, Path, Pipeline]]:
     """(base URL, run directory, pipeline) of a server running in a thread."""
     import uvicorn
@@ -122,8 +128,7 @@ def _titles_are_text_not_markup(page, pipeline: Pipeline, user: int) -> None:
         pipeline.catalogue = original
 
 
-def test_page_shows_the_funnel_and_re_ranks_live(served) -> None:
-    chromium = _chromium()
+def test_page_shows_the_funnel_and_re_ranks_live(chromium: str, served) -> None:
     from playwright.sync_api import sync_playwright
 
     url, run_dir, pipeline = served
