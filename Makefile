@@ -7,8 +7,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SPLIT ?= test
 RUN_DIR ?= runs/default
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The browser test drives the system Chromium (apt-get install chromium); Playwright must
+# never fetch its own browser build.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: install run test test-fast bench lint format clean
+.PHONY: install run test test-fast bench serve bench-serve lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +42,16 @@ test-fast: $(STAMP)
 ## and batch throughput -> bench/results.json
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
+
+## serve: the REST service and the funnel page for $(RUN_DIR) on http://$(HOST):$(PORT)/
+## (API docs at /docs; live ratings in $(RUN_DIR)/serving/ratings.sqlite3)
+serve: $(STAMP)
+	$(BIN)/recfunnel serve $(RUN_DIR) --host $(HOST) --port $(PORT)
+
+## bench-serve: load test over HTTP (starts and stops its own server on 127.0.0.1; 8 clients,
+## 20,000 requests, at most 300 s) -> bench/serve_results.json
+bench-serve: $(STAMP)
+	$(BIN)/python bench/serve_load.py $(RUN_DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench notebooks .ci

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.schema import ITEM, TIME, USER
@@ -27,14 +29,17 @@ from recfunnel.errors import ConfigError
 from recfunnel.evaluation import metrics
 from recfunnel.evaluation.baselines import Popularity
 from recfunnel.evaluation.protocol import interaction_matrix
-from recfunnel.funnel import STAGES
+from recfunnel.funnel import STAGES, Funnel
+from recfunnel.rerank.stage import METHODS
 from recfunnel.run import Run, load_run
+from recfunnel.serving.trace import Catalogue, Trace, build_trace, timed_run
 from recfunnel.types import Candidates, History, Requests
 
 Path_ = Literal["funnel", "cold", "popularity"]
 
 BATCH_CHUNK = 1024  # users per funnel pass in a batch: bounds the working memory
 MAX_BATCH = 100_000  # user ids one recommend_batch call returns lists for
+VISITOR = 0  # the raw user id of an anonymous request: no users.dat row, so no demographics
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,14 @@ class Pipeline:
         self._genre_text = movies["genres"].astype(str).to_numpy()
         self._popular = Popularity().fit(run.split.train, self.funnel.item_ids)
         self._genres = ml.genre_matrix(self.funnel.item_ids).astype(np.float32)  # for ILD
+        self.catalogue = Catalogue(
+            self.funnel.item_ids,
+            self._titles,
+            [text.split("|") if text else [] for text in self._genre_text],
+        )
+        self._funnels: dict[str, Funnel] = {}  # the funnel with each re-rank method
+        self._search: tuple[np.ndarray, np.ndarray] | None = None  # titles by popularity
+        self._user_set: frozenset[int] | None = None
 
     @classmethod
     def load(cls, run_dir: str | Path, ml: MovieLens | None = None) -> Pipeline:
@@ -306,3 +319,179 @@ class Pipeline:
             for i, p in enumerate(order)
         ]
         return Recommendation(user_id, "popularity", items, self._ild(order), {"popularity": k})
+
+    # --- serving with an explicit history (the REST service, `serving/app.py`) ---
+
+    def has_user(self, user_id: int) -> bool:
+        """Whether `user_id` is a users.dat id (known history and demographics)."""
+        if self._user_set is None:  # a set: np.isin costs 0.1 ms per call, twice a request
+            self._user_set = frozenset(self.user_ids.tolist())
+        return user_id in self._user_set
+
+    def last_rating_time(self, user_id: int) -> int:
+        """Unix time of the user's newest known rating (0 if none or not a users.dat id)."""
+        if not self.has_user(user_id):
+            return 0
+        row = int(np.searchsorted(self.user_ids, user_id))
+        times = self._times[row].data
+        return int(times.max()) if times.size else 0
+
+    def positions_of(self, movie_ids: Sequence[int]) -> np.ndarray:
+        """Catalogue positions (n,) of raw movie ids; a ConfigError names any id that is not
+        in the catalogue (every movie with at least one rating in ratings.dat)."""
+        ids = np.asarray(movie_ids, dtype=np.int64)
+        positions = np.clip(
+            np.searchsorted(self.funnel.item_ids, ids), 0, len(self.funnel.item_ids) - 1
+        )
+        unknown = ids[self.funnel.item_ids[positions] != ids]
+        if unknown.size:
+            raise ConfigError(
+                f"unknown movie ids (not in the catalogue of rated movies): "
+                f"{sorted(set(unknown.tolist()))[:10]}"
+            )
+        return positions
+
+    def history_of(
+        self, user_id: int | None, extra: Sequence[tuple[int, int, int]] = ()
+    ) -> History:
+        """One row of history: the user's known ratings (none for a visitor, None, or an id
+        outside users.dat) overlaid with `extra` (movie_id, rating, timestamp) ratings; a
+        movie rated again takes its newest rating."""
+        n_items = len(self.funnel.item_ids)
+        cols = np.empty(0, dtype=np.int64)
+        vals = np.empty(0, dtype=np.float64)
+        stamps = np.empty(0, dtype=np.int64)
+        if user_id is not None and self.has_user(user_id):
+            row = int(np.searchsorted(self.user_ids, user_id))
+            known, times = self._ratings[row], self._times[row]
+            cols, vals, stamps = known.indices.astype(np.int64), known.data, times.data
+        if len(extra):
+            live = np.asarray(extra, dtype=np.int64).reshape(-1, 3)
+            live_cols = self.positions_of(live[:, 0])
+            # Newest per movie among the live ones (stable sort: the later entry wins ties).
+            order = np.lexsort((np.arange(len(live)), live[:, 2], live_cols))
+            last = np.r_[live_cols[order][1:] != live_cols[order][:-1], True]
+            pick = order[last]
+            keep = ~np.isin(cols, live_cols[pick])
+            cols = np.r_[cols[keep], live_cols[pick]]
+            vals = np.r_[vals[keep], live[pick, 1].astype(np.float64)]
+            stamps = np.r_[stamps[keep], live[pick, 2]]
+        order = np.argsort(cols, kind="stable")
+        indptr = np.array([0, len(cols)])
+        shape = (1, n_items)
+        return History(
+            sp.csr_matrix((vals[order], cols[order], indptr), shape=shape),
+            sp.csr_matrix((stamps[order], cols[order], indptr), shape=shape),
+        )
+
+    def search(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Catalogue movies whose title contains `query` (case-insensitive), the most rated
+        in train first (an empty query: the most rated), each with its train rating count."""
+        if self._search is None:  # built on first use: most servers never search
+            order = np.argsort(-self._popular.counts_, kind="stable")
+            self._search = (order, np.char.lower(self._titles[order].astype(str)))
+        order, titles = self._search
+        needle = query.strip().lower()
+        if needle:
+            order = order[np.char.find(titles, needle) >= 0]
+        return [
+            {**self.catalogue.movie(int(p)), "ratings": int(self._popular.counts_[p])}
+            for p in order[:limit]
+        ]
+
+    def _funnel_for(self, method: str | None) -> tuple[str, Funnel]:
+        """The run's funnel with re-rank `method` ("mmr" or "dpp"; None: the run's own)."""
+        method = method or self.run.config.rerank.method
+        if method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if method == self.run.config.rerank.method:
+            return method, self.funnel
+        if method not in self._funnels:
+            stages = {**self.funnel.stages, "rerank": self.funnel["rerank"].with_method(method)}
+            self._funnels[method] = Funnel(
+                stages, self.funnel.sizes, self.funnel.item_ids, self.funnel.now
+            )
+        return method, self._funnels[method]
+
+    def recommend_trace(
+        self,
+        user_id: int | None,
+        extra: Sequence[tuple[int, int, int]] = (),
+        *,
+        topk_recall: int | None = None,
+        topk_final: int | None = None,
+        lambda_mmr: float | None = None,
+        method: str | None = None,
+    ) -> Trace:
+        """The final list and the whole funnel trace (`serving.trace.Trace`) for a users.dat
+        id or a visitor (None), reading the known history overlaid with `extra` ratings
+        (movie_id, rating, timestamp): new ratings count at once, with no retraining. An id
+        outside users.dat gets the popularity list (`extra` is then ignored)."""
+        clock = time.perf_counter()
+        if user_id is not None and (
+            isinstance(user_id, bool) or not isinstance(user_id, numbers.Integral) or user_id <= 0
+        ):
+            raise ConfigError(f"user_id must be a positive integer, got {user_id!r}")
+        topk_recall, topk_final, lam = self._check(
+            *self._defaults(topk_recall, topk_final, lambda_mmr)
+        )
+        method, funnel = self._funnel_for(method)
+        keep = min(max(funnel.keep, topk_final), topk_recall)
+        sizes = {"topk_recall": topk_recall, "keep": keep, "topk_final": topk_final}
+        if user_id is not None and not self.has_user(int(user_id)):
+            return self._popular_trace(int(user_id), topk_final, method, lam, clock)
+        history = self.history_of(user_id, extra)
+        raw = VISITOR if user_id is None else int(user_id)
+        requests = Requests.after_history(np.array([raw]), history, funnel.now)
+        lists, ms = timed_run(
+            funnel,
+            requests,
+            topk_recall=topk_recall,
+            keep=keep,
+            topk_final=topk_final,
+            lambda_mmr=lam,
+        )
+        n_history = int(requests.history.ratings.nnz)
+        trace = build_trace(
+            lists,
+            ms,
+            self.catalogue,
+            user_id=None if user_id is None else int(user_id),
+            path="funnel" if n_history else "cold",
+            method=method,
+            lambda_mmr=lam,
+            sizes=sizes,
+            history=n_history,
+            live=len(extra),
+            ild=self._ild(lists["rerank"].items[0]),
+        )
+        trace.latency_ms["total"] = round((time.perf_counter() - clock) * 1000, 3)
+        return trace
+
+    def _popular_trace(self, user_id: int, k: int, method: str, lam: float, clock: float) -> Trace:
+        rec = self._popular_list(user_id, k)
+        final = [
+            {
+                "movie_id": item.movie_id,
+                "title": item.title,
+                "genres": item.genres.split("|"),
+                "channels": {},
+                "score": item.scores["popularity"],
+                "positions": {"popularity": item.rank},
+            }
+            for item in rec.items
+        ]
+        return Trace(
+            user_id=user_id,
+            path="popularity",
+            method=method,
+            lambda_mmr=lam,
+            sizes={"topk_final": k},
+            history=0,
+            live=0,
+            stages={},
+            movies={},
+            final=final,
+            ild=None if math.isnan(rec.ild) else rec.ild,
+            latency_ms={"total": round((time.perf_counter() - clock) * 1000, 3)},
+        )

@@ -1,0 +1,272 @@
+"""The REST service: HTTP in front of a `Pipeline` and a `RatingStore`, plus the web page.
+
+    app = create_app(Pipeline.load("runs/default"), RatingStore("runs/default/serving/..."))
+    uvicorn.run(app, host="127.0.0.1", port=8000)      # or `recfunnel serve RUN_DIR`
+
+Endpoints (OpenAPI docs at /docs):
+    GET  /health                              liveness and what is loaded
+    GET  /users/{id}/recommendations          final list + the funnel trace (serving/trace.py)
+    POST /users/{id}/ratings                  record ratings: the next request reads them
+    POST /recommendations                     a visitor's list from an ad-hoc history
+    GET  /items?query=&limit=                 title search
+    GET  /metrics                             Prometheus text: counts, p50/p99 per endpoint
+    GET  /                                    the page that shows the funnel (static/)
+
+This module only translates HTTP: the stage logic is the funnel's, the history merge is the
+Pipeline's, storage is the store's. Bad input is a 4xx with a message, never a 500.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from importlib.resources import files
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from recfunnel import __version__
+from recfunnel.errors import ConfigError
+from recfunnel.serving.metrics import Metrics
+from recfunnel.serving.recommender import Pipeline
+from recfunnel.serving.store import RatingStore, StoreError
+
+MAX_BODY_BYTES = 64 * 1024  # a request body above this is refused with 413 before parsing
+MAX_RATINGS = 500  # ratings one call may carry (a visitor's history or one user's post)
+MAX_ID = 2**31 - 1  # ids beyond int32 are no MovieLens ids, and would overflow numpy int64 math
+
+UserId = Annotated[int, Path(ge=1, le=MAX_ID, description="a users.dat user id")]
+
+# Query parameters shared by both recommendation endpoints (module level: FastAPI resolves
+# the annotations by name, which a function's local aliases would defeat).
+TopkRecall = Annotated[
+    int | None, Query(ge=1, le=MAX_ID, description="recall candidates (run's default: 200)")
+]
+TopkFinal = Annotated[
+    int | None, Query(ge=1, le=MAX_ID, description="final list length (default: 20)")
+]
+Lambda = Annotated[
+    float | None,
+    Query(
+        alias="lambda",
+        ge=0.0,
+        le=1.0,
+        description="re-rank trade-off in [0, 1]: 1 keeps the ranker's order",
+    ),
+]
+Method = Annotated[
+    Literal["mmr", "dpp"] | None, Query(description="re-rank method (default: the run's)")
+]
+
+
+class RatingIn(BaseModel):
+    """One rating: a movie of the catalogue and a whole number of stars."""
+
+    model_config = ConfigDict(extra="forbid")
+    movie_id: int = Field(strict=True, ge=1, le=MAX_ID, description="movies.dat movie id")
+    rating: int = Field(strict=True, ge=1, le=5, description="stars, 1..5")
+
+
+class RatingsIn(BaseModel):
+    """A list of ratings, each movie at most once."""
+
+    model_config = ConfigDict(extra="forbid")
+    ratings: list[RatingIn] = Field(max_length=MAX_RATINGS)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> RatingsIn:
+        ids = [r.movie_id for r in self.ratings]
+        if len(set(ids)) != len(ids):
+            repeated = sorted({m for m in ids if ids.count(m) > 1})[:10]
+            raise ValueError(f"each movie may be rated once per call; repeated: {repeated}")
+        return self
+
+
+class BodyTooLarge(HTTPException):
+    """The request body is over the cap. An HTTPException, so that when it is raised while
+    FastAPI reads the body it becomes this 413 (FastAPI turns other errors there into 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body too large: at most {limit} bytes")
+
+
+class BodyLimitAndMetrics:
+    """ASGI middleware: refuses bodies over `limit` bytes (413), whether announced by
+    Content-Length or streamed, and times every request for /metrics by route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.metrics, self.limit = app, metrics, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        clock = time.perf_counter()
+        status = {"code": 500, "started": False}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"], status["started"] = message["status"], True
+            await send(message)
+
+        seen = 0
+
+        async def receive_wrapper() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        try:
+            if length is not None and (not length.isdigit() or int(length) > self.limit):
+                raise BodyTooLarge(self.limit)  # refused before a byte of it is read
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except BodyTooLarge as error:
+            if status["started"]:
+                raise
+            response = JSONResponse({"detail": error.detail}, status_code=413)
+            await response(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(
+                scope.get("method", ""), endpoint, status["code"], time.perf_counter() - clock
+            )
+
+
+def create_app(pipeline: Pipeline, store: RatingStore, *, metrics: Metrics | None = None) -> Any:
+    """The FastAPI application serving `pipeline` with live ratings from `store`."""
+    metrics = metrics or Metrics()
+    # One funnel call at a time: the stages were written for one caller (they hold fitted
+    # state and scratch tables, and were never audited for concurrent use), and on a 2-core
+    # machine torch already uses both cores within a call, so parallel calls would gain little.
+    funnel_lock = threading.Lock()
+
+    app = FastAPI(
+        title="recfunnel",
+        version=__version__,
+        description="A multi-stage recommender on MovieLens-1M (recall -> pre-rank -> rank "
+        "-> re-rank), with the whole funnel trace of every answer.",
+    )
+    app.add_middleware(BodyLimitAndMetrics, metrics=metrics)
+    app.state.pipeline, app.state.store, app.state.metrics = pipeline, store, metrics
+
+    @app.exception_handler(ConfigError)
+    async def _config_error(request: Request, error: ConfigError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=422)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, error: StoreError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=503)
+
+    def recommend(
+        user_id: int | None,
+        extra: list[tuple[int, int, int]],
+        topk_recall: int | None,
+        topk_final: int | None,
+        lambda_mmr: float | None,
+        method: str | None,
+    ) -> JSONResponse:
+        with funnel_lock:
+            trace = pipeline.recommend_trace(
+                user_id,
+                extra,
+                topk_recall=topk_recall,
+                topk_final=topk_final,
+                lambda_mmr=lambda_mmr,
+                method=method,
+            )
+        for stage, ms in trace.latency_ms.items():
+            if stage != "total":
+                metrics.observe_stage(stage, ms / 1000)
+        return JSONResponse(trace.to_dict())
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        """Liveness and what the server holds."""
+        return {
+            "status": "ok",
+            "version": __version__,
+            "run_dir": str(pipeline.run.path),
+            "users": len(pipeline.user_ids),
+            "items": len(pipeline.funnel.item_ids),
+            "live_ratings": store.count(),
+        }
+
+    @app.get("/users/{user_id}/recommendations")
+    def user_recommendations(
+        user_id: UserId,
+        topk_recall: TopkRecall = None,
+        topk_final: TopkFinal = None,
+        lambda_mmr: Lambda = None,
+        method: Method = None,
+    ) -> JSONResponse:
+        """The final list and the funnel trace for a user: their known history plus every
+        rating posted to this service. An id outside users.dat gets the popularity list."""
+        live = store.history(user_id) if pipeline.has_user(user_id) else []
+        return recommend(user_id, live, topk_recall, topk_final, lambda_mmr, method)
+
+    @app.post("/users/{user_id}/ratings")
+    def post_ratings(user_id: UserId, body: RatingsIn) -> dict[str, Any]:
+        """Record ratings for a users.dat user; stored (and committed) before the reply, read
+        as history by their next request."""
+        if not pipeline.has_user(user_id):
+            raise HTTPException(404, f"unknown user id {user_id} (not in users.dat)")
+        if not body.ratings:
+            raise HTTPException(422, "ratings must hold at least one rating")
+        pipeline.positions_of([r.movie_id for r in body.ratings])  # unknown ids: 422
+        stored = store.add(
+            user_id,
+            [(r.movie_id, r.rating) for r in body.ratings],
+            floor=pipeline.last_rating_time(user_id),
+        )
+        return {
+            "user_id": user_id,
+            "stored": [{"movie_id": m, "rating": r, "timestamp": t} for m, r, t in stored],
+            "live_ratings": len(store.history(user_id)),
+        }
+
+    @app.post("/recommendations")
+    def visitor_recommendations(
+        body: Annotated[RatingsIn, Body(description="the visitor's ratings so far")],
+        topk_recall: TopkRecall = None,
+        topk_final: TopkFinal = None,
+        lambda_mmr: Lambda = None,
+        method: Method = None,
+    ) -> JSONResponse:
+        """The list and trace for an anonymous visitor whose history is the body's ratings
+        (nothing is stored); no ratings gives the cold list."""
+        stamp = max(int(time.time()), pipeline.funnel.now)
+        extra = [(r.movie_id, r.rating, stamp) for r in body.ratings]
+        return recommend(None, extra, topk_recall, topk_final, lambda_mmr, method)
+
+    @app.get("/items")
+    def items(
+        query: Annotated[str, Query(max_length=200, description="part of a title")] = "",
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> dict[str, Any]:
+        """Catalogue movies whose title contains `query` (case-insensitive), most rated in
+        train first; an empty query lists the most rated."""
+        return {"query": query, "items": pipeline.search(query, limit)}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics_text() -> PlainTextResponse:
+        """Request counts and p50 / p99 latency per endpoint and per stage (Prometheus)."""
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    static = files("recfunnel.serving").joinpath("static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(str(static.joinpath("index.html")), media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    return app
