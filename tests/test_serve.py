@@ -55,6 +55,10 @@ def test_health(client: TestClient, pipeline: Pipeline) -> None:
     assert body["status"] == "ok"
     assert body["items"] == len(pipeline.funnel.item_ids)
     assert body["live_ratings"] == 0
+    rerank = pipeline.funnel["rerank"].config
+    assert body["defaults"]["lambda"] == rerank.lambda_mmr is not None  # chosen in training
+    assert body["defaults"]["method"] == rerank.method
+    assert body["defaults"]["topk_final"] == pipeline.funnel.sizes.topk_final
 
 
 def test_recommendations_carry_the_whole_funnel_trace(

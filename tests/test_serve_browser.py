@@ -156,6 +156,10 @@ def test_page_shows_the_funnel_and_re_ranks_live(chromium: str, served) -> None:
             assert page.locator("#col-rank .move").count() == counts["rank"]
             assert page.text_content("#path") == "funnel"
             first = _final(page)
+            # The controls start at the run's defaults (its lambda was chosen on valid).
+            rerank = pipeline.funnel["rerank"].config
+            assert float(page.input_value("#lambda")) == pytest.approx(rerank.lambda_mmr)
+            assert page.is_checked(f'input[name="method"][value="{rerank.method}"]')
             # Move the slider the way a user does: focus it and press Home (lambda 0).
             page.focus("#lambda")
             page.keyboard.press("Home")
@@ -169,7 +173,7 @@ def test_page_shows_the_funnel_and_re_ranks_live(chromium: str, served) -> None:
             _wait_renders(page, 3)
             assert "DPP" in page.text_content("#status")
             page.focus("#lambda")
-            for _ in range(10):  # back up to lambda 0.5, in steps of 0.05
+            for _ in range(50):  # back up to lambda 0.5, in steps of 0.01
                 page.keyboard.press("ArrowRight")
             _wait_renders(page, 4)
             page.wait_for_function("document.querySelector('#status').textContent.includes('0.5')")

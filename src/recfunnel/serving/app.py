@@ -199,6 +199,13 @@ def create_app(pipeline: Pipeline, store: RatingStore, *, metrics: Metrics | Non
             "users": len(pipeline.user_ids),
             "items": len(pipeline.funnel.item_ids),
             "live_ratings": store.count(),
+            # What a request that sets nothing gets: the page starts its controls here.
+            "defaults": {
+                "topk_recall": pipeline.funnel.sizes.topk_recall,
+                "topk_final": pipeline.funnel.sizes.topk_final,
+                "lambda": pipeline.funnel["rerank"].config.lambda_mmr,
+                "method": pipeline.funnel["rerank"].config.method,
+            },
         }
 
     @app.get("/users/{user_id}/recommendations")

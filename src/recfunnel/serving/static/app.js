@@ -12,6 +12,7 @@ const state = {
   controller: null,      // aborts a request that a newer one replaces
   users: 0,
   renders: 0,
+  ready: Promise.resolve(),  // set by init: /health has filled in the defaults
 };
 
 const $ = (selector) => document.querySelector(selector);
@@ -51,6 +52,7 @@ async function fetchJson(url, options = {}) {
 }
 
 async function refresh() {
+  await state.ready;  // the controls hold the run's defaults before the first request
   if (state.controller) state.controller.abort();
   const controller = new AbortController();
   state.controller = controller;
@@ -259,7 +261,18 @@ function init() {
     refresh();
   });
   document.querySelector("main").addEventListener("mouseover", highlight);
-  fetchJson("/health").then((health) => { state.users = health.users; }).catch(() => {});
+  // Start the slider and the method at the run's own defaults (its lambda was chosen on
+  // valid when it was trained), not at a value written into the page.
+  state.ready = fetchJson("/health").then((health) => {
+    state.users = health.users;
+    const defaults = health.defaults || {};
+    if (typeof defaults.lambda === "number") {
+      $("#lambda").value = String(defaults.lambda);
+      $("#lambda-value").textContent = defaults.lambda.toFixed(2);
+    }
+    const radio = document.querySelector(`input[name="method"][value="${defaults.method}"]`);
+    if (radio) radio.checked = true;
+  }).catch(() => {});
 }
 
 init();
