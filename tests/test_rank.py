@@ -1,6 +1,10 @@
 """The funnel's value type and the pre-rank / rank modules, on hand-sized tensors."""
 
+import dataclasses
+
+import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from recfunnel.prerank.model import PreRankMLP
@@ -15,6 +19,7 @@ from recfunnel.rank.model import (
     chronological,
     next_behaviour_loss,
 )
+from recfunnel.types import History, Pairs, Requests
 
 
 def test_target_attention_ignores_padding_and_empty_history_pools_to_zero():
@@ -197,3 +202,104 @@ def test_dien_aux_loss_has_gradients_and_learns_a_toy_next_item_task():
     assert float(model.logits_and_aux(batch, aux=False)[1].detach()) == 0.0
     din = RankModel(RankSizes(4, 21), dim=8, deep=(8,))
     assert float(din.logits_and_aux(batch)[1].detach()) == 0.0
+
+
+# --- DIEN in the rank stage ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dien_funnel(synthetic_ml):
+    """A smoke funnel whose rank stage is DIEN, the data, warm test requests, and the stacked
+    examples the rank stage was trained on (caught on their way into RankStage.fit)."""
+    from recfunnel.config import load_config
+    from recfunnel.data.split import make_split
+    from recfunnel.evaluation.protocol import Evaluator
+    from recfunnel.rank import RankStage
+    from recfunnel.run import SMOKE_OVERRIDES, PipelineConfig
+    from recfunnel.stage import FitData
+    from recfunnel.training.recipe import train_funnel
+
+    split = make_split(synthetic_ml.ratings)
+    config = load_config(PipelineConfig, None, (*SMOKE_OVERRIDES, "--rank.interest=dien"))
+    caught = {}
+    fit = RankStage.fit
+
+    def catching_fit(self, data, stacked=None, validate=None):
+        caught["stacked"] = stacked
+        return fit(self, data, stacked, validate)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RankStage, "fit", catching_fit)
+        funnel, _ = train_funnel(synthetic_ml, split, config, progress=False)
+    data = FitData(synthetic_ml, split, funnel.item_ids, progress=False)
+    users = Evaluator(split, funnel.item_ids, ks=(10,)).users("test", "warm")
+    requests = funnel.requests(users)[np.arange(min(12, len(users.user_ids)))]
+    return funnel, data, requests, caught["stacked"]
+
+
+def test_a_dien_rank_stage_trains_and_round_trips(dien_funnel, tmp_path):
+    funnel, data, requests, _ = dien_funnel
+    rank = funnel["rank"]
+    assert rank.config.interest == "dien" and rank.model_.evolution is not None
+    assert rank.model_.attention is None
+    assert all(np.isfinite(epoch["loss"]) for epoch in rank.log_.epochs)
+    lists = funnel.run(requests)
+    rank.save(tmp_path / "rank")
+    loaded = type(rank).load(tmp_path / "rank", data)
+    assert loaded.model_.evolution is not None
+    before = rank(requests, lists["prerank"])
+    after = loaded(requests, lists["prerank"])
+    np.testing.assert_array_equal(before.items, after.items)
+    np.testing.assert_array_equal(before.scores["rank"], after.scores["rank"])
+    pairs = lists["prerank"].pairs()
+    like = rank.score_pairs(requests, pairs).scores["rank.like"]
+    np.testing.assert_array_equal(like, loaded.score_pairs(requests, pairs).scores["rank.like"])
+    # A cold user (no history) gets a zero interest and finite scores.
+    n = len(funnel.item_ids)
+    empty = History(sp.csr_matrix((1, n)), sp.csr_matrix((1, n)))
+    cold = Requests(np.array([10**6]), empty, np.full(1, funnel.now))
+    pairs = Pairs(np.zeros(5, dtype=np.int64), np.arange(5))
+    for name in ("recall", "prerank", "item_to_item", *rank.channel_features_):
+        pairs = pairs.with_scores(name, np.zeros(5))
+    scored = rank.score_pairs(cold, pairs)
+    assert np.isfinite(scored.scores["rank"]).all()
+
+
+def test_the_aux_loss_is_part_of_the_rank_training_loss(dien_funnel):
+    """One epoch on the same stacked examples with the auxiliary loss weighted 0 and 1: the
+    logged training loss must differ by about the aux loss (near 2 log 2 = 1.39 at first)."""
+    from recfunnel.rank import RankStage
+
+    funnel, data, _, stacked = dien_funnel
+    config = funnel["rank"].config
+    logs = {}
+    for weight in (0.0, 1.0):
+        cfg = dataclasses.replace(config, epochs=1, aux_loss_weight=weight)
+        logs[weight] = RankStage(cfg).fit(data, stacked).log_.epochs[0]["loss"]
+    assert logs[1.0] - logs[0.0] > 0.5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--rank.use_din=false", "--rank.interest=dien"], "use_din=false"),
+        (["--rank.interest=lstm"], "rank.interest"),
+        (["--rank.aux_loss_weight=-1"], "aux_loss_weight"),
+        (["--rank.aux_loss_weight=nan"], "aux_loss_weight"),
+    ],
+)
+def test_rank_interest_config_errors(overrides, message):
+    from recfunnel.config import load_config
+    from recfunnel.errors import ConfigError
+    from recfunnel.run import PipelineConfig
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(PipelineConfig, None, overrides)
+
+
+def test_the_default_is_din_and_the_other_settings_validate():
+    from recfunnel.rank import RankConfig
+
+    assert RankConfig().interest == "din" and RankConfig().use_din
+    RankConfig(use_din=False).validate()  # no sequence field at all, as before DIEN
+    RankConfig(interest="dien", aux_loss_weight=0.0).validate()  # DIEN without its aux loss
