@@ -1,15 +1,27 @@
 """The funnel's value type and the pre-rank / rank modules, on hand-sized tensors."""
 
+import dataclasses
+
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from recfunnel.errors import ConfigError
 from recfunnel.prerank.model import PreRankMLP
 from recfunnel.rank.features import DENSE
-from recfunnel.rank.model import CrossNetwork, RankModel, RankSizes, TargetAttention
+from recfunnel.rank.model import (
+    AUGRUCell,
+    CrossNetwork,
+    InterestEvolution,
+    RankModel,
+    RankSizes,
+    TargetAttention,
+    chronological,
+    next_behaviour_loss,
+)
 from recfunnel.rank.stage import RankConfig, RankStage
-from recfunnel.types import Pairs
+from recfunnel.types import History, Pairs, Requests
 
 
 def test_target_attention_ignores_padding_and_empty_history_pools_to_zero():
@@ -103,3 +115,223 @@ def test_calibration_recovers_an_overconfident_temperature():
     np.testing.assert_allclose(scaled, 2.0 * true / stage.temperature_)
     with pytest.raises(ConfigError, match="labelled"):
         stage.calibrate(None, Pairs(np.zeros(3, np.int64), np.zeros(3, np.int64)))
+
+
+# --- DIEN --------------------------------------------------------------------------------
+
+
+def test_chronological_puts_the_real_items_oldest_first_and_drops_holes():
+    # Newest first, 0 = padding or an item outside the vocabulary (a hole).
+    sequence = torch.tensor([[5, 4, 0, 3, 0], [7, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
+    assert chronological(sequence).tolist() == [[3, 4, 5, 0, 0], [7, 0, 0, 0, 0], [0] * 5]
+
+
+def test_augru_with_attention_zero_keeps_the_state_and_with_attention_moves_it():
+    torch.manual_seed(0)
+    cell = AUGRUCell(input_size=3, hidden_size=4)
+    x, h = torch.randn(5, 3), torch.randn(5, 4)
+    assert torch.equal(cell(x, h, torch.zeros(5)), h)
+    moved = cell(x, h, torch.ones(5))
+    assert not torch.allclose(moved, h)
+    # Half the attention, half the step: h' - h = a * u * (h~ - h) is linear in a.
+    half = cell(x, h, torch.full((5,), 0.5))
+    torch.testing.assert_close(half - h, (moved - h) / 2)
+
+
+def _evolution() -> tuple[InterestEvolution, torch.Tensor]:
+    torch.manual_seed(0)
+    return InterestEvolution(dim=4), torch.randn(2, 4)
+
+
+def test_interest_evolution_ignores_padding_and_empty_history_is_zero():
+    evolution, query = _evolution()
+    keys = torch.randn(1, 3, 4)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    # The same history, alone (L = 3), then padded to L = 7 with garbage in the padding and
+    # batched with an empty history: the interest must not move.
+    alone, _ = evolution(keys, query[:1], mask)
+    padded_keys = torch.cat([keys, 100 * torch.randn(1, 4, 4)], dim=1)
+    padded_mask = torch.tensor([[True] * 3 + [False] * 4])
+    batch_keys = torch.cat([padded_keys, torch.randn(1, 7, 4)])
+    batch_mask = torch.cat([padded_mask, torch.zeros(1, 7, dtype=torch.bool)])
+    interest, states = evolution(batch_keys, query, batch_mask)
+    torch.testing.assert_close(interest[0], alone[0], rtol=1e-6, atol=1e-6)
+    assert torch.equal(interest[1], torch.zeros(4))
+    assert states.shape == (2, 3, 4)  # steps past the longest history are not run
+    nobody, _ = evolution(torch.randn(2, 5, 4), query, torch.zeros(2, 5, dtype=torch.bool))
+    assert torch.equal(nobody, torch.zeros(2, 4))
+
+
+def test_interest_evolution_reads_the_order_and_the_target():
+    evolution, query = _evolution()
+    keys = torch.randn(1, 4, 4).expand(2, 4, 4)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    interest, _ = evolution(keys, query, mask)
+    assert not torch.allclose(interest[0], interest[1])  # another target, another interest
+    flipped, _ = evolution(keys.flip(1), query, mask)
+    assert not torch.allclose(flipped, interest)  # a sequence, not a bag
+
+
+def test_rank_model_dien_reads_the_sequence_in_time_order_and_ignores_padding():
+    torch.manual_seed(0)
+    model = RankModel(RankSizes(4, 9), dim=4, deep=(8,), interest="dien", heads=2).eval()
+    batch = _batch(3, seq=4)
+    batch["sequence"] = torch.tensor([[3, 2, 1, 0], [8, 0, 5, 0], [0, 0, 0, 0]])
+    out = model(batch)
+    longer = dict(batch, sequence=torch.cat([batch["sequence"], torch.zeros(3, 6).long()], 1))
+    torch.testing.assert_close(model(longer), out, rtol=1e-6, atol=1e-6)
+    # The model reverses the newest-first features itself: its interest is the evolution
+    # layer's over the chronological embeddings (row 0: items 1, 2, 3; row 1: 5, 8).
+    chrono = torch.tensor([[1, 2, 3, 0], [5, 8, 0, 0], [0, 0, 0, 0]])
+    target = model.item_id(batch["item"])
+    expected, _ = model.evolution(model.item_id(chrono), target, chrono > 0)
+    seen: list[torch.Tensor] = []
+    model.evolution.register_forward_hook(lambda module, args, out: seen.append(out[0]))
+    model(batch)
+    torch.testing.assert_close(seen[0], expected)
+    assert torch.equal(expected[2], torch.zeros(4))
+    reordered = dict(batch, sequence=torch.tensor([[1, 2, 3, 0], [5, 0, 8, 0], [0, 0, 0, 0]]))
+    assert not torch.allclose(model(reordered)[:2], out[:2])
+
+
+def test_next_behaviour_loss_by_hand():
+    states = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])  # h_1, h_2
+    positives = torch.tensor([[[2.0, 0.0], [9.0, 9.0]]])  # e_2 (and a masked row)
+    negatives = torch.tensor([[[0.0, 5.0], [9.0, 9.0]]])
+    mask = torch.tensor([[True, False]])
+    # One step: BCE(h_1 . e_2 = 2, 1) + BCE(h_1 . e_neg = 0, 0) = log(1 + e^-2) + log 2.
+    expected = torch.log1p(torch.exp(torch.tensor(-2.0))) + torch.log(torch.tensor(2.0))
+    torch.testing.assert_close(next_behaviour_loss(states, positives, negatives, mask), expected)
+    none = next_behaviour_loss(states, positives, negatives, torch.zeros(1, 2, dtype=torch.bool))
+    assert float(none) == 0.0
+
+
+def test_dien_aux_loss_has_gradients_and_learns_a_toy_next_item_task():
+    """Histories walk the items in a fixed cycle (k is followed by k + 1): the extractor
+    GRU can learn to tell the real next item from a sampled one."""
+    torch.manual_seed(0)
+    model = RankModel(RankSizes(4, 21), dim=8, deep=(8,), interest="dien")
+    starts = torch.randint(0, 20, (64, 1))
+    chrono = (starts + torch.arange(6)) % 20 + 1  # (64, 6) oldest first
+    batch = _batch(64, seq=6) | {"sequence": chrono.flip(1)}  # the features: newest first
+    _, aux = model.logits_and_aux(batch)
+    first = float(aux.detach())
+    assert torch.isfinite(aux) and first > 0
+    aux.backward()
+    assert model.evolution.extractor.weight_hh_l0.grad.abs().sum() > 0
+    assert model.item_id.weight.grad.abs().sum() > 0
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(100):
+        optimiser.zero_grad()
+        _, aux = model.logits_and_aux(batch)
+        aux.backward()
+        optimiser.step()
+        losses.append(float(aux.detach()))
+    # Fresh negatives every step make the curve noisy: compare the mean of the last ten.
+    assert sum(losses[-10:]) / 10 < 0.4 * first  # from 2 log 2 = 1.39 to about 0.25
+    # Off (no sequence field, DIN, or aux=False): exactly 0.
+    assert float(model.logits_and_aux(batch, aux=False)[1].detach()) == 0.0
+    din = RankModel(RankSizes(4, 21), dim=8, deep=(8,))
+    assert float(din.logits_and_aux(batch)[1].detach()) == 0.0
+
+
+# --- DIEN in the rank stage ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dien_funnel(synthetic_ml):
+    """A smoke funnel whose rank stage is DIEN, the data, warm test requests, and the stacked
+    examples the rank stage was trained on (caught on their way into RankStage.fit)."""
+    from recfunnel.config import load_config
+    from recfunnel.data.split import make_split
+    from recfunnel.evaluation.protocol import Evaluator
+    from recfunnel.rank import RankStage
+    from recfunnel.run import SMOKE_OVERRIDES, PipelineConfig
+    from recfunnel.stage import FitData
+    from recfunnel.training.recipe import train_funnel
+
+    split = make_split(synthetic_ml.ratings)
+    config = load_config(PipelineConfig, None, (*SMOKE_OVERRIDES, "--rank.interest=dien"))
+    caught = {}
+    fit = RankStage.fit
+
+    def catching_fit(self, data, stacked=None, validate=None):
+        caught["stacked"] = stacked
+        return fit(self, data, stacked, validate)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RankStage, "fit", catching_fit)
+        funnel, _ = train_funnel(synthetic_ml, split, config, progress=False)
+    data = FitData(synthetic_ml, split, funnel.item_ids, progress=False)
+    users = Evaluator(split, funnel.item_ids, ks=(10,)).users("test", "warm")
+    requests = funnel.requests(users)[np.arange(min(12, len(users.user_ids)))]
+    return funnel, data, requests, caught["stacked"]
+
+
+def test_a_dien_rank_stage_trains_and_round_trips(dien_funnel, tmp_path):
+    funnel, data, requests, _ = dien_funnel
+    rank = funnel["rank"]
+    assert rank.config.interest == "dien" and rank.model_.evolution is not None
+    assert rank.model_.attention is None
+    assert all(np.isfinite(epoch["loss"]) for epoch in rank.log_.epochs)
+    lists = funnel.run(requests)
+    rank.save(tmp_path / "rank")
+    loaded = type(rank).load(tmp_path / "rank", data)
+    assert loaded.model_.evolution is not None
+    before = rank(requests, lists["prerank"])
+    after = loaded(requests, lists["prerank"])
+    np.testing.assert_array_equal(before.items, after.items)
+    np.testing.assert_array_equal(before.scores["rank"], after.scores["rank"])
+    pairs = lists["prerank"].pairs()
+    like = rank.score_pairs(requests, pairs).scores["rank.like"]
+    np.testing.assert_array_equal(like, loaded.score_pairs(requests, pairs).scores["rank.like"])
+    # A cold user (no history) gets a zero interest and finite scores.
+    n = len(funnel.item_ids)
+    empty = History(sp.csr_matrix((1, n)), sp.csr_matrix((1, n)))
+    cold = Requests(np.array([10**6]), empty, np.full(1, funnel.now))
+    pairs = Pairs(np.zeros(5, dtype=np.int64), np.arange(5))
+    for name in ("recall", "prerank", "item_to_item", *rank.channel_features_):
+        pairs = pairs.with_scores(name, np.zeros(5))
+    scored = rank.score_pairs(cold, pairs)
+    assert np.isfinite(scored.scores["rank"]).all()
+
+
+def test_the_aux_loss_is_part_of_the_rank_training_loss(dien_funnel):
+    """One epoch on the same stacked examples with the auxiliary loss weighted 0 and 1: the
+    logged training loss must differ by about the aux loss (near 2 log 2 = 1.39 at first)."""
+    from recfunnel.rank import RankStage
+
+    funnel, data, _, stacked = dien_funnel
+    config = funnel["rank"].config
+    logs = {}
+    for weight in (0.0, 1.0):
+        cfg = dataclasses.replace(config, epochs=1, aux_loss_weight=weight)
+        logs[weight] = RankStage(cfg).fit(data, stacked).log_.epochs[0]["loss"]
+    assert logs[1.0] - logs[0.0] > 0.5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--rank.use_din=false", "--rank.interest=dien"], "use_din=false"),
+        (["--rank.interest=lstm"], "rank.interest"),
+        (["--rank.aux_loss_weight=-1"], "aux_loss_weight"),
+        (["--rank.aux_loss_weight=nan"], "aux_loss_weight"),
+    ],
+)
+def test_rank_interest_config_errors(overrides, message):
+    from recfunnel.config import load_config
+    from recfunnel.errors import ConfigError
+    from recfunnel.run import PipelineConfig
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(PipelineConfig, None, overrides)
+
+
+def test_the_default_is_din_and_the_other_settings_validate():
+    from recfunnel.rank import RankConfig
+
+    assert RankConfig().interest == "din" and RankConfig().use_din
+    RankConfig(use_din=False).validate()  # no sequence field at all, as before DIEN
+    RankConfig(interest="dien", aux_loss_weight=0.0).validate()  # DIEN without its aux loss

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,17 @@ class RankConfig:
     deep: tuple[int, ...] = param((256, 128), "hidden sizes of the deep (MLP) part")
     cross_layers: int = param(2, "DCN-v2 cross layers (0: no explicit crosses)")
     attention_hidden: int = param(32, "hidden size of DIN's attention unit")
-    use_din: bool = param(True, "attend over the liked-items sequence (DIN)")
+    use_din: bool = param(
+        True, "read the liked-items sequence, through rank.interest (false: no sequence field)"
+    )
+    interest: Literal["din", "dien"] = param(
+        "din",
+        "how the sequence is read: din, target attention pooling; dien, a GRU in time order "
+        "with an auxiliary next-item loss, then an attention-gated GRU (AUGRU)",
+    )
+    aux_loss_weight: float = param(
+        1.0, "weight of DIEN's auxiliary next-behaviour loss in the training loss (0: none)"
+    )
     max_sequence: int = param(50, "most recent liked items in the behaviour sequence")
     use_user_id: bool = param(False, "a user-id embedding (memorises the training period)")
     use_recall_logit: bool = param(True, "read the recall logit")
@@ -71,6 +82,13 @@ class RankConfig:
             raise ConfigError("rank.cross_layers must be >= 0 and rank.deep sizes > 0")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
             raise ConfigError("rank.lr must be > 0, weight_decay >= 0, 0 <= dropout < 1")
+        if not self.use_din and self.interest != "din":
+            raise ConfigError(
+                f"rank.interest={self.interest} reads the sequence, but rank.use_din=false "
+                "turns the sequence field off; drop one of the two"
+            )
+        if not (self.aux_loss_weight >= 0 and math.isfinite(self.aux_loss_weight)):
+            raise ConfigError(f"rank.aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
         metric_cutoff(self.valid_metric, "rank.valid_metric")
 
     @property
@@ -130,7 +148,13 @@ class RankStage(Scorer):
                 yield order[start : start + cfg.batch_size]
 
         def loss(idx: torch.Tensor) -> torch.Tensor:
-            logits = self.model_(self._batch(table, req, idx.numpy()))
+            logits, aux = self.model_.logits_and_aux(
+                self._batch(table, req, idx.numpy()), aux=cfg.aux_loss_weight > 0
+            )
+            # DIEN's next-behaviour loss (0 for DIN) trains the interest extractor GRU.
+            return heads_loss(idx, logits) + cfg.aux_loss_weight * aux
+
+        def heads_loss(idx: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
             if cfg.objective == "like":
                 return F.binary_cross_entropy_with_logits(logits[:, 0], labels[idx])
             # watch head: every candidate, label "rated"; like head: rated pairs, label liked.
@@ -208,7 +232,7 @@ class RankStage(Scorer):
             deep=cfg.deep,
             cross_layers=cfg.cross_layers,
             attention_hidden=cfg.attention_hidden,
-            use_din=cfg.use_din,
+            interest=cfg.interest if cfg.use_din else None,
             use_user_id=cfg.use_user_id,
             dense=self.dense_,
             dropout=cfg.dropout,
