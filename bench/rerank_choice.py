@@ -1,0 +1,94 @@
+"""The re-ranker's operating point under each method and relevance, by the training rule.
+
+For MMR and DPP, with min-max and probability relevance, sweep lambda over the training
+grid on one part of a run and apply the rule training uses (`rerank.report.choose_lambda`:
+the most varied final list whose NDCG@20 is within `--max-ndcg-loss` of the rank order's).
+Prints the chosen lambda and what it costs and gains. Run it on valid, or on the test part
+of a backtest run (configs/backtest.toml): a choice made here on the real test would leak.
+
+    .venv/bin/python bench/rerank_choice.py runs/bench --split valid
+    .venv/bin/python bench/rerank_choice.py runs/backtest --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from recfunnel.data import load_movielens
+from recfunnel.errors import ConfigError, RecfunnelError
+from recfunnel.evaluation.protocol import Evaluator
+from recfunnel.evaluation.tables import format_table
+from recfunnel.rerank.report import CHOICE_GRID, choose_lambda, lambda_sweep
+from recfunnel.run import load_run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--split", choices=("valid", "test"), default="valid")
+    parser.add_argument("--max-ndcg-loss", type=float, default=0.02)
+    parser.add_argument("--data-dir", default=os.environ.get("RECFUNNEL_DATA_DIR"))
+    args = parser.parse_args()
+    ml = load_movielens(args.data_dir, progress=False)
+    run = load_run(args.run_dir, ml)
+    if args.split == "test" and run.split.kind != "backtest":
+        raise ConfigError(
+            "choosing on the real test part leaks: use --split valid, or a backtest run"
+        )
+    funnel = run.funnel
+    evaluator = Evaluator(
+        run.split,
+        funnel.item_ids,
+        ks=(20,),
+        history="known" if args.split == "test" else "train",
+        item_features=ml.genre_matrix(funnel.item_ids),
+        ild_ks=(20,),
+    )
+    users = evaluator.users(args.split, "warm")
+    requests = funnel.requests(users)
+    ranked = funnel.run(requests, upto="rank")["rank"]
+    rows = []
+    for relevance in ("minmax", "probability"):
+        for method in ("mmr", "dpp"):
+            rerank = funnel["rerank"].with_config(relevance=relevance, method=method)
+            sweep = lambda_sweep(
+                rerank,
+                requests,
+                ranked,
+                evaluator,
+                users,
+                k=funnel.sizes.topk_final,
+                lambdas=CHOICE_GRID,
+                keys=("ndcg@20", "ild@20"),
+            )
+            lam = choose_lambda(sweep, args.max_ndcg_loss)
+            at = {row["lambda"]: row for row in sweep}
+            rows.append(
+                {
+                    "method": method,
+                    "relevance": relevance,
+                    "lambda": lam,
+                    "ndcg@20": at[lam]["ndcg@20"],
+                    "ild@20": at[lam]["ild@20"],
+                    "ndcg_change_%": 100 * (at[lam]["ndcg@20"] / at[1.0]["ndcg@20"] - 1),
+                    "ild_change_%": 100 * (at[lam]["ild@20"] / at[1.0]["ild@20"] - 1),
+                }
+            )
+    print(
+        f"{args.run_dir} ({run.split.kind} split), {args.split}, {len(users.user_ids)} warm "
+        f"users: the most varied lambda within {args.max_ndcg_loss:.0%} of lambda 1's NDCG@20"
+    )
+    columns = ["method", "relevance", "lambda", "ndcg@20", "ild@20"]
+    print(format_table(rows, [*columns, "ndcg_change_%", "ild_change_%"]))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except RecfunnelError as error:  # a bad run directory or data folder: one line, status 2
+        print(f"rerank_choice.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
