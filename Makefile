@@ -13,7 +13,9 @@ PORT ?= 8000
 # never fetch its own browser build.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: install run test test-fast bench serve bench-serve lint format clean
+SEEDS ?= 0,1,2
+
+.PHONY: install run test test-fast bench seeds reproduce serve bench-serve lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +44,20 @@ test-fast: $(STAMP)
 ## and batch throughput -> bench/results.json
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
+
+## seeds: the default funnel once per seed in $(SEEDS) (runs/seeds/seed-<s>), each evaluated on
+## test, then the mean and standard deviation of every list -> runs/seeds/summary.json
+seeds: $(STAMP)
+	$(BIN)/recfunnel train --seeds $(SEEDS) --out runs/seeds --overwrite
+	for run in runs/seeds/seed-*; do $(BIN)/recfunnel evaluate $$run --json > /dev/null || exit 1; done
+	$(BIN)/recfunnel summarize runs/seeds/seed-* --out runs/seeds/summary.json
+
+## reproduce: train the default funnel twice with the same seed and compare the two runs
+## stage by stage (every difference and interval is 0 when the lists are identical)
+reproduce: $(STAMP)
+	$(BIN)/recfunnel train --out runs/reproduce-a --overwrite
+	$(BIN)/recfunnel train --out runs/reproduce-b --overwrite
+	$(BIN)/recfunnel compare runs/reproduce-a runs/reproduce-b
 
 ## serve: the REST service and the funnel page for $(RUN_DIR) on http://$(HOST):$(PORT)/
 ## (API docs at /docs; live ratings in $(RUN_DIR)/serving/ratings.sqlite3)

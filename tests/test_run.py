@@ -157,3 +157,65 @@ def test_example_config_file_and_config_listing(synthetic_dir, tmp_path, capsys)
     assert main(["config"]) == 0
     listing = capsys.readouterr().out
     assert "recall.two_tower.objective" in listing and "index.backend" in listing
+
+
+def test_one_seed_feeds_every_stage():
+    from recfunnel.run import PipelineConfig
+
+    assert PipelineConfig().seeded() == PipelineConfig()  # no top-level seed: untouched
+    config = PipelineConfig(seed=7).seeded()
+    seeds = [
+        config.recall.two_tower.seed,
+        config.recall.lightgcn.seed,
+        config.recall.sequence.seed,
+        config.prerank.seed,
+        config.rank.seed,
+    ]
+    assert seeds == [7] * 5
+    # Seed 0 is the default run: every part's own default is 0.
+    assert PipelineConfig(seed=0).seeded() == PipelineConfig(seed=0)
+
+
+def test_train_several_seeds_then_summarize(synthetic_dir, tmp_path, capsys):
+    data = ["--data-dir", str(synthetic_dir), "--cache-dir", str(tmp_path / "c"), "--no-progress"]
+    out = tmp_path / "seeds"
+    assert main(["train", *data, "--out", str(out), "--seeds", "1,2", *FAST]) == 0
+    runs = [out / "seed-1", out / "seed-2"]
+    for seed, run in zip((1, 2), runs, strict=True):
+        config = json.loads((run / "config.json").read_text())
+        assert config["seed"] == seed
+        assert config["rank"]["seed"] == config["recall"]["two_tower"]["seed"] == seed
+    capsys.readouterr()
+    # Summaries read evaluated runs only: a clear error first, then mean and spread.
+    assert main(["summarize", *map(str, runs)]) == 2
+    assert "recfunnel evaluate" in capsys.readouterr().err
+    for run in runs:
+        assert main(["evaluate", str(run), *data, "--json"]) == 0
+    capsys.readouterr()
+    assert main(["summarize", *map(str, runs), "--json", "--out", str(out / "s.json")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    reports = [json.loads((run / "report.json").read_text()) for run in runs]
+    values = [r["stages"]["rank"]["ndcg@20"] for r in reports]
+    rank = summary["lists"]["rank"]["ndcg@20"]
+    assert rank["values"] == values and rank["mean"] == pytest.approx(sum(values) / 2)
+    assert rank["sd"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    assert json.loads((out / "s.json").read_text()) == summary
+    assert main(["summarize", *map(str, runs)]) == 0
+    assert "± " in capsys.readouterr().out
+    # Bad seed lists are refused before any training.
+    for bad in ("a,b", "1,1", "-1"):
+        assert main(["train", *data, "--out", str(tmp_path / "x"), "--seeds", bad]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_summaries_refuse_reports_that_do_not_match():
+    from recfunnel.errors import ConfigError
+    from recfunnel.evaluation.seeds import summarize_reports
+
+    one = {"part": "test", "stages": {"rank": {"ndcg@20": 0.2}}, "baselines": {}}
+    with pytest.raises(ConfigError, match="different parts"):
+        summarize_reports({"a": one, "b": {**one, "part": "valid"}})
+    with pytest.raises(ConfigError, match="other lists"):
+        summarize_reports({"a": one, "b": {**one, "stages": {"recall": {"ndcg@20": 0.2}}}})
+    single = summarize_reports({"a": one})["lists"]["rank"]["ndcg@20"]
+    assert single["mean"] == 0.2 and single["sd"] == 0.0

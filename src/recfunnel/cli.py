@@ -21,7 +21,7 @@ from recfunnel.evaluation.tables import format_table
 
 if TYPE_CHECKING:  # heavy imports stay lazy so `recfunnel --help` starts fast
     from recfunnel.data import MovieLens
-    from recfunnel.run import Run
+    from recfunnel.run import PipelineConfig, Run
 
 DATA_HELP = (
     "folder holding ratings.dat, users.dat and movies.dat (default: $RECFUNNEL_DATA_DIR, "
@@ -113,14 +113,51 @@ def _parse_ks(text: str) -> list[int]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from recfunnel.config import load_config
-    from recfunnel.data.split import make_split
-    from recfunnel.run import PipelineConfig, check_out, write_run
-    from recfunnel.training.recipe import train_funnel
+    from recfunnel.run import PipelineConfig, check_out
 
     config = load_config(PipelineConfig, args.config, args.overrides)
     out = args.out or Path("runs") / time.strftime("funnel-%Y%m%d-%H%M%S")
+    if args.seeds is not None:
+        return _train_seeds(args, config, out)
     check_out(out, overwrite=args.overwrite)  # refuse before minutes of training, not after
     ml = _load(args)
+    return _train_one(args, config, ml, out)
+
+
+def _train_seeds(args: argparse.Namespace, config: PipelineConfig, out: Path) -> int:
+    """One run directory per seed, OUT/seed-<s>: the spread between them is what a number
+    of one run is worth (`recfunnel summarize OUT/seed-*` after evaluating each)."""
+    import dataclasses
+
+    from recfunnel.run import check_out
+
+    seeds = _seed_list(args.seeds)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; --seeds needs a folder for the runs")
+    for seed in seeds:  # every refusal before the first run trains
+        check_out(out / f"seed-{seed}", overwrite=args.overwrite)
+    ml = _load(args)
+    for seed in seeds:
+        _log(f"seed {seed}:")
+        _train_one(args, dataclasses.replace(config, seed=seed), ml, out / f"seed-{seed}")
+    return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"--seeds takes distinct integers >= 0, got {text!r}")
+    return seeds
+
+
+def _train_one(args: argparse.Namespace, config: PipelineConfig, ml: MovieLens, out: Path) -> int:
+    from recfunnel.data.split import make_split
+    from recfunnel.run import write_run
+    from recfunnel.training.recipe import train_funnel
+
     split = make_split(ml.ratings, config.split)
     _log(
         f"training the funnel on {len(split.train):,} train ratings: recall on the first "
@@ -316,6 +353,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "with its paired bootstrap 95 % interval"
     )
     print(format_table(rows, ["stage", "metric", "a", "b", "a - b", "low", "high"]))
+    return 0
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from recfunnel.artifacts import read_json
+    from recfunnel.atomic import write_atomic
+    from recfunnel.evaluation.seeds import render_summary, summarize_reports
+    from recfunnel.run import read_manifest
+
+    reports = {}
+    for run_dir in args.run_dirs:
+        read_manifest(run_dir)  # one clear line when it is not a run directory
+        path = run_dir / ("report.json" if args.split == "test" else "report-valid/report.json")
+        if not path.is_file():
+            raise ConfigError(
+                f"{path} is missing: run `recfunnel evaluate {run_dir} --split {args.split}` first"
+            )
+        reports[str(run_dir)] = read_json(path)
+    summary = summarize_reports(reports)
+    if args.out is not None:
+        write_atomic(args.out, json.dumps(summary, indent=2).encode())
+    print(json.dumps(summary, indent=2) if args.json else render_summary(summary), end="")
     return 0
 
 
@@ -539,6 +598,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory to create (default: runs/funnel-DATE-TIME)",
     )
     train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    train.add_argument(
+        "--seeds",
+        default=None,
+        metavar="S1,S2,...",
+        help="train one run per seed into OUT/seed-<s> (the top-level seed feeds every stage); "
+        "then evaluate each and `recfunnel summarize OUT/seed-*` for mean and spread",
+    )
     train.set_defaults(func=cmd_train)
 
     config = sub.add_parser(
@@ -649,6 +715,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", action="store_true", help="print a JSON object")
     _add_data_options(compare)
     compare.set_defaults(func=cmd_compare)
+
+    summarize = sub.add_parser(
+        "summarize",
+        help="mean and standard deviation of evaluated runs (e.g. one per seed)",
+        description="Read the funnel report of each run directory (written by `recfunnel "
+        "evaluate`) and print every list's NDCG@20, Recall@20 and ILD@20 and the rank "
+        "stage's AUC, GAUC, LogLoss and ECE as mean +- standard deviation over the runs.",
+    )
+    summarize.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    summarize.add_argument(
+        "--split", choices=("valid", "test"), default="test", help="part (default: test)"
+    )
+    summarize.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    summarize.add_argument("--json", action="store_true", help="print a JSON object")
+    summarize.set_defaults(func=cmd_summarize)
 
     recommend = sub.add_parser(
         "recommend",

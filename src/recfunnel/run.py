@@ -153,6 +153,31 @@ class PipelineConfig:
     prerank: PreRankConfig = section(PreRankConfig, "pre-rank MLP")
     rank: RankConfig = section(RankConfig, "rank model (DIN + DCN-v2)")
     rerank: RerankConfig = section(RerankConfig, "MMR re-rank")
+    seed: int | None = param(
+        None,
+        "one seed for every trained part: when set, it replaces recall.two_tower.seed, "
+        "recall.lightgcn.seed, recall.sequence.seed, prerank.seed and rank.seed (each 0 by "
+        "default, so seed 0 is the default run)",
+    )
+
+    def seeded(self) -> PipelineConfig:
+        """The config with `seed` written into every stage's and channel's own seed field
+        (itself when `seed` is none), so the saved config says what each part used."""
+        if self.seed is None:
+            return self
+        seed, replace = self.seed, dataclasses.replace
+        recall = replace(
+            self.recall,
+            two_tower=replace(self.recall.two_tower, seed=seed),
+            lightgcn=replace(self.recall.lightgcn, seed=seed),
+            sequence=replace(self.recall.sequence, seed=seed),
+        )
+        return replace(
+            self,
+            recall=recall,
+            prerank=replace(self.prerank, seed=seed),
+            rank=replace(self.rank, seed=seed),
+        )
 
 
 def write_run(
@@ -171,6 +196,7 @@ def write_run(
     complete old run or the complete new one. `overwrite` only ever replaces a run
     directory (see `check_out`); stale folders of interrupted writes are removed first.
     """
+    config = config.seeded()
     out = Path(out)
     check_out(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)

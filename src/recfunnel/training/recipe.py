@@ -64,6 +64,7 @@ def train_funnel(
     ml: MovieLens, split: Split, config: PipelineConfig, *, progress: bool = True
 ) -> tuple[Funnel, TrainReport]:
     """Train all stages of `config` (see the module docstring) on `split`."""
+    config = config.seeded()  # a top-level seed, when set, feeds every stage
     recall_config, stacking = config.recall, config.stacking
     item_to_item_config, prerank_config = config.item_to_item, config.prerank
     rank_config, rerank_config, funnel_config = config.rank, config.rerank, config.funnel
