@@ -119,6 +119,11 @@ def test_train_refuses_to_overwrite_and_rejects_bad_overrides(trained, capsys):
     err = capsys.readouterr().err
     assert "recall.two_tower.objectiv" in err and "objective" in err and "Traceback" not in err
     assert main(["train", *data, "--out", str(new), "--recall.two_tower.lr=-1"]) == 2
+    # Top-level fields take --field=value too; an unknown one is named.
+    assert main(["train", *data, "--out", str(new), "--split=sideways"]) == 2
+    assert "split" in capsys.readouterr().err
+    assert main(["train", *data, "--out", str(new), "--sede=1"]) == 2
+    assert "sede" in capsys.readouterr().err
     assert not new.exists()
 
 

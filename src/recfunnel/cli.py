@@ -795,9 +795,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # Only `train` takes free-form --section.field=value overrides; elsewhere they are errors.
+    # Only `train` takes free-form --section.field=value (or top-level --field=value, such
+    # as --split=backtest or --seed=1) overrides; elsewhere they are errors.
     if getattr(args, "func", None) is cmd_train:
-        bad = [a for a in extra if not (a.startswith("--") and "." in a.split("=")[0])]
+        bad = [
+            a for a in extra if not (a.startswith("--") and ("." in a.split("=")[0] or "=" in a))
+        ]
         if bad:
             parser.error(f"unrecognized arguments: {' '.join(bad)}")
         args.overrides = extra
