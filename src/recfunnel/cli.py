@@ -750,7 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="lambda_mmr",
         type=float,
         default=None,
-        help="MMR lambda in [0, 1] (default: the run's, 0.5)",
+        help="re-rank lambda in [0, 1] (default: the run's, chosen on valid in training)",
     )
     recommend.add_argument("--json", action="store_true", help="print a JSON object")
     _add_data_options(recommend)

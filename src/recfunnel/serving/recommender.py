@@ -172,7 +172,8 @@ class Pipeline:
     ) -> dict[str, Candidates]:
         """Every stage's lists (see `Funnel.run`) for up to MAX_BATCH known users, run
         `chunk_size` users at a time so that working memory stays bounded. Arguments left
-        None take the run's config (by default 200, 20 and 0.5). For more users, iterate
+        None take the run's config (by default 200, 20 and the lambda chosen on valid when
+        the run was trained). For more users, iterate
         over `recommend_chunks`, which never holds more than one chunk's lists."""
         ids = _user_ids(user_ids)
         if len(ids) > MAX_BATCH:
@@ -238,7 +239,7 @@ class Pipeline:
     ) -> Recommendation:
         """The final list for one user with titles, genres and each stage's score and place.
         Arguments left None take the run's config: with the default config, topk_recall=200,
-        topk_final=20, lambda_mmr=0.5."""
+        topk_final=20 and the lambda_mmr training chose on valid."""
         if isinstance(user_id, bool) or not isinstance(user_id, numbers.Integral):
             raise ConfigError(f"user_id must be an integer, got {user_id!r}")
         user_id = int(user_id)
