@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, RATING, USER
 from recfunnel.data.split import Split, SplitName
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation import metrics
@@ -28,11 +27,11 @@ from recfunnel.evaluation.bootstrap import (
     intervals_report,
     per_user_scores,
 )
-from recfunnel.evaluation.protocol import RETURN_GAP_DAYS, Evaluator, EvalUsers
+from recfunnel.evaluation.protocol import RETURN_GAP_DAYS, Evaluator, EvalUsers, rated_pairs
 from recfunnel.funnel import STAGES, Funnel
 from recfunnel.rank.report import pointwise_scores
 from recfunnel.rerank.report import lambda_sweep
-from recfunnel.types import Candidates, Pairs
+from recfunnel.types import Candidates
 
 LAMBDAS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 LIST_KEYS = ("ndcg@20", "recall@20", "precision@20", "hit_rate@20", "ild@20")
@@ -161,16 +160,13 @@ def evaluate_funnel(
 def _pointwise_report(
     funnel: Funnel, split: Split, part: SplitName, users: EvalUsers, requests: Any
 ) -> dict[str, dict[str, Any]]:
-    rated = split.part(part)
-    rated = rated[rated[USER].isin(users.user_ids)]
-    rows = np.searchsorted(users.user_ids, rated[USER].to_numpy())
-    positions = np.searchsorted(funnel.item_ids, rated[ITEM].to_numpy())
-    labels = (rated[RATING].to_numpy() >= LIKE_THRESHOLD).astype(np.float64)
-    scores = funnel.score_pairs(requests, Pairs(rows.astype(np.int64), positions)).scores
+    pairs = rated_pairs(split.part(part), users.user_ids, funnel.item_ids)
+    labels = np.asarray(pairs.labels, dtype=np.float64)
+    scores = funnel.score_pairs(requests, pairs).scores
     # For rank, the logit of its P(liked | rated) head: the classic CTR quantity.
     logits = {"recall": scores["recall"], "prerank": scores["prerank"], "rank": scores["rank.like"]}
     return {
-        stage: pointwise_scores(labels, rows, logit, calibrated=stage == "rank")
+        stage: pointwise_scores(labels, pairs.rows, logit, calibrated=stage == "rank")
         for stage, logit in logits.items()
     }
 

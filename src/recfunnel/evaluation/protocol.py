@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recfunnel.data.schema import ITEM, RATING, TIME, USER
+from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, RATING, TIME, USER
 from recfunnel.data.split import Split, SplitName, liked
 from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.evaluation import metrics
-from recfunnel.types import History
+from recfunnel.types import History, Pairs
 
 HistorySource = Literal["train", "known"]
 DEFAULT_KS: tuple[int, ...] = (10, 20, 50, 100, 200)
@@ -114,6 +114,18 @@ def returning(
     first = part.groupby(USER)[TIME].min().reindex(user_ids).to_numpy(dtype=np.float64)
     with np.errstate(invalid="ignore"):  # nan (no rating in one of them) compares False
         return (first - last) >= gap_days * 86400.0
+
+
+def rated_pairs(part: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray) -> Pairs:
+    """The rated (user, movie) pairs of `part` whose user is in `user_ids` (sorted): rows
+    index `user_ids`, items are catalogue positions, labels are liked (rating >= 4). The
+    pairs of the pointwise metrics (AUC, GAUC, LogLoss, ECE) and of calibration."""
+    rated = part[part[USER].isin(user_ids)]
+    return Pairs(
+        np.searchsorted(user_ids, rated[USER].to_numpy()).astype(np.int64),
+        np.searchsorted(item_ids, rated[ITEM].to_numpy()).astype(np.int64),
+        labels=(rated[RATING].to_numpy() >= LIKE_THRESHOLD).astype(np.float32),
+    )
 
 
 @dataclass(frozen=True)
