@@ -1,7 +1,7 @@
 """The re-ranker's operating point under each method and relevance, by the training rule.
 
 For MMR and DPP, with min-max and probability relevance, sweep lambda over the training
-grid on one part of a run and apply the rule training uses (`rerank.report.choose_lambda`:
+grid on one part of a run and apply the rule training uses (`rerank.report.operating_point`:
 the most varied final list whose NDCG@20 is within `--max-ndcg-loss` of the rank order's).
 Prints the chosen lambda and what it costs and gains. Run it on valid, or on the test part
 of a backtest run (configs/backtest.toml): a choice made here on the real test would leak.
@@ -21,7 +21,7 @@ from recfunnel.data import load_movielens
 from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.evaluation.protocol import Evaluator
 from recfunnel.evaluation.tables import format_table
-from recfunnel.rerank.report import CHOICE_GRID, choose_lambda, lambda_sweep
+from recfunnel.rerank.report import operating_point
 from recfunnel.run import load_run
 
 
@@ -54,18 +54,15 @@ def main() -> int:
     for relevance in ("minmax", "probability"):
         for method in ("mmr", "dpp"):
             rerank = funnel["rerank"].with_config(relevance=relevance, method=method)
-            sweep = lambda_sweep(
+            lam, at = operating_point(
                 rerank,
                 requests,
                 ranked,
                 evaluator,
                 users,
                 k=funnel.sizes.topk_final,
-                lambdas=CHOICE_GRID,
-                keys=("ndcg@20", "ild@20"),
+                max_ndcg_loss=args.max_ndcg_loss,
             )
-            lam = choose_lambda(sweep, args.max_ndcg_loss)
-            at = {row["lambda"]: row for row in sweep}
             rows.append(
                 {
                     "method": method,

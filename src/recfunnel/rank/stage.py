@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 
-from recfunnel.artifacts import RunFileError, load_weights, read_json
+from recfunnel.artifacts import RunFileError, load_weights, read_json, require_keys
 from recfunnel.config import param
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.protocol import metric_cutoff
@@ -338,11 +338,8 @@ class RankStage(Scorer):
         path = directory / "calibration.json"
         self.temperature_ = 1.0
         if path.exists():
-            temperature = _mapping_value(read_json(path), "temperature")
-            if not isinstance(temperature, int | float) or not temperature > 0:
+            calibration = read_json(path)
+            require_keys(calibration, path, temperature=(int, float))
+            if not calibration["temperature"] > 0:
                 raise RunFileError(f"{path}: expected a positive temperature")
-            self.temperature_ = float(temperature)
-
-
-def _mapping_value(data: Any, key: str) -> Any:
-    return data.get(key) if isinstance(data, dict) else None
+            self.temperature_ = float(calibration["temperature"])

@@ -59,3 +59,29 @@ def choose_lambda(sweep: Sequence[dict[str, float]], max_ndcg_loss: float) -> fl
     eligible = [row for row in sweep if row["ndcg@20"] >= floor] or [by_lambda[1.0]]
     best = max(eligible, key=lambda row: (row["ild@20"], row["lambda"]))
     return float(best["lambda"])
+
+
+def operating_point(
+    rerank: Component,
+    requests: Requests,
+    ranked: Candidates,
+    evaluator: Evaluator,
+    users: EvalUsers,
+    *,
+    k: int,
+    max_ndcg_loss: float,
+) -> tuple[float, dict[float, dict[str, float]]]:
+    """(the lambda `choose_lambda` picks from `rerank`'s sweep over CHOICE_GRID, that sweep's
+    rows by lambda): the rule training applies, for anyone who wants to apply it elsewhere.
+    `evaluator` must report ILD@20 (item_features set)."""
+    sweep = lambda_sweep(
+        rerank,
+        requests,
+        ranked,
+        evaluator,
+        users,
+        k=k,
+        lambdas=CHOICE_GRID,
+        keys=("ndcg@20", "ild@20"),
+    )
+    return choose_lambda(sweep, max_ndcg_loss), {row["lambda"]: row for row in sweep}

@@ -36,7 +36,7 @@ from recfunnel.prerank import PreRankConfig, PreRankStage
 from recfunnel.rank import RankStage
 from recfunnel.recall import RecallStage
 from recfunnel.rerank import MMRReranker
-from recfunnel.rerank.report import CHOICE_GRID, choose_lambda, lambda_sweep
+from recfunnel.rerank.report import operating_point
 from recfunnel.stage import Component, FitData, Stacked
 from recfunnel.training.stacking import (
     add_like_pairs,
@@ -225,19 +225,16 @@ def choose_operating_point(funnel: Funnel, data: FitData) -> dict[str, Any]:
     holdout, users = "valid, warm users", evaluator.users("valid", "warm")
     requests = funnel.requests(users)
     ranked = funnel.run(requests, upto="rank")["rank"]
-    sweep = lambda_sweep(
+    lam, rows = operating_point(
         rerank,
         requests,
         ranked,
         evaluator,
         users,
         k=funnel.sizes.topk_final,
-        lambdas=CHOICE_GRID,
-        keys=("ndcg@20", "ild@20"),
+        max_ndcg_loss=rerank.config.max_ndcg_loss,
     )
-    lam = choose_lambda(sweep, rerank.config.max_ndcg_loss)
     funnel.stages["rerank"] = rerank.with_config(lambda_mmr=lam)
-    rows = {row["lambda"]: row for row in sweep}
     return {
         "lambda": lam,
         "holdout": holdout,
