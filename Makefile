@@ -12,10 +12,12 @@ PORT ?= 8000
 # The browser test drives the system Chromium (apt-get install chromium); Playwright must
 # never fetch its own browser build.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+# mkdocs-material prints a banner about its successor on every build; the docs do not need it.
+export NO_MKDOCS_2_WARNING := 1
 
 SEEDS ?= 0,1,2
 
-.PHONY: install run test test-fast bench seeds reproduce serve bench-serve lint format clean
+.PHONY: install run test test-fast bench seeds reproduce serve bench-serve notebook docs docs-serve lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +71,20 @@ serve: $(STAMP)
 bench-serve: $(STAMP)
 	$(BIN)/python bench/serve_load.py $(RUN_DIR)
 
+## notebook: regenerate notebooks/movielens_full_pipeline.ipynb from its source of truth, the
+## jupytext percent script notebooks/movielens_full_pipeline.py (cells only, no outputs)
+notebook: $(STAMP)
+	$(BIN)/jupytext --quiet --to ipynb --update notebooks/movielens_full_pipeline.py \
+		-o notebooks/movielens_full_pipeline.ipynb
+
+## docs: build the documentation site (docs/, mkdocs.yml) into site/, failing on any warning;
+## docs-serve: the same site on http://127.0.0.1:8001/ while you edit
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench notebooks .ci
 	$(BIN)/ruff format --check src tests bench notebooks .ci
@@ -78,4 +94,4 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests bench notebooks .ci
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Training: the recipe (train_funnel), the leakage-free stacking data, the training loop."""
