@@ -205,8 +205,12 @@ def test_train_several_seeds_then_summarize(synthetic_dir, tmp_path, capsys):
     assert rank["values"] == values and rank["mean"] == pytest.approx(sum(values) / 2)
     assert rank["sd"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
     assert json.loads((out / "s.json").read_text()) == summary
+    # The paired differences too: one mean over users per run, then their spread.
+    gaps = [r["intervals"]["differences"]["rank - EASE"]["ndcg@20"]["mean"] for r in reports]
+    assert summary["differences"]["rank - EASE"]["ndcg@20"]["values"] == gaps
     assert main(["summarize", *map(str, runs)]) == 0
-    assert "± " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "± " in printed and "| rank - EASE | " in printed
     # Bad seed lists are refused before any training.
     for bad in ("a,b", "1,1", "-1"):
         assert main(["train", *data, "--out", str(tmp_path / "x"), "--seeds", bad]) == 2

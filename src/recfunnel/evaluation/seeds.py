@@ -33,9 +33,9 @@ def _spread(values: Sequence[float]) -> dict[str, Any]:
 
 
 def summarize_reports(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """{"runs", "part", "lists": {list: {metric: spread}}, "rank_pointwise": {metric: spread},
-    "lambda": spread} over `reports` (run name -> funnel report), which must score the same
-    part with the same lists."""
+    """{"runs", "part", "lists": {list: {metric: spread}}, "differences": {"a - b": {metric:
+    spread}}, "rank_pointwise": {metric: spread}, "lambda": spread} over `reports` (run name
+    -> funnel report), which must score the same part with the same lists."""
     if not reports:
         raise ConfigError("summarize needs at least one run's report")
     parts = {str(r.get("part")) for r in reports.values()}
@@ -69,13 +69,31 @@ def summarize_reports(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any
         "runs": list(reports),
         "part": parts.pop(),
         "lists": rows,
+        "differences": _differences(reports),
         "rank_pointwise": pointwise,
         "lambda": _spread(lambdas) if all(v is not None for v in lambdas) else None,
     }
 
 
+def _differences(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{"a - b": {metric: spread}}: each paired difference of the reports' intervals section
+    (the mean over users of a - b, one per run) that every report holds."""
+    per_run = [r.get("intervals", {}).get("differences", {}) for r in reports.values()]
+    out: dict[str, dict[str, Any]] = {}
+    for name in per_run[0]:
+        for metric in per_run[0][name]:
+            values = [d.get(name, {}).get(metric, {}).get("mean") for d in per_run]
+            if all(v is not None for v in values):
+                out.setdefault(name, {})[metric] = _spread(values)
+    return out
+
+
 def _cell(entry: Mapping[str, Any] | None) -> str:
     return "" if not entry else f"{entry['mean']:.4f} ± {entry['sd']:.4f}"
+
+
+def _signed_cell(entry: Mapping[str, Any] | None) -> str:
+    return "" if not entry else f"{entry['mean']:+.4f} ± {entry['sd']:.4f}"
 
 
 def render_summary(summary: Mapping[str, Any]) -> str:
@@ -91,6 +109,12 @@ def render_summary(summary: Mapping[str, Any]) -> str:
     ]
     for name, row in summary["lists"].items():
         out.append(f"| {name} | " + " | ".join(_cell(row.get(m)) for m in LIST_METRICS) + " |")
+    if summary.get("differences"):
+        metrics = ("ndcg@20", "recall@20")
+        out += ["", "| paired difference | NDCG@20 | Recall@20 |", "| :--- | ---: | ---: |"]
+        for name, row in summary["differences"].items():
+            cells = [_signed_cell(row.get(m)) for m in metrics]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
     if summary["rank_pointwise"]:
         out += ["", "| rank, rated pairs | " + " | ".join(POINTWISE) + " |"]
         out += ["| :--- |" + " ---: |" * len(POINTWISE)]
