@@ -51,6 +51,11 @@ bench: $(STAMP)
 bench-ann: $(STAMP)
 	$(BIN)/python bench/ann.py
 
+## gpu-check: on a machine with a CUDA GPU (and a CUDA build of torch), train a tiny funnel
+## on cuda and on the CPU, compare lists and metrics, time both -> bench/gpu_check.json
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
+
 ## seeds: the default funnel once per seed in $(SEEDS) (runs/seeds/seed-<s>), each evaluated on
 ## test, then the mean and standard deviation of every list -> runs/seeds/summary.json
 seeds: $(STAMP)
