@@ -102,7 +102,7 @@ def main() -> int:
         results: dict[str, Any] = {}
         lists: dict[str, dict] = {}
         first, second = devices
-        for device, other in ((first, second), (second, first)):
+        for i, (device, other) in enumerate(((first, second), (second, first))):
             config = load_config(
                 PipelineConfig, None, [*SMOKE_OVERRIDES, CHANNELS, *args.overrides]
             )
@@ -112,7 +112,7 @@ def main() -> int:
             if device == "cuda":
                 torch.cuda.synchronize()
             train_s = time.perf_counter() - start
-            name = device if device != other else f"{device}-{len(results)}"
+            name = device if device != other else f"{device}-{i}"  # a dry run: cpu,cpu
             run_dir = write_run(tmp / f"run-{name}", config, ml, funnel, report)
             evaluator = Evaluator(split, funnel.item_ids, ks=(20,))
             users = evaluator.users("test", "warm")
