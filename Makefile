@@ -17,7 +17,7 @@ export NO_MKDOCS_2_WARNING := 1
 
 SEEDS ?= 0,1,2
 
-.PHONY: install run test test-fast bench seeds reproduce serve bench-serve notebook docs docs-serve lint format clean
+.PHONY: install run test test-fast bench bench-ann gpu-check seeds reproduce serve bench-serve notebook docs docs-serve lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,17 @@ test-fast: $(STAMP)
 ## and batch throughput -> bench/results.json
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
+
+## bench-ann: FAISS exact, HNSW, IVF-Flat and IVF-PQ over 1,000,000 synthetic 64-d vectors
+## and 10,000 queries: build time, memory, one-thread queries/s, recall@200 against exact
+## -> bench/ann_results.json and bench/ann_pareto.png (about 20 minutes on 2 cores)
+bench-ann: $(STAMP)
+	$(BIN)/python bench/ann.py
+
+## gpu-check: on a machine with a CUDA GPU (and a CUDA build of torch), train a tiny funnel
+## on cuda and on the CPU, compare lists and metrics, time both -> bench/gpu_check.json
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
 
 ## seeds: the default funnel once per seed in $(SEEDS) (runs/seeds/seed-<s>), each evaluated on
 ## test, then the mean and standard deviation of every list -> runs/seeds/summary.json

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -30,7 +31,24 @@ DATA_HELP = (
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    # Under torchrun every process runs this CLI; only rank 0 reports.
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
+
+
+def _add_device_option(parser: argparse.ArgumentParser, *, train: bool = False) -> None:
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=None if train else "auto",
+        help=(
+            "where the torch stages train: auto (cuda when available, else cpu), cpu or cuda "
+            "(default: the config's device, auto)"
+            if train
+            else "where the run's torch stages compute: auto (cuda when available, else cpu), "
+            "cpu or cuda (default: auto); weights load on either, wherever they were trained"
+        ),
+    )
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -112,16 +130,34 @@ def _parse_ks(text: str) -> list[int]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from recfunnel.config import load_config
+    from recfunnel.device import describe_device, resolve_device
     from recfunnel.run import PipelineConfig, check_out
+    from recfunnel.training import distributed
 
     config = load_config(PipelineConfig, args.config, args.overrides)
+    if args.device is not None:
+        config = dataclasses.replace(config, device=args.device)
+    device = resolve_device(config.device)  # `cuda` without a GPU stops here, in one line
+    if args.out is None and distributed.env_world_size() > 1:
+        # Each process would stamp its own time: the name must be given.
+        raise ConfigError("under torchrun, name the run directory with --out")
     out = args.out or Path("runs") / time.strftime("funnel-%Y%m%d-%H%M%S")
-    if args.seeds is not None:
-        return _train_seeds(args, config, out)
-    check_out(out, overwrite=args.overwrite)  # refuse before minutes of training, not after
-    ml = _load(args)
-    return _train_one(args, config, ml, out)
+    world = distributed.init_from_env(device)
+    try:
+        if world.size > 1:
+            _log(f"torchrun: {world.size} processes, {describe_device(device)} on rank 0")
+        elif device.type != "cpu":
+            _log(f"training on {describe_device(device)}")
+        if args.seeds is not None:
+            return _train_seeds(args, config, out)
+        check_out(out, overwrite=args.overwrite)  # refuse before minutes of training
+        ml = _load(args)
+        return _train_one(args, config, ml, out)
+    finally:
+        distributed.shutdown()
 
 
 def _train_seeds(args: argparse.Namespace, config: PipelineConfig, out: Path) -> int:
@@ -182,8 +218,14 @@ def _train_one(args: argparse.Namespace, config: PipelineConfig, ml: MovieLens, 
         f"{report.examples['examples']:,} examples; trained in "
         f"{time.perf_counter() - start:.0f} s"
     )
-    write_run(out, config, ml, funnel, report, overwrite=args.overwrite)
-    print(out)
+    from recfunnel.training import distributed
+
+    # Under torchrun every process holds the same trained funnel; rank 0 alone writes it,
+    # the others wait until the run directory is complete.
+    if distributed.world().is_main:
+        write_run(out, config, ml, funnel, report, overwrite=args.overwrite)
+        print(out)
+    distributed.barrier()
     return 0
 
 
@@ -295,7 +337,7 @@ def _evaluate_run(args: argparse.Namespace) -> int:
             "the protocol's history (train for valid, train + valid for test)"
         )
     ml = _load(args)
-    run = load_run(args.run_dir, ml)
+    run = load_run(args.run_dir, ml, args.device)
     if args.stage == "recall":
         return _evaluate_recall(args, run, ml)
     start = time.perf_counter()
@@ -342,7 +384,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"{second.get('split')} one; compare runs of one split"
         )
     ml = _load(args)
-    a, b = load_run(args.run_a, ml), load_run(args.run_b, ml)
+    a, b = load_run(args.run_a, ml, args.device), load_run(args.run_b, ml, args.device)
     rows = compare_funnels(a.funnel, b.funnel, a.split, part=args.split, users=args.users)
     if args.json:
         print(json.dumps({"a": str(args.run_a), "b": str(args.run_b), "rows": rows}, indent=2))
@@ -384,7 +426,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     read_manifest(args.run_dir)
     ml = _load(args)
-    pipeline = Pipeline.load(args.run_dir, ml)
+    pipeline = Pipeline.load(args.run_dir, ml, args.device)
     rec = pipeline.recommend_for_user(
         args.user,
         topk_recall=args.topk_recall,
@@ -454,7 +496,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = RatingStore(db)
     sock = _listen(args.host, args.port)
     ml = _load(args)
-    pipeline = Pipeline.load(args.run_dir, ml)
+    pipeline = Pipeline.load(args.run_dir, ml, args.device)
     pipeline.recommend_trace(int(pipeline.user_ids[0]))  # warm-up: the first call is slow
     app = create_app(pipeline, store)
     shown = f"[{args.host}]" if ":" in args.host else args.host
@@ -480,7 +522,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
     ml = _load(args)
-    result = bench_run(args.run_dir, ml, repeats=args.repeats)
+    result = bench_run(args.run_dir, ml, repeats=args.repeats, device=args.device)
     out = args.out or Path(args.run_dir) / "bench.json"
     from recfunnel.atomic import write_atomic
 
@@ -585,6 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--index.backend=exact. See `recfunnel config` for every field and its default.",
     )
     _add_data_options(train)
+    _add_device_option(train, train=True)
     train.add_argument(
         "--config",
         type=Path,
@@ -632,6 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a run directory made by `recfunnel train` (optional)",
     )
     _add_data_options(evaluate)
+    _add_device_option(evaluate)
     evaluate.add_argument(
         "--stage",
         choices=("funnel", "recall"),
@@ -714,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--json", action="store_true", help="print a JSON object")
     _add_data_options(compare)
+    _add_device_option(compare)
     compare.set_defaults(func=cmd_compare)
 
     summarize = sub.add_parser(
@@ -754,6 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recommend.add_argument("--json", action="store_true", help="print a JSON object")
     _add_data_options(recommend)
+    _add_device_option(recommend)
     recommend.set_defaults(func=cmd_recommend)
 
     serve = sub.add_parser(
@@ -776,6 +822,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--access-log", action="store_true", help="log every request (off: it costs latency)"
     )
     _add_data_options(serve)
+    _add_device_option(serve)
     serve.set_defaults(func=cmd_serve)
 
     bench = sub.add_parser(
@@ -788,6 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=None, help="JSON file to write")
     bench.add_argument("--repeats", type=int, default=1, help="passes over the users")
     _add_data_options(bench)
+    _add_device_option(bench)
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -46,6 +46,7 @@ from recfunnel.atomic import umask_mode
 from recfunnel.config import config_from_json, param, save_config, section
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.split import Split, make_split
+from recfunnel.device import resolve_device
 from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.evaluation.protocol import catalogue
 from recfunnel.features import serving_time
@@ -153,6 +154,12 @@ class PipelineConfig:
     prerank: PreRankConfig = section(PreRankConfig, "pre-rank MLP")
     rank: RankConfig = section(RankConfig, "rank model (DIN + DCN-v2)")
     rerank: RerankConfig = section(RerankConfig, "MMR re-rank")
+    device: Literal["auto", "cpu", "cuda"] = param(
+        "auto",
+        "where the torch parts (two-tower, LightGCN, sequence, pre-rank, rank) train: auto is "
+        "cuda when torch sees a GPU, else cpu; cuda without one is an error (`--device` on "
+        "train sets it; evaluate, recommend, serve and bench load a run on their own --device)",
+    )
     seed: int | None = param(
         None,
         "one seed for every trained part: when set, it replaces recall.two_tower.seed, "
@@ -222,6 +229,7 @@ def write_run(
             "train_seconds": report.seconds,
             "stacking_examples": report.examples,
             "chosen_on_holdout": report.choices,
+            "trained_on": report.trained_on,
             "files": digest_files(tmp, skip=(_PARTIAL_MARKER,)),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -391,8 +399,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_run(path: Path, ml: MovieLens) -> Run:
-    """Load a run made by this package version on exactly this data, or refuse.
+def load_run(path: Path, ml: MovieLens, device: str = "auto") -> Run:
+    """Load a run made by this package version on exactly this data, or refuse. Its torch
+    parts compute on `device` (auto, cpu or cuda), wherever it was trained.
 
     Every file the manifest lists is checked (size and SHA-256) before anything is read, and
     each reader checks its file's type and shape, so a damaged run is one clear error. A
@@ -430,7 +439,8 @@ def load_run(path: Path, ml: MovieLens) -> Run:
             f"{manifest['split']!r}; the run was edited after training"
         )
     split = make_split(ml.ratings, config.split)
-    data = FitData(ml, split, catalogue(ml.ratings), progress=False)
+    torch_device = str(resolve_device(device))
+    data = FitData(ml, split, catalogue(ml.ratings), progress=False, device=torch_device)
     funnel = Funnel.load(path, data, config.funnel, now=serving_time(split.train))
     return Run(
         path=path,

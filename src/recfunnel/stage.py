@@ -46,9 +46,10 @@ class FitData:
     split: Split
     item_ids: np.ndarray  # (n_items,) raw movie ids, ascending: the catalogue positions
     progress: bool = True
+    device: str = "cpu"  # where torch components compute: "cpu", "cuda:0" (resolved, see device.py)
 
     def with_split(self, split: Split) -> FitData:
-        return FitData(self.ml, split, self.item_ids, self.progress)
+        return FitData(self.ml, split, self.item_ids, self.progress, self.device)
 
 
 @dataclass(frozen=True)

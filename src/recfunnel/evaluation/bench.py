@@ -57,10 +57,12 @@ def _model_latency(pipeline: Pipeline, users: np.ndarray) -> dict[str, Any]:
     }
 
 
-def bench_run(run_dir: str | Path, ml: MovieLens, *, repeats: int = 1) -> dict[str, Any]:
+def bench_run(
+    run_dir: str | Path, ml: MovieLens, *, repeats: int = 1, device: str = "auto"
+) -> dict[str, Any]:
     """Timings of a run directory (see the module docstring), as a JSON-able dict."""
     start = time.perf_counter()
-    pipeline = Pipeline.load(run_dir, ml)
+    pipeline = Pipeline.load(run_dir, ml, device)
     load_s = time.perf_counter() - start
     split = pipeline.run.split
     test_users = np.unique(liked(split.test)[USER].to_numpy())

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from recfunnel.artifacts import RunFileError, load_weights, read_json, require_keys
 from recfunnel.config import param
+from recfunnel.device import cpu_state, to_device, to_numpy
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.protocol import metric_cutoff
 from recfunnel.prerank.model import PreRankMLP
@@ -92,10 +93,12 @@ class PreRankStage(Scorer):
         validate: Validate | None = None,
         *,
         epochs: int | None = None,
+        device: str | None = None,
     ) -> PreRankStage:
         """Train on the stacked pairs (labels (n,) float32 in {0, 1}). `validate(stage) ->
         float` early-stops on valid; without it the model trains for `epochs` (default
-        config.epochs) and keeps the last epoch."""
+        config.epochs) and keeps the last epoch. `device` (default data.device, else the
+        CPU) is where it trains and scores."""
         pairs = require_stacked(stacked, self.name).pairs
         if pairs.embeddings is None:
             raise ConfigError("prerank reads the recall embeddings: the pairs carry none")
@@ -109,15 +112,23 @@ class PreRankStage(Scorer):
         self.scalar_mean_ = raw.mean(0).tolist()
         self.scalar_std_ = (raw.std(0) + 1e-6).tolist()
         self.dim_ = int(pairs.embeddings.users.shape[1])
-        self.model_ = PreRankMLP(self.dim_, cfg.hidden, len(self.scalars))
-        user_t = torch.from_numpy(pairs.embeddings.users).float()
-        item_t = torch.from_numpy(pairs.embeddings.items).float()
-        scalar_t = torch.from_numpy(self._standardise(raw))
-        rows_t, pos_t = torch.from_numpy(pairs.rows), torch.from_numpy(pairs.items)
-        labels_t = torch.from_numpy(np.asarray(pairs.labels, dtype=np.float32))
+        self.device_ = torch.device(device or (data.device if data is not None else "cpu"))
+        self.model_ = PreRankMLP(self.dim_, cfg.hidden, len(self.scalars)).to(self.device_)
+        # The whole training set moves once; batches are index tensors into it.
+        user_t, item_t, scalar_t, rows_t, pos_t, labels_t = to_device(
+            (
+                torch.from_numpy(pairs.embeddings.users).float(),
+                torch.from_numpy(pairs.embeddings.items).float(),
+                torch.from_numpy(self._standardise(raw)),
+                torch.from_numpy(pairs.rows),
+                torch.from_numpy(pairs.items),
+                torch.from_numpy(np.asarray(pairs.labels, dtype=np.float32)),
+            ),
+            self.device_,
+        )
 
         def batches(epoch: int) -> Iterator[torch.Tensor]:
-            order = torch.from_numpy(rng.permutation(len(labels_t)))
+            order = to_device(torch.from_numpy(rng.permutation(len(labels_t))), self.device_)
             for start in range(0, len(order), cfg.batch_size):
                 yield order[start : start + cfg.batch_size]
 
@@ -149,13 +160,14 @@ class PreRankStage(Scorer):
         emb = pairs.embeddings
         if emb is None:
             raise ConfigError("prerank reads the recall embeddings: the pairs carry none")
+        inputs = (
+            torch.from_numpy(emb.users[pairs.rows]).float(),
+            torch.from_numpy(emb.items[pairs.items]).float(),
+            torch.from_numpy(self._standardise(self._raw_scalars(pairs))),
+        )
         with torch.no_grad():
-            logits = self.model_(
-                torch.from_numpy(emb.users[pairs.rows]).float(),
-                torch.from_numpy(emb.items[pairs.items]).float(),
-                torch.from_numpy(self._standardise(self._raw_scalars(pairs))),
-            )
-        return pairs.with_scores(self.name, logits.numpy().astype(np.float64))
+            logits = self.model_(*to_device(inputs, self.device_))
+        return pairs.with_scores(self.name, to_numpy(logits).astype(np.float64))
 
     def select(self, candidates: Candidates, *, keep: int | None = None, **_: Any) -> Candidates:
         """The best `keep` (default config.keep) of each list by the pre-rank logit."""
@@ -171,7 +183,7 @@ class PreRankStage(Scorer):
         return ((raw - mean) / std).astype(np.float32)
 
     def _save(self, directory: Path) -> None:
-        torch.save(self.model_.state_dict(), directory / "model.pt")
+        torch.save(cpu_state(self.model_), directory / "model.pt")
         state = {
             "mean": self.scalar_mean_,
             "std": self.scalar_std_,
@@ -195,4 +207,6 @@ class PreRankStage(Scorer):
         load_weights(
             self.model_, directory / "model.pt", built_from=(path, directory / "config.json")
         )
+        self.device_ = torch.device(data.device)
+        self.model_.to(self.device_)  # loaded on the CPU (map_location), then moved
         self.log_ = TrainLog.read(directory / "train_log.json")

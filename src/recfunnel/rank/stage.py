@@ -16,11 +16,13 @@ from scipy.optimize import minimize_scalar
 
 from recfunnel.artifacts import RunFileError, load_weights, read_json, require_keys
 from recfunnel.config import param
+from recfunnel.device import cpu_state, to_device, to_numpy
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.protocol import metric_cutoff
 from recfunnel.rank.features import DENSE, RankFeatureSpace, RequestFeatures
 from recfunnel.rank.model import RankModel, RankSizes
 from recfunnel.stage import FitData, Scorer, Stacked, Validate, require_stacked
+from recfunnel.training import distributed
 from recfunnel.training.loop import TrainLog, fit
 from recfunnel.types import Candidates, Pairs, Requests, channel_features
 
@@ -125,7 +127,8 @@ class RankStage(Scorer):
         rng = np.random.default_rng(cfg.seed)
         self.features_ = self._feature_space(data)
         self.channel_features_ = channel_features(examples) if cfg.use_channels else ()
-        self.model_ = self._build_model()
+        self.device_ = torch.device(data.device)
+        self.model_ = self._build_model().to(self.device_)
         self.temperature_ = 1.0  # until `calibrate` chooses one
         if cfg.objective == "like":
             # Rated pairs that recall missed would teach "low recall logit => liked", the
@@ -144,26 +147,33 @@ class RankStage(Scorer):
 
         def batches(epoch: int) -> Iterator[torch.Tensor]:
             order = torch.from_numpy(rng.permutation(len(examples)))
-            for start in range(0, len(order), cfg.batch_size):
-                yield order[start : start + cfg.batch_size]
+            # Under torchrun each process keeps its rows of every (identically drawn) batch.
+            global_batches = (
+                order[start : start + cfg.batch_size]
+                for start in range(0, len(order), cfg.batch_size)
+            )
+            yield from distributed.sharded(global_batches, lambda idx, part: idx[part])
 
         def loss(idx: torch.Tensor) -> torch.Tensor:
+            # idx stays on the CPU: it indexes the numpy feature tables.
             logits, aux = self.model_.logits_and_aux(
-                self._batch(table, req, idx.numpy()), aux=cfg.aux_loss_weight > 0
+                to_device(self._batch(table, req, idx.numpy()), self.device_),
+                aux=cfg.aux_loss_weight > 0,
             )
             # DIEN's next-behaviour loss (0 for DIN) trains the interest extractor GRU.
             return heads_loss(idx, logits) + cfg.aux_loss_weight * aux
 
         def heads_loss(idx: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+            batch_labels = to_device(labels[idx], logits.device)
             if cfg.objective == "like":
-                return F.binary_cross_entropy_with_logits(logits[:, 0], labels[idx])
+                return F.binary_cross_entropy_with_logits(logits[:, 0], batch_labels)
             # watch head: every candidate, label "rated"; like head: rated pairs, label liked.
-            cand, was_rated = candidate[idx], rated[idx]
+            cand, was_rated = to_device((candidate[idx], rated[idx]), logits.device)
             watch = F.binary_cross_entropy_with_logits(
                 logits[cand, 0], was_rated[cand].float(), reduction="sum"
             ) / max(int(cand.sum()), 1)
             like = F.binary_cross_entropy_with_logits(
-                logits[was_rated, 1], labels[idx][was_rated], reduction="sum"
+                logits[was_rated, 1], batch_labels[was_rated], reduction="sum"
             ) / max(int(was_rated.sum()), 1)
             return watch + like
 
@@ -181,6 +191,7 @@ class RankStage(Scorer):
             steps_per_epoch=-(-len(examples) // cfg.batch_size),
             progress=data.progress,
             description="rank",
+            sharded=True,
         )
         self._fitted()
         return self
@@ -288,14 +299,14 @@ class RankStage(Scorer):
         with torch.inference_mode():
             for start in range(0, len(rank), batch_size):
                 idx = np.arange(start, min(start + batch_size, len(rank)))
-                logits = self.model_(self._batch(table, req, idx))
+                logits = self.model_(to_device(self._batch(table, req, idx), self.device_))
                 if self.config.objective == "like":
-                    rank[idx] = like[idx] = logits[:, 0].numpy()
+                    rank[idx] = like[idx] = to_numpy(logits[:, 0])
                     watch[idx] = 0.0
                 else:
                     score = F.logsigmoid(logits[:, 0]) + F.logsigmoid(logits[:, 1])
-                    rank[idx], like[idx] = score.numpy(), logits[:, 1].numpy()
-                    watch[idx] = F.logsigmoid(logits[:, 0]).numpy()
+                    rank[idx], like[idx] = to_numpy(score), to_numpy(logits[:, 1])
+                    watch[idx] = to_numpy(F.logsigmoid(logits[:, 0]))
         like /= self.temperature_
         # log P(liked) = log P(rated) + log sigmoid(like), with log P(rated) = 0 for "like".
         prob = np.exp(watch - np.logaddexp(0.0, -like))
@@ -310,7 +321,7 @@ class RankStage(Scorer):
         return candidates.top(self.name, candidates.items.shape[1])
 
     def _save(self, directory: Path) -> None:
-        torch.save(self.model_.state_dict(), directory / "model.pt")
+        torch.save(cpu_state(self.model_), directory / "model.pt")
         (directory / "dense_stats.json").write_text(json.dumps(self.dense_stats_, indent=2))
         (directory / "train_log.json").write_text(json.dumps(self.log_.to_dict(), indent=2))
         calibration = {"temperature": self.temperature_}
@@ -333,6 +344,8 @@ class RankStage(Scorer):
         load_weights(
             self.model_, directory / "model.pt", built_from=(directory / "config.json", path)
         )
+        self.device_ = torch.device(data.device)
+        self.model_.to(self.device_)  # loaded on the CPU (map_location), then moved
         self.log_ = TrainLog.read(directory / "train_log.json")
         # A run saved before calibration existed has no file: its like head is uncalibrated.
         path = directory / "calibration.json"

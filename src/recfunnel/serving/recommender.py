@@ -118,13 +118,16 @@ class Pipeline:
         self._user_set: frozenset[int] | None = None
 
     @classmethod
-    def load(cls, run_dir: str | Path, ml: MovieLens | None = None) -> Pipeline:
-        """Load a run directory; `ml` defaults to `load_movielens()` (env var or download)."""
+    def load(
+        cls, run_dir: str | Path, ml: MovieLens | None = None, device: str = "auto"
+    ) -> Pipeline:
+        """Load a run directory; `ml` defaults to `load_movielens()` (env var or download).
+        `device` (auto, cpu, cuda) is where its torch parts compute."""
         if ml is None:
             from recfunnel.data import load_movielens
 
             ml = load_movielens(progress=False)
-        return cls(load_run(Path(run_dir), ml), ml)
+        return cls(load_run(Path(run_dir), ml, device), ml)
 
     def _defaults(self, topk_recall: Any, topk_final: Any, lambda_mmr: Any) -> tuple[Any, Any, Any]:
         config = self.run.config

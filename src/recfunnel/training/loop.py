@@ -4,6 +4,11 @@ validation metric, the best weights restored at the end, and a progress bar.
 A stage supplies three callables, so the loop knows nothing of towers or features:
 `batches(epoch)` yields batches, `loss(batch)` returns a scalar tensor, and `validate()`
 returns the metric to maximise.
+
+Under torchrun (see `training.distributed`) a stage whose `batches` yield this process's
+shard of every global batch passes `sharded=True`: the loop then wraps the model in DDP, so
+each step averages the processes' gradients. Every other stage trains the same way in each
+process, and a single process runs exactly the plain loop.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 # Plain tqdm, not tqdm.auto: in a notebook without ipywidgets the auto version warns on import.
 from tqdm import tqdm
 
 from recfunnel.artifacts import read_json, require_keys
+from recfunnel.training import distributed
 
 
 @dataclass
@@ -82,6 +89,7 @@ def fit(
     steps_per_epoch: int | None = None,
     progress: bool = True,
     description: str = "train",
+    sharded: bool = False,
 ) -> TrainLog:
     """Train `model` in place; returns the curve. The weights left are the best epoch's, or
     with `validate=None` (no early stopping) the last epoch's.
@@ -89,7 +97,20 @@ def fit(
     schedule: "constant" learning rate, or "cosine" decay to 0 over `epochs` (needs
     `steps_per_epoch`): large steps early, small ones at the end, so the last epoch settles
     instead of jumping around the valid optimum.
+
+    sharded: `batches` yields this process's shard of each global batch
+    (`distributed.sharded`); with several processes the loss is computed through a DDP
+    wrapper, which all-reduces (averages) the gradients in `backward`. Ignored for one
+    process.
     """
+    world = distributed.world()
+    step_loss = loss
+    if sharded and world.size > 1:
+        # DDP only synchronises what runs through its forward; the stages' losses call
+        # several methods of their model (user_vectors, logits_and_aux, ...), so the whole
+        # loss becomes the forward of a wrapper that owns the model's parameters.
+        # find_unused_parameters: some losses skip parts of the model (e.g. DIEN's aux head).
+        step_loss = DistributedDataParallel(_LossModule(model, loss), find_unused_parameters=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = None
     if schedule == "cosine":
@@ -114,13 +135,13 @@ def fit(
             total=steps_per_epoch,
             desc=f"{description} epoch {epoch + 1}/{epochs}",
             # A bar redrawn into a log file is noise: only draw it on a terminal.
-            disable=not progress or not sys.stderr.isatty(),
+            disable=not progress or not sys.stderr.isatty() or not world.is_main,
             mininterval=1.0,
             leave=False,
             dynamic_ncols=True,
         )
         for batch in bar:
-            value = loss(batch)
+            value = step_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
@@ -135,17 +156,23 @@ def fit(
         with torch.no_grad():
             # Without a valid metric the epoch number stands in: the last epoch is "best".
             metric = float(validate()) if validate is not None else float(epoch + 1)
+        epoch_loss = total / max(count, 1)
+        if sharded and world.size > 1:
+            # Every process holds the same weights, but its metric may differ in the last
+            # bits; rank 0's decides, so all stop (and keep weights) at the same epoch.
+            metric = distributed.broadcast_float(metric)
+            epoch_loss = distributed.mean_over_processes(epoch_loss)
         log.epochs.append(
             {
                 "epoch": epoch + 1,
-                "loss": total / max(count, 1),
+                "loss": epoch_loss,
                 metric_name: metric,
                 "seconds": time.perf_counter() - start,
             }
         )
-        if progress and validate is not None:
+        if progress and validate is not None and world.is_main:
             tqdm.write(
-                f"{description} epoch {epoch + 1}: loss {total / max(count, 1):.4f}, "
+                f"{description} epoch {epoch + 1}: loss {epoch_loss:.4f}, "
                 f"valid {metric_name} {metric:.4f}"
             )
         if metric > log.best_metric:
@@ -161,3 +188,15 @@ def fit(
     model.eval()
     log.seconds = time.perf_counter() - start
     return log
+
+
+class _LossModule(nn.Module):
+    """`loss` as the forward of a module holding `model`, for DDP (see `fit`)."""
+
+    def __init__(self, model: nn.Module, loss: Callable[[Any], torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.loss(batch)

@@ -28,6 +28,7 @@ import numpy as np
 
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.split import Split
+from recfunnel.device import resolve_device
 from recfunnel.evaluation.protocol import Evaluator, catalogue, metric_cutoff, rated_pairs
 from recfunnel.features import serving_time
 from recfunnel.funnel import Funnel
@@ -38,6 +39,7 @@ from recfunnel.recall import RecallStage
 from recfunnel.rerank import MMRReranker
 from recfunnel.rerank.report import operating_point
 from recfunnel.stage import Component, FitData, Stacked
+from recfunnel.training import distributed
 from recfunnel.training.stacking import (
     add_like_pairs,
     build_examples,
@@ -57,6 +59,7 @@ class TrainReport:
     seconds: dict[str, float] = field(default_factory=dict)
     examples: dict[str, Any] = field(default_factory=dict)
     choices: dict[str, Any] = field(default_factory=dict)  # settings chosen on a holdout
+    trained_on: dict[str, Any] = field(default_factory=dict)  # device and process count
 
 
 def train_funnel(
@@ -73,7 +76,9 @@ def train_funnel(
     funnel_config.validate()
     report = TrainReport()
     item_ids = catalogue(ml.ratings)
-    data = FitData(ml, split, item_ids, progress)
+    device = str(resolve_device(config.device))
+    data = FitData(ml, split, item_ids, progress, device)
+    report.trained_on = {"device": device, "processes": distributed.world().size}
     rng = np.random.default_rng(prerank_config.seed)
 
     # 1. Recall and item-to-item on the early part of train.
@@ -179,6 +184,7 @@ def train_funnel(
         folds=stacking.folds,
         epochs=max(funnel["prerank"].log_.best_epoch, 1),
         seed=prerank_config.seed,
+        device=device,
     )
     report.seconds["prerank"] = time.perf_counter() - start
 
@@ -248,7 +254,13 @@ def choose_operating_point(funnel: Funnel, data: FitData) -> dict[str, Any]:
 
 
 def cross_fit_prerank(
-    config: PreRankConfig, stacked: Stacked, *, folds: int, epochs: int, seed: int
+    config: PreRankConfig,
+    stacked: Stacked,
+    *,
+    folds: int,
+    epochs: int,
+    seed: int,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Out-of-fold pre-rank logits (n,): the requests are split into `folds` groups; each
     group's pairs are scored by a model trained on the other groups' candidate pairs only."""
@@ -258,7 +270,7 @@ def cross_fit_prerank(
     for fold in range(folds):
         held = fold_of[pairs.rows] == fold
         learn = ~held & np.asarray(pairs.candidate)
-        model = PreRankStage(config).fit(None, stacked.subset(learn), epochs=epochs)
+        model = PreRankStage(config).fit(None, stacked.subset(learn), epochs=epochs, device=device)
         out[held] = model.score_pairs(stacked.requests, pairs.subset(held)).scores["prerank"]
     return out
 

@@ -45,6 +45,7 @@ from recfunnel.artifacts import RunFileError, load_array, load_weights
 from recfunnel.config import param, require_positive
 from recfunnel.data.schema import ITEM, USER
 from recfunnel.data.split import liked
+from recfunnel.device import cpu_state, to_device, to_numpy
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.protocol import metric_cutoff
 from recfunnel.recall.channel import CatalogueChannel
@@ -139,7 +140,9 @@ class LightGCNChannel(CatalogueChannel):
         # (2, n_edges): user row, item column; sorted so the graph does not depend on row order.
         edges = np.unique(np.stack([users, columns[in_catalogue]]), axis=1).astype(np.int64)
         self.edges_ = edges
-        self.model_ = LightGCN(len(self.user_ids_), len(self.item_ids_), cfg.dim, cfg.layers)
+        self.device_ = torch.device(data.device)
+        model = LightGCN(len(self.user_ids_), len(self.item_ids_), cfg.dim, cfg.layers)
+        self.model_ = model.to(self.device_)
         self._prepare_graph()
 
         measure = self.valid_metric(data, cfg.valid_metric)
@@ -160,7 +163,8 @@ class LightGCNChannel(CatalogueChannel):
                 if cfg.objective == "bpr":
                     negatives = rng.integers(0, len(self.item_ids_), (len(pick), cfg.negatives))
                     negatives = torch.from_numpy(negatives)
-                yield torch.from_numpy(edges[0, pick]), torch.from_numpy(edges[1, pick]), negatives
+                users, items = torch.from_numpy(edges[0, pick]), torch.from_numpy(edges[1, pick])
+                yield to_device((users, items, negatives), self.device_)
 
         self.log_: TrainLog = fit(
             self.model_,
@@ -203,8 +207,9 @@ class LightGCNChannel(CatalogueChannel):
     def _prepare_graph(self) -> None:
         """The normalised train graph, and each item's degree in it (for the fold-in)."""
         n_users, n_items = len(self.user_ids_), len(self.item_ids_)
-        self._adjacency = to_torch(
-            normalized_adjacency(self.edges_[0], self.edges_[1], n_users, n_items)
+        self._adjacency = to_device(
+            to_torch(normalized_adjacency(self.edges_[0], self.edges_[1], n_users, n_items)),
+            self.device_,
         )
         self._item_degree = np.bincount(self.edges_[1], minlength=n_items).astype(np.float32)
         self._prepare_serving()
@@ -213,7 +218,8 @@ class LightGCNChannel(CatalogueChannel):
         """Propagate once with the current weights and keep what serving reads."""
         model = self.model_
         with torch.no_grad():
-            layers = model.layer_outputs(self._adjacency).numpy()  # (K + 1, n_users + n_items, d)
+            # (K + 1, n_users + n_items, d)
+            layers = to_numpy(model.layer_outputs(self._adjacency))
         n_users = len(self.user_ids_)
         final = layers.mean(axis=0)
         self._user_final = final[:n_users]
@@ -266,7 +272,7 @@ class LightGCNChannel(CatalogueChannel):
     # ------------------------------------------------------------------ persistence
     def _save(self, directory: Path) -> None:
         """Weights (state dict) plus what rebuilds the graph: user ids, edges, catalogue."""
-        torch.save(self.model_.state_dict(), directory / "model.pt")
+        torch.save(cpu_state(self.model_), directory / "model.pt")
         np.save(directory / "users.npy", self.user_ids_)
         np.save(directory / "edges.npy", self.edges_)
         np.save(directory / "catalogue.npy", self.item_ids_)
@@ -288,5 +294,7 @@ class LightGCNChannel(CatalogueChannel):
         cfg = self.config
         self.model_ = LightGCN(n_users, n_items, cfg.dim, cfg.layers)
         load_weights(self.model_, directory / "model.pt", built_from=(directory / "config.json",))
+        self.device_ = torch.device(data.device)
+        self.model_.to(self.device_)  # loaded on the CPU (map_location), then moved
         self.log_ = TrainLog.read(directory / "train_log.json")
         self._prepare_graph()

@@ -30,11 +30,13 @@ import torch.nn.functional as F
 from recfunnel.artifacts import RunFileError, load_array, load_weights
 from recfunnel.config import param, require_positive
 from recfunnel.data.schema import ITEM, LIKE_THRESHOLD, RATING, TIME, USER
+from recfunnel.device import cpu_state, to_device, to_numpy
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.protocol import metric_cutoff
 from recfunnel.recall.channel import CatalogueChannel
 from recfunnel.recall.sequence.model import PAD, SequenceEncoder
 from recfunnel.stage import FitData, Stacked, Validate
+from recfunnel.training import distributed
 from recfunnel.training.loop import TrainLog, fit
 from recfunnel.types import History, Requests
 
@@ -121,7 +123,8 @@ class SequenceChannel(CatalogueChannel):
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         self.item_ids_ = np.asarray(data.item_ids, dtype=np.int64)
-        self.model_ = self._build_model()
+        self.device_ = torch.device(data.device)
+        self.model_ = self._build_model().to(self.device_)
 
         items, starts = self._train_sequences(data.split.train)
         # sasrec: max_len + 1 items give max_len (input, next) pairs; the next window starts
@@ -131,8 +134,14 @@ class SequenceChannel(CatalogueChannel):
         n_batches = math.ceil(len(windows) / cfg.batch_size)
 
         def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for rows in bucketed_batches(windows[:, 1] - windows[:, 0], cfg.batch_size, rng):
-                yield self._batch(items, windows[rows], rng)
+            # Every process draws the same batches (and masks); under torchrun each keeps
+            # its rows of every batch.
+            drawn = (
+                self._batch(items, windows[rows], rng)
+                for rows in bucketed_batches(windows[:, 1] - windows[:, 0], cfg.batch_size, rng)
+            )
+            for batch in distributed.sharded(drawn, _rows, lambda batch: len(batch[0])):
+                yield to_device(batch, self.device_)
 
         validate_ = self.valid_metric(data, cfg.valid_metric)
 
@@ -150,6 +159,7 @@ class SequenceChannel(CatalogueChannel):
             steps_per_epoch=max(n_batches, 1),
             progress=data.progress,
             description=f"recall ({cfg.model})",
+            sharded=True,
         )
         self._fitted()
         return self
@@ -216,7 +226,7 @@ class SequenceChannel(CatalogueChannel):
         self.check_fitted()
         items, starts = self._history_sequences(history)
         n = len(history)
-        bias = self.model_.bias.detach().numpy().astype(np.float64)
+        bias = to_numpy(self.model_.bias).astype(np.float64)
         out = np.broadcast_to(bias, (n, len(bias))).copy()
         width = self.config.max_len - (self.config.model == "bert4rec")
         end = starts[1:]
@@ -230,8 +240,8 @@ class SequenceChannel(CatalogueChannel):
                 if self.model_.mask_token is not None:  # bert4rec: predict the [MASK] after
                     mask = np.full((len(chunk), 1), self.model_.mask_token)
                     tokens = np.hstack([tokens, mask])
-                logits = self.model_.next_item_logits(torch.from_numpy(tokens))
-                out[chunk] = logits.numpy()
+                logits = self.model_.next_item_logits(torch.from_numpy(tokens).to(self.device_))
+                out[chunk] = to_numpy(logits)
         return out
 
     def catalogue_scores(self, requests: Requests) -> np.ndarray:
@@ -253,7 +263,7 @@ class SequenceChannel(CatalogueChannel):
     def _save(self, directory: Path) -> None:
         """Catalogue ids, weights (state dict) and the training log."""
         np.save(directory / "catalogue.npy", self.item_ids_)
-        torch.save(self.model_.state_dict(), directory / "model.pt")
+        torch.save(cpu_state(self.model_), directory / "model.pt")
         (directory / "train_log.json").write_text(json.dumps(self.log_.to_dict(), indent=2))
 
     def _load(self, directory: Path, data: FitData) -> None:
@@ -264,7 +274,16 @@ class SequenceChannel(CatalogueChannel):
         torch.set_num_threads(self.config.threads)
         self.model_ = self._build_model()
         load_weights(self.model_, directory / "model.pt", built_from=(directory / "config.json",))
+        self.device_ = torch.device(data.device)
+        self.model_.to(self.device_)  # loaded on the CPU (map_location), then moved
         self.log_ = TrainLog.read(directory / "train_log.json")
+
+
+def _rows(
+    batch: tuple[torch.Tensor, torch.Tensor], part: slice
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows `part` of a (tokens, targets) batch: a process's shard under torchrun."""
+    return batch[0][part], batch[1][part]
 
 
 # ---------------------------------------------------------------------- sequence helpers

@@ -22,6 +22,7 @@ from recfunnel.artifacts import RunFileError, load_array, load_weights
 from recfunnel.config import param, require_positive
 from recfunnel.data.schema import LIKE_THRESHOLD
 from recfunnel.data.split import liked
+from recfunnel.device import cpu_state, to_device, to_numpy
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.protocol import metric_cutoff, top_k
 from recfunnel.features import FeatureSpace, ItemPopularity, gather_ranges
@@ -36,6 +37,7 @@ from recfunnel.recall.two_tower.sampling import (
     user_batch,
 )
 from recfunnel.stage import FitData, Stacked, Validate
+from recfunnel.training import distributed
 from recfunnel.training.loop import TrainLog, fit
 from recfunnel.types import Candidates, Embeddings, History, Pairs, Requests
 
@@ -149,7 +151,8 @@ class TwoTowerChannel(Channel):
         column_vocab = self.space_.items.index(self.item_ids_)
         now = np.full(len(column_vocab), self.popularity_.end)
         self.item_popularity_ = np.stack(self.popularity_.buckets(column_vocab, now))
-        self.model_ = self._build_model()
+        self.device_ = torch.device(data.device)
+        self.model_ = self._build_model().to(self.device_)
         self._prepare_items()
 
         examples = RecallExamples(
@@ -161,9 +164,10 @@ class TwoTowerChannel(Channel):
             history_mode=cfg.history_mode,
         )
         log_prob = torch.from_numpy(np.log(np.maximum(examples.item_prob, 1e-12))).float()
-        item_table = self._vocab_item_table()
+        log_prob, item_table = to_device((log_prob, self._vocab_item_table()), self.device_)
 
         def loss(batch: RecallBatch) -> torch.Tensor:
+            batch = to_device(batch, self.device_)
             return self._loss(batch, item_table, log_prob, examples.n_items)
 
         measure = self.valid_metric(data, cfg.valid_metric)
@@ -177,7 +181,10 @@ class TwoTowerChannel(Channel):
         negatives = cfg.batch_negatives if shared else cfg.pair_negatives
         self.log_: TrainLog = fit(
             self.model_,
-            lambda epoch: examples.batches(cfg.batch_size, rng, negatives, shared),
+            # Under torchrun each process keeps its rows of every (identically drawn) batch.
+            lambda epoch: distributed.sharded(
+                examples.batches(cfg.batch_size, rng, negatives, shared), RecallBatch.rows
+            ),
             loss,
             validate if measure is not None else None,
             epochs=cfg.epochs,
@@ -189,6 +196,7 @@ class TwoTowerChannel(Channel):
             steps_per_epoch=examples.n_batches(cfg.batch_size),
             progress=progress,
             description=f"recall ({cfg.objective})",
+            sharded=True,
         )
         self._item_cache = None
         self._fitted()
@@ -210,9 +218,10 @@ class TwoTowerChannel(Channel):
 
     def _prepare_items(self) -> None:
         feats = self.space_.item_features(self.item_ids_)
-        self._catalogue = {k: torch.from_numpy(v) for k, v in feats.items()}
-        self._catalogue["recent"] = torch.from_numpy(self.item_popularity_[0])
-        self._catalogue["total"] = torch.from_numpy(self.item_popularity_[1])
+        catalogue = {k: torch.from_numpy(v) for k, v in feats.items()}
+        catalogue["recent"] = torch.from_numpy(self.item_popularity_[0])
+        catalogue["total"] = torch.from_numpy(self.item_popularity_[1])
+        self._catalogue = to_device(catalogue, self.device_)
         # Catalogue column -> vocab index, to read history given over catalogue columns.
         self._column_vocab = feats["item"]
         self._item_cache: torch.Tensor | None = None
@@ -239,13 +248,12 @@ class TwoTowerChannel(Channel):
             """Item vectors (*index.shape, d); popularity as of `times` (broadcast to index)."""
             flat = index.reshape(-1)
             at = np.broadcast_to(times, tuple(index.shape)).reshape(-1)
-            recent, total = self.popularity_.buckets(flat.numpy(), at)
+            recent, total = self.popularity_.buckets(to_numpy(flat), at)
             vectors = model.item_vectors(
                 flat,
                 table["genres"][flat],
                 table["year"][flat],
-                torch.from_numpy(recent),
-                torch.from_numpy(total),
+                *to_device((torch.from_numpy(recent), torch.from_numpy(total)), flat.device),
             )
             return vectors.reshape(*index.shape, -1)
 
@@ -255,14 +263,18 @@ class TwoTowerChannel(Channel):
             batch_size = len(batch.items)
             # Expected draws of item j into the batch: B * p_j (in-batch), R / N (uniform).
             log_q = (
-                log_prob[batch.items] + np.log(batch_size) if cfg.logq else torch.zeros(batch_size)
+                log_prob[batch.items] + np.log(batch_size)
+                if cfg.logq
+                else torch.zeros(batch_size, device=users.device)
             )
             neg, neg_log_q = None, None
             if batch.negatives is not None:
                 r = len(batch.negatives)
                 # Shared negatives have no event of their own: borrow the batch's times.
                 neg = items(batch.negatives, np.resize(batch.times, r))
-                neg_log_q = torch.full((r,), float(np.log(r / (n_items - 1)) if cfg.logq else 0))
+                neg_log_q = torch.full(
+                    (r,), float(np.log(r / (n_items - 1)) if cfg.logq else 0), device=users.device
+                )
             return sampled_softmax_loss(
                 users, positives, batch.items, log_q, model.temperature, neg, neg_log_q
             )
@@ -277,7 +289,7 @@ class TwoTowerChannel(Channel):
             neg = items(batch.negatives, batch.times[:, None])  # (B, n, d)
             neg_logits = torch.einsum("bd,bnd->bn", users, neg) / model.temperature + model.bias
             logits = torch.cat([logits, neg_logits.reshape(-1)])
-            labels = torch.cat([labels, torch.zeros(neg_logits.numel())])
+            labels = torch.cat([labels, torch.zeros(neg_logits.numel(), device=labels.device)])
         return bce_loss(logits, labels)
 
     # ------------------------------------------------------------------ serving
@@ -290,7 +302,7 @@ class TwoTowerChannel(Channel):
                 self._item_cache = self.model_.item_vectors(
                     c["item"], c["genres"], c["year"], c["recent"], c["total"]
                 )
-        return self._item_cache.numpy()
+        return to_numpy(self._item_cache)
 
     def user_batch(self, user_ids: np.ndarray, history: History) -> UserBatch:
         """User-tower inputs from raw ids and their history over catalogue columns: the last
@@ -318,7 +330,8 @@ class TwoTowerChannel(Channel):
         """(n_users, out_dim) float32 user vectors."""
         self.check_fitted()
         with torch.no_grad():
-            return self.model_.user_vectors(*self.user_batch(user_ids, history).as_args()).numpy()
+            batch = to_device(self.user_batch(user_ids, history), self.device_)
+            return to_numpy(self.model_.user_vectors(*batch.as_args()))
 
     def embeddings(self, requests: Requests) -> Embeddings:
         """The requests' user vectors (B, d) and the catalogue's item vectors (n_items, d)."""
@@ -381,7 +394,7 @@ class TwoTowerChannel(Channel):
         self.space_.save(directory)
         np.save(directory / "catalogue.npy", self.item_ids_)
         np.save(directory / "catalogue_popularity.npy", self.item_popularity_)
-        torch.save(self.model_.state_dict(), directory / "model.pt")
+        torch.save(cpu_state(self.model_), directory / "model.pt")
         (directory / "train_log.json").write_text(json.dumps(self.log_.to_dict(), indent=2))
         if self.index is not None and self.index.built:
             self.index.save(directory / "index")
@@ -398,6 +411,8 @@ class TwoTowerChannel(Channel):
         )
         self.model_ = self._build_model()
         load_weights(self.model_, directory / "model.pt", built_from=(directory / "config.json",))
+        self.device_ = torch.device(data.device)
+        self.model_.to(self.device_)  # the weights load on the CPU (map_location), then move
         self.log_ = TrainLog.read(directory / "train_log.json")
         self._prepare_items()
         index_dir = directory / "index"

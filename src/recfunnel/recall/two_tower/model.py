@@ -89,7 +89,7 @@ class TwoTower(nn.Module):
 
         User b's history is history[offsets[b]:offsets[b + 1]] (an EmbeddingBag layout).
         """
-        lengths = torch.diff(offsets, append=torch.tensor([history.numel()]))
+        lengths = torch.diff(offsets, append=torch.tensor([history.numel()], device=offsets.device))
         # Sum / sqrt(n) pooling: a mean would shrink a long history's vector towards zero
         # (random directions cancel), a sum would let it explode; sqrt(n) keeps its scale.
         weights = torch.repeat_interleave(lengths.clamp(min=1).float().rsqrt(), lengths)

@@ -43,6 +43,22 @@ class UserBatch:
             self.offsets,
         )
 
+    def rows(self, part: slice) -> UserBatch:
+        """Users `part` (a contiguous slice) of the batch, their history with them."""
+        n = len(self.offsets)
+        begin, end = part.indices(n)[:2]
+        first = int(self.offsets[begin]) if begin < n else len(self.history)
+        last = int(self.offsets[end]) if end < n else len(self.history)
+        return UserBatch(
+            user=self.user[part],
+            gender=self.gender[part],
+            age=self.age[part],
+            occupation=self.occupation[part],
+            zip=self.zip[part],
+            history=self.history[first:last],
+            offsets=self.offsets[part] - first,
+        )
+
 
 def user_batch(
     features: dict[str, np.ndarray], rows: np.ndarray, history: np.ndarray, lengths: np.ndarray
@@ -96,6 +112,19 @@ class RecallBatch:
     labels: torch.Tensor
     times: np.ndarray  # (B,) unix seconds of the events, for causal item features
     negatives: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def rows(self, part: slice) -> RecallBatch:
+        """Examples `part` (a contiguous slice): a process's shard under torchrun. Shared
+        negatives (R,) stay whole; per-example ones (B, n) are sliced with their rows."""
+        negatives = self.negatives
+        if negatives is not None and negatives.ndim == 2:
+            negatives = negatives[part]
+        return RecallBatch(
+            self.users.rows(part), self.items[part], self.labels[part], self.times[part], negatives
+        )
 
 
 class RecallExamples:
