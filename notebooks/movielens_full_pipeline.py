@@ -81,6 +81,8 @@ if "google.colab" in sys.modules:
 #   config: every number is the one `make run` prints for the same seed. The data come from
 #   `$RECFUNNEL_DATA_DIR`, or are downloaded from GroupLens (checksum checked). It takes about
 #   10 minutes on a 2-core laptop (the funnel is trained twice: step by step, then in one call).
+# - Every torch stage runs on a GPU when torch sees one (`config.device = "auto"`, the
+#   default; on Colab choose a GPU runtime), else on the CPU.
 # - `MODE = "fast"` writes a small synthetic data set in ML-1M's format (600 users, 400
 #   movies, with structure planted to be learnt) and trains tiny models: the whole notebook
 #   runs in about a minute. Its numbers only show the mechanics; do not read them as results.
@@ -95,6 +97,7 @@ import torch
 from IPython.display import Image, Markdown, display
 
 from recfunnel.config import load_config
+from recfunnel.device import resolve_device
 from recfunnel.run import SMOKE_OVERRIDES, PipelineConfig
 
 MODE = os.environ.get("RECFUNNEL_NOTEBOOK_MODE", "full")  # "full" or "fast"
@@ -118,7 +121,9 @@ else:
 # One config object holds every stage's settings (`recfunnel config` lists them all).
 config = load_config(PipelineConfig, overrides=[*OVERRIDES, f"--seed={SEED}"]).seeded()
 torch.set_num_threads(config.recall.two_tower.threads)
+DEVICE = str(resolve_device(config.device))  # device "auto": a GPU when torch sees one
 print(f"MODE = {MODE}, data: {DATA_DIR or 'download'}, work folder: {WORK_DIR}")
+print(f"torch stages run on {DEVICE}")
 print(f"recall channels {config.recall.channels}, merged by {config.recall.merge}")
 
 # %% [markdown]
@@ -334,7 +339,7 @@ from recfunnel.recall.stage import CHANNELS
 from recfunnel.stage import FitData
 from recfunnel.types import Requests
 
-data = FitData(ml, split, items, progress=False)
+data = FitData(ml, split, items, progress=False, device=DEVICE)
 NOW = serving_time(split.train)  # the serving moment: the day after train ends
 K_RECALL = config.funnel.topk_recall
 RECALL_KS = sorted(k for k in {20, 50, 100, K_RECALL} if k <= K_RECALL)
@@ -629,6 +634,7 @@ oof = cross_fit_prerank(
     folds=stacking.folds,
     epochs=max(funnel["prerank"].log_.best_epoch, 1),
     seed=config.prerank.seed,
+    device=DEVICE,
 )
 print(f"{len(oof):,} out-of-fold pre-rank logits over {stacking.folds} folds")
 
@@ -800,7 +806,14 @@ from recfunnel.run import write_run
 from recfunnel.serving.recommender import Pipeline
 from recfunnel.training.recipe import TrainReport
 
-STEP_RUN = write_run(WORK_DIR / "step-by-step", config, ml, funnel, TrainReport(choices=choices))
+trained_on = {"device": DEVICE, "processes": 1}
+STEP_RUN = write_run(
+    WORK_DIR / "step-by-step",
+    config,
+    ml,
+    funnel,
+    TrainReport(choices=choices, trained_on=trained_on),
+)
 pipe = Pipeline.load(STEP_RUN, ml)
 uid = int(test_eval.users("test", "warm").user_ids.min())
 
