@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -31,6 +31,7 @@ from recfunnel.config import config_from_json, save_config
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.split import Split
 from recfunnel.errors import ConfigError, NotFittedError
+from recfunnel.scale import ScaleConfig
 from recfunnel.types import Candidates, Pairs, Requests
 
 C = TypeVar("C", bound="Component")
@@ -46,9 +47,10 @@ class FitData:
     split: Split
     item_ids: np.ndarray  # (n_items,) raw movie ids, ascending: the catalogue positions
     progress: bool = True
+    scale: ScaleConfig = field(default_factory=ScaleConfig)  # item x item models' size choice
 
     def with_split(self, split: Split) -> FitData:
-        return FitData(self.ml, split, self.item_ids, self.progress)
+        return FitData(self.ml, split, self.item_ids, self.progress, self.scale)
 
 
 @dataclass(frozen=True)

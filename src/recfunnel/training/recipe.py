@@ -73,7 +73,7 @@ def train_funnel(
     funnel_config.validate()
     report = TrainReport()
     item_ids = catalogue(ml.ratings)
-    data = FitData(ml, split, item_ids, progress)
+    data = FitData(ml, split, item_ids, progress, config.scale)
     rng = np.random.default_rng(prerank_config.seed)
 
     # 1. Recall and item-to-item on the early part of train.
