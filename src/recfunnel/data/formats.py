@@ -26,7 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +80,9 @@ def line_error(path: Path, line: int, reason: str) -> DataError:
     return DataError(f"{path}, line {line}: {reason}: {text!r}")
 
 
-def _check(path: Path, bad: np.ndarray, reason, first_line: int) -> None:
+def check_rows(
+    path: Path, bad: np.ndarray, reason: str | Callable[[int], str], first_line: int
+) -> None:
     """Raise for the first True row of `bad`; row i is line i + first_line."""
     if bad.any():
         row = int(bad.argmax())
@@ -88,7 +90,7 @@ def _check(path: Path, bad: np.ndarray, reason, first_line: int) -> None:
 
 
 def _check_ids(path: Path, ids: np.ndarray, column: str, first_line: int) -> None:
-    _check(
+    check_rows(
         path,
         (ids < 1) | (ids > _INT32_MAX),
         f"{_LABELS[column]} must be 1..{_INT32_MAX}",
@@ -96,9 +98,11 @@ def _check_ids(path: Path, ids: np.ndarray, column: str, first_line: int) -> Non
     )
 
 
-def _check_unique(path: Path, keys: np.ndarray, describe, first_line: int) -> None:
+def check_unique(
+    path: Path, keys: np.ndarray, describe: Callable[[int], str], first_line: int
+) -> None:
     """Raise naming both lines when a key repeats an earlier row's key."""
-    _check(
+    check_rows(
         path,
         pd.Series(keys).duplicated().to_numpy(),
         lambda row: (
@@ -291,14 +295,14 @@ def read_half_star_ratings(path: str | Path, max_timestamp: int) -> pd.DataFrame
     _check_ids(path, items, ITEM, first)
     rating = table.column(RATING).to_numpy()
     twice = rating * 2
-    _check(
+    check_rows(
         path,
         ~((twice >= 1) & (twice <= 10) & (twice == np.round(twice))),
         "rating must be one of 0.5, 1.0, ..., 5.0 (half stars)",
         first,
     )
     times = table.column(TIME).to_numpy()
-    _check(
+    check_rows(
         path,
         (times < 0) | (times > max_timestamp),
         f"timestamp must be 0..{max_timestamp} (1970-01-01 to 2100-01-01 UTC)",
@@ -307,9 +311,7 @@ def read_half_star_ratings(path: str | Path, max_timestamp: int) -> pd.DataFrame
     del table
     # Ids are < 2**31 now, so this packs each (user, movie) pair into one int64.
     pair = (users << 32) | items
-    _check_unique(
-        path, pair, lambda row: f"user {users[row]} rated movie {items[row]} twice", first
-    )
+    check_unique(path, pair, lambda row: f"user {users[row]} rated movie {items[row]} twice", first)
     del pair
     return pd.DataFrame(
         {
@@ -329,11 +331,11 @@ def read_movies_table(path: str | Path) -> pd.DataFrame:
     table, first = _read(path, "movies", _MOVIE_TYPES)
     ids = table.column(ITEM).to_numpy()
     _check_ids(path, ids, ITEM, first)
-    _check_unique(path, ids, lambda row: f"movie id {ids[row]} repeats", first)
+    check_unique(path, ids, lambda row: f"movie id {ids[row]} repeats", first)
     titles = pd.Series(table.column("title").to_pylist(), dtype=str)
     parts = titles.str.extract(r"^(.*?)\s*\(([0-9]{4})\)\s*$")
     title = parts[0].fillna(titles).str.strip()
-    _check(path, (title == "").to_numpy(), "empty title", first)
+    check_rows(path, (title == "").to_numpy(), "empty title", first)
     genres = []
     for row, value in enumerate(table.column("genres").to_pylist()):
         names = [GENRE_ALIASES.get(n, n) for n in value.split("|")]
@@ -369,7 +371,7 @@ def read_tags_table(path: str | Path, max_timestamp: int) -> pd.DataFrame:
         first = 1
     _check_ids(path, users, USER, first)
     _check_ids(path, items, ITEM, first)
-    _check(
+    check_rows(
         path,
         (times < 0) | (times > max_timestamp),
         f"timestamp must be 0..{max_timestamp} (1970-01-01 to 2100-01-01 UTC)",
@@ -439,7 +441,7 @@ def check_references(
     """Every row of `table` (ratings or tags, row i = line i + first_line) must name a movie
     of the movies file `what`."""
     ids = table[ITEM].to_numpy()
-    _check(
+    check_rows(
         path,
         ~np.isin(ids, items[ITEM].to_numpy()),
         lambda row: f"movie id {ids[row]} is not in {what}",

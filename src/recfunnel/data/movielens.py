@@ -298,21 +298,12 @@ def _check_ids(path: Path, ids: pd.Series) -> None:
 
 def _check_unique(path: Path, keys: np.ndarray, describe: Callable[[int], str]) -> None:
     """Raise DataError naming both lines when a key repeats an earlier line's key."""
-    _check(
-        path,
-        pd.Series(keys).duplicated().to_numpy(),
-        lambda row: (
-            f"{describe(row)}: first on line {int(np.flatnonzero(keys == keys[row])[0]) + 1}, "
-            f"again on line {row + 1}"
-        ),
-    )
+    formats.check_unique(path, keys, describe, first_line=1)
 
 
 def _check(path: Path, bad: np.ndarray, reason: str | Callable[[int], str]) -> None:
     """Raise DataError for the first True row of `bad` (row i is line i + 1)."""
-    if bad.any():
-        row = int(bad.argmax())
-        raise _line_error(path, row + 1, reason(row) if callable(reason) else reason)
+    formats.check_rows(path, bad, reason, first_line=1)
 
 
 def _line_error(path: Path, line: int, reason: str) -> DataError:
