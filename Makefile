@@ -17,7 +17,7 @@ export NO_MKDOCS_2_WARNING := 1
 
 SEEDS ?= 0,1,2
 
-.PHONY: install run test test-fast bench bench-ann gpu-check seeds reproduce serve bench-serve notebook docs docs-serve lint format clean
+.PHONY: install run test test-fast bench bench-ann bench-scale gpu-check seeds reproduce serve bench-serve notebook docs docs-serve lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,13 @@ reproduce: $(STAMP)
 ## (API docs at /docs; live ratings in $(RUN_DIR)/serving/ratings.sqlite3)
 serve: $(STAMP)
 	$(BIN)/recfunnel serve $(RUN_DIR) --host $(HOST) --port $(PORT)
+
+## bench-scale: ML-20M-sized synthetic data through loading, the split and one recall epoch,
+## the non-learned channels at 27k items, and a cold load of ML-32M-sized data (wall time and
+## peak memory of each) -> bench/scale_results.json; the data is written once into
+## ~/.cache/recfunnel/bench-scale (~6 GB on disk)
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py
 
 ## bench-serve: load test over HTTP (starts and stops its own server on 127.0.0.1; 8 clients,
 ## 20,000 requests, at most 300 s) -> bench/serve_results.json

@@ -339,7 +339,7 @@ from recfunnel.recall.stage import CHANNELS
 from recfunnel.stage import FitData
 from recfunnel.types import Requests
 
-data = FitData(ml, split, items, progress=False, device=DEVICE)
+data = FitData(ml, split, items, progress=False, device=DEVICE, scale=config.scale)
 NOW = serving_time(split.train)  # the serving moment: the day after train ends
 K_RECALL = config.funnel.topk_recall
 RECALL_KS = sorted(k for k in {20, 50, 100, K_RECALL} if k <= K_RECALL)

@@ -367,13 +367,13 @@ def test_without_a_folder_it_downloads_into_the_cache(
     data = write_ml(tmp_path / "fetched")
     calls = []
 
-    def fake_fetch(cache_dir: Path, *, progress: bool) -> Path:
-        calls.append((cache_dir, progress))
+    def fake_fetch(cache_dir: Path, *, dataset: str, progress: bool) -> Path:
+        calls.append((cache_dir, dataset, progress))
         return data
 
     monkeypatch.setattr(movielens, "fetch_movielens", fake_fetch)
     ml = load_movielens(progress=False)  # cache dir: ~/.cache/recfunnel, HOME is tmp here
-    assert calls == [(tmp_path / "home" / ".cache" / "recfunnel", False)]
+    assert calls == [(tmp_path / "home" / ".cache" / "recfunnel", "ml-1m", False)]
     assert len(ml.ratings) == len(RATINGS)
 
 

@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from recfunnel.artifacts import RunFileError, digest_files, verify_files
@@ -131,6 +132,8 @@ class _FakeFunnel:
 
 class _FakeData:
     checksum = "0" * 64
+    dataset = "ml-1m"  # the manifest records the data set and its catalogue's scale plan
+    ratings = pd.DataFrame({"item_id": [1, 2, 3]})
 
 
 def _write(out: Path, label: str, **kwargs) -> Path:

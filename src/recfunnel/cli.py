@@ -25,9 +25,14 @@ if TYPE_CHECKING:  # heavy imports stay lazy so `recfunnel --help` starts fast
     from recfunnel.run import PipelineConfig, Run
 
 DATA_HELP = (
-    "folder holding ratings.dat, users.dat and movies.dat (default: $RECFUNNEL_DATA_DIR, "
-    "else download ml-1m.zip from GroupLens into the cache folder)"
+    "folder holding the data set's files: ratings.dat, users.dat and movies.dat for ml-1m; "
+    "ratings.dat, movies.dat (and tags.dat) for ml-10m; ratings.csv, movies.csv (and "
+    "tags.csv) for ml-20m, ml-25m and ml-32m (default: $RECFUNNEL_DATA_DIR, else download "
+    "the archive from GroupLens into the cache folder)"
 )
+# The names of recfunnel.data.datasets.DATASETS, spelled out so `--help` need not import
+# pandas (tests/test_datasets.py checks that the two agree).
+DATASET_CHOICES = ("ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m")
 
 
 def _log(message: str) -> None:
@@ -52,6 +57,13 @@ def _add_device_option(parser: argparse.ArgumentParser, *, train: bool = False) 
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset",
+        choices=DATASET_CHOICES,
+        default=None,
+        help="which MovieLens release to load (default: with a RUN_DIR the one it was "
+        "trained on; for train the config's `dataset`, ml-1m unless set)",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help=DATA_HELP)
     parser.add_argument(
         "--cache-dir",
@@ -70,18 +82,34 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace):
+def _run_dataset(args: argparse.Namespace, run_dir: Path) -> str:
+    """The data set of `run_dir` (its manifest; runs from before datasets existed are
+    ML-1M); --dataset naming another one is an error, not a silent reload."""
+    from recfunnel.run import read_manifest
+
+    trained_on = str(read_manifest(run_dir).get("dataset", "ml-1m"))
+    if args.dataset is not None and args.dataset != trained_on:
+        raise ConfigError(
+            f"{run_dir} was trained on {trained_on}, not {args.dataset}; drop --dataset "
+            f"(the run's data set is the default) or pass --dataset {trained_on}"
+        )
+    return trained_on
+
+
+def _load(args: argparse.Namespace, dataset: str | None = None):
+    """The data set `dataset` (default: --dataset, else ml-1m) from the data options."""
     from recfunnel.data import load_movielens
 
     start = time.perf_counter()
     ml = load_movielens(
         args.data_dir,
+        dataset=dataset or args.dataset or "ml-1m",
         cache_dir=args.cache_dir,
         download=not args.no_download,
         progress=not args.no_progress,
     )
     _log(
-        f"loaded {len(ml.ratings):,} ratings from {ml.source} "
+        f"loaded {len(ml.ratings):,} ratings of {ml.dataset} from {ml.source} "
         f"in {time.perf_counter() - start:.1f} s (sha256 {ml.checksum[:12]})"
     )
     return ml
@@ -91,7 +119,12 @@ def cmd_data(args: argparse.Namespace) -> int:
     from recfunnel.data import dataset_stats
 
     ml = _load(args)
-    stats = {"source": str(ml.source), "sha256": ml.checksum, **dataset_stats(ml)}
+    stats = {
+        "dataset": ml.dataset,
+        "source": str(ml.source),
+        "sha256": ml.checksum,
+        **dataset_stats(ml),
+    }
     if args.json:
         print(json.dumps(stats, indent=2, default=str))
         return 0
@@ -140,6 +173,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(PipelineConfig, args.config, args.overrides)
     if args.device is not None:
         config = dataclasses.replace(config, device=args.device)
+    if args.dataset is not None:  # the command line beats the config file
+        config = dataclasses.replace(config, dataset=args.dataset)
     device = resolve_device(config.device)  # `cuda` without a GPU stops here, in one line
     if args.out is None and distributed.env_world_size() > 1:
         # Each process would stamp its own time: the name must be given.
@@ -154,7 +189,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.seeds is not None:
             return _train_seeds(args, config, out)
         check_out(out, overwrite=args.overwrite)  # refuse before minutes of training
-        ml = _load(args)
+        ml = _load(args, config.dataset)
         return _train_one(args, config, ml, out)
     finally:
         distributed.shutdown()
@@ -172,7 +207,7 @@ def _train_seeds(args: argparse.Namespace, config: PipelineConfig, out: Path) ->
         raise ConfigError(f"--out {out} is a file; --seeds needs a folder for the runs")
     for seed in seeds:  # every refusal before the first run trains
         check_out(out / f"seed-{seed}", overwrite=args.overwrite)
-    ml = _load(args)
+    ml = _load(args, config.dataset)
     for seed in seeds:
         _log(f"seed {seed}:")
         _train_one(args, dataclasses.replace(config, seed=seed), ml, out / f"seed-{seed}")
@@ -195,6 +230,10 @@ def _train_one(args: argparse.Namespace, config: PipelineConfig, ml: MovieLens, 
     from recfunnel.training.recipe import train_funnel
 
     split = make_split(ml.ratings, config.split)
+    from recfunnel.evaluation.protocol import catalogue
+    from recfunnel.scale import describe, plan
+
+    _log(describe(plan(len(catalogue(ml.ratings)), config.scale)))  # dense or sparse, and why
     _log(
         f"training the funnel on {len(split.train):,} train ratings: recall on the first "
         f"{1 - config.stacking.slice_fraction:.0%}, pre-rank and rank on the rest; "
@@ -264,7 +303,7 @@ def _evaluate_recall(args: argparse.Namespace, run: Run, ml: MovieLens) -> int:
         from recfunnel.training.stacking import time_slice
 
         early, _ = time_slice(run.split, run.config.stacking.slice_fraction)
-        data = FitData(ml, run.split, catalogue(ml.ratings), progress=False)
+        data = FitData(ml, run.split, catalogue(ml.ratings), progress=False, scale=run.config.scale)
         report["channels"] = channel_report(
             run.funnel["recall"],
             run.config.recall,
@@ -336,7 +375,7 @@ def _evaluate_run(args: argparse.Namespace) -> int:
             "--history applies to baselines and --stage recall; the funnel is evaluated with "
             "the protocol's history (train for valid, train + valid for test)"
         )
-    ml = _load(args)
+    ml = _load(args, _run_dataset(args, args.run_dir))
     run = load_run(args.run_dir, ml, args.device)
     if args.stage == "recall":
         return _evaluate_recall(args, run, ml)
@@ -351,6 +390,15 @@ def _evaluate_run(args: argparse.Namespace) -> int:
     part = args.split if args.users == "warm" else f"{args.split}, returning users"
     report["title"] = f"Funnel report: {run.path.name} ({part})"
     report["manifest"] = run.manifest
+    chosen = run.manifest.get("item_item")
+    if isinstance(chosen, dict) and chosen.get("mode") == "sparse":
+        from recfunnel.scale import describe
+
+        report.setdefault("notes", []).append(
+            f"{describe(chosen)}: the run's EASE and RP3beta channels and its item-to-item "
+            "score are the sparse models of recfunnel.scale; the EASE baseline row follows "
+            "the default choice for this catalogue size."
+        )
     if run.index_missing:
         report.setdefault("notes", []).append(
             "The run's index/ folder is missing: recall was served by exact search."
@@ -383,7 +431,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"{args.run_a} uses the {first.get('split')} split and {args.run_b} the "
             f"{second.get('split')} one; compare runs of one split"
         )
-    ml = _load(args)
+    ml = _load(args, _run_dataset(args, args.run_a))
     a, b = load_run(args.run_a, ml, args.device), load_run(args.run_b, ml, args.device)
     rows = compare_funnels(a.funnel, b.funnel, a.split, part=args.split, users=args.users)
     if args.json:
@@ -425,7 +473,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from recfunnel.serving.recommender import Pipeline
 
     read_manifest(args.run_dir)
-    ml = _load(args)
+    ml = _load(args, _run_dataset(args, args.run_dir))
     pipeline = Pipeline.load(args.run_dir, ml, args.device)
     rec = pipeline.recommend_for_user(
         args.user,
@@ -494,8 +542,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     read_manifest(args.run_dir)  # a clear error before any data is loaded
     db = args.db or Path(args.run_dir) / "serving" / "ratings.sqlite3"
     store = RatingStore(db)
+    dataset = _run_dataset(args, args.run_dir)
     sock = _listen(args.host, args.port)
-    ml = _load(args)
+    ml = _load(args, dataset)
     pipeline = Pipeline.load(args.run_dir, ml, args.device)
     pipeline.recommend_trace(int(pipeline.user_ids[0]))  # warm-up: the first call is slow
     app = create_app(pipeline, store)
@@ -521,7 +570,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     read_manifest(args.run_dir)
     if args.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
-    ml = _load(args)
+    ml = _load(args, _run_dataset(args, args.run_dir))
     result = bench_run(args.run_dir, ml, repeats=args.repeats, device=args.device)
     out = args.out or Path(args.run_dir) / "bench.json"
     from recfunnel.atomic import write_atomic

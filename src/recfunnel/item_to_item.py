@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from recfunnel.artifacts import load_array
 from recfunnel.config import param
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.baselines import ease_weights
 from recfunnel.features import item_to_item_scores
+from recfunnel.scale import load_weights_matrix, save_weights
 from recfunnel.stage import FitData, Scorer, Stacked, Validate
 from recfunnel.types import Pairs, Requests
 
@@ -48,7 +48,7 @@ class ItemToItem(Scorer):
     ) -> ItemToItem:
         """W (n_items, n_items) float32 from the liked ratings of data.split.train."""
         self.config.validate()
-        self.weights_ = ease_weights(data.split.train, data.item_ids, self.config.lam)
+        self.weights_ = ease_weights(data.split.train, data.item_ids, self.config.lam, data.scale)
         self._fitted()
         return self
 
@@ -58,8 +58,7 @@ class ItemToItem(Scorer):
         return pairs.with_scores(self.name, scores[pairs.rows, inverse].astype(np.float32))
 
     def _save(self, directory: Path) -> None:
-        np.save(directory / "weights.npy", self.weights_)
+        save_weights(directory, self.weights_)
 
     def _load(self, directory: Path, data: FitData) -> None:
-        n = len(data.item_ids)
-        self.weights_ = load_array(directory / "weights.npy", shape=(n, n), kind="f")
+        self.weights_ = load_weights_matrix(directory, len(data.item_ids))

@@ -57,6 +57,8 @@ from recfunnel.rank import RankConfig
 from recfunnel.recall import RecallConfig
 from recfunnel.recall.index import ItemIndex, make_index
 from recfunnel.rerank import RerankConfig
+from recfunnel.scale import ScaleConfig
+from recfunnel.scale import plan as scale_plan
 from recfunnel.stage import FitData
 from recfunnel.training.recipe import TrainReport
 from recfunnel.training.stacking import StackingConfig
@@ -141,6 +143,11 @@ class IndexConfig:
 class PipelineConfig:
     """Everything `recfunnel train` needs; written to RUN_DIR/config.json."""
 
+    dataset: Literal["ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m"] = param(
+        "ml-1m",
+        "MovieLens release to train on (data.datasets; `recfunnel train --dataset` sets it); "
+        "the run's manifest records it, so evaluate and serve reload the same data",
+    )
     split: Literal["global", "per_user", "backtest"] = param(
         "global",
         "split protocol (protocol.md); backtest: a holdout inside train + valid for choosing "
@@ -151,6 +158,9 @@ class PipelineConfig:
     index: IndexConfig = section(IndexConfig, "top-K index over the two-tower item vectors")
     stacking: StackingConfig = section(StackingConfig, "leakage-free data for pre-rank and rank")
     item_to_item: ItemToItemConfig = section(ItemToItemConfig, "item-to-item (EASE) score")
+    scale: ScaleConfig = section(
+        ScaleConfig, "item x item models at large catalogues (dense or sparse EASE, RP3beta)"
+    )
     prerank: PreRankConfig = section(PreRankConfig, "pre-rank MLP")
     rank: RankConfig = section(RankConfig, "rank model (DIN + DCN-v2)")
     rerank: RerankConfig = section(RerankConfig, "MMR re-rank")
@@ -221,7 +231,9 @@ def write_run(
             "package": "recfunnel",
             "format": RUN_FORMAT,
             "version": __version__,
+            "dataset": ml.dataset,
             "data_sha256": ml.checksum,
+            "item_item": scale_plan(len(catalogue(ml.ratings)), config.scale),
             "split": config.split,
             "seed": config.recall.two_tower.seed,
             "stages": list(funnel.stages),
@@ -419,6 +431,12 @@ def load_run(path: Path, ml: MovieLens, device: str = "auto") -> Run:
             f"{path} is a run directory of format {manifest.get('format')}; this version reads "
             f"format {RUN_FORMAT}. Train it again"
         )
+    trained_on = manifest.get("dataset", "ml-1m")  # runs from before datasets: ML-1M
+    if trained_on != ml.dataset:
+        raise RecfunnelError(
+            f"{path} was trained on {trained_on}, this data is {ml.dataset}; load "
+            f"--dataset {trained_on}"
+        )
     if manifest.get("data_sha256") != ml.checksum:
         raise RecfunnelError(
             f"{path} was trained on other data (sha256 {str(manifest.get('data_sha256'))[:12]}"
@@ -440,7 +458,9 @@ def load_run(path: Path, ml: MovieLens, device: str = "auto") -> Run:
         )
     split = make_split(ml.ratings, config.split)
     torch_device = str(resolve_device(device))
-    data = FitData(ml, split, catalogue(ml.ratings), progress=False, device=torch_device)
+    data = FitData(
+        ml, split, catalogue(ml.ratings), progress=False, device=torch_device, scale=config.scale
+    )
     funnel = Funnel.load(path, data, config.funnel, now=serving_time(split.train))
     return Run(
         path=path,

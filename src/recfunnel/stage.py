@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -31,6 +31,7 @@ from recfunnel.config import config_from_json, save_config
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.split import Split
 from recfunnel.errors import ConfigError, NotFittedError
+from recfunnel.scale import ScaleConfig
 from recfunnel.types import Candidates, Pairs, Requests
 
 C = TypeVar("C", bound="Component")
@@ -47,9 +48,10 @@ class FitData:
     item_ids: np.ndarray  # (n_items,) raw movie ids, ascending: the catalogue positions
     progress: bool = True
     device: str = "cpu"  # where torch components compute: "cpu", "cuda:0" (resolved, see device.py)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)  # item x item models' size choice
 
     def with_split(self, split: Split) -> FitData:
-        return FitData(self.ml, split, self.item_ids, self.progress, self.device)
+        return FitData(self.ml, split, self.item_ids, self.progress, self.device, self.scale)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,13 @@ from recfunnel.data.schema import GENRES, ITEM
 
 @dataclass(frozen=True)
 class MovieLens:
-    """Parsed, validated MovieLens-1M-shaped data (column names as in `recfunnel.data.schema`).
+    """Parsed, validated MovieLens data (column names as in `recfunnel.data.schema`).
 
-    `checksum` is a hex SHA-256 over the three source files (ratings, users, movies, in that
-    order, each hashed on its own with its name and size); run directories record it so a
-    model is never scored against other data.
+    `checksum` is a hex SHA-256 over the source files (ratings, users, movies, in that order
+    for ML-1M; ratings, movies and tags for the later releases; each hashed on its own with
+    its name and size); run directories record it so a model is never scored against other
+    data. `dataset` is the release's name (`data.datasets`); `tags` is None for a release
+    (or a folder) without a tags file.
     """
 
     ratings: pd.DataFrame
@@ -25,6 +27,13 @@ class MovieLens:
     items: pd.DataFrame
     checksum: str
     source: Path
+    dataset: str = "ml-1m"
+    tags: pd.DataFrame | None = None
+
+    @property
+    def has_demographics(self) -> bool:
+        """Whether the users table carries gender, age, occupation and zip (ML-1M only)."""
+        return bool(self.users["gender"].notna().any()) if len(self.users) else False
 
     def genre_matrix(self, item_ids: np.ndarray) -> np.ndarray:
         """Genre multi-hot vectors, shape (len(item_ids), 18), float64, rows in `item_ids` order.

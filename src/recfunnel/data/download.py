@@ -1,4 +1,4 @@
-"""Fetch GroupLens' ml-1m.zip, verify it against the published MD5, and unpack it atomically.
+"""Fetch a GroupLens MovieLens archive, verify it against the published MD5, unpack it atomically.
 
 Nothing here trusts a file it did not verify: a download lands in a temp file that only
 replaces the destination once its size and MD5 check out, and an extracted folder counts
@@ -24,21 +24,29 @@ from tqdm import tqdm
 
 from recfunnel import __version__
 from recfunnel.atomic import sigterm_raises
+from recfunnel.data.datasets import DEFAULT_DATASET, dataset_spec
 from recfunnel.errors import DownloadError
 
 log = logging.getLogger(__name__)
 
-ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
-ML1M_MD5 = "c4d9eecfca2ab87c1945afe126590906"  # the MD5 GroupLens publishes for ml-1m.zip
+_ML1M = dataset_spec("ml-1m")
+ML1M_URL = _ML1M.url
+ML1M_MD5 = _ML1M.md5  # the MD5 GroupLens publishes for ml-1m.zip (see data.datasets)
 
-REQUIRED_FILES = ("ratings.dat", "users.dat", "movies.dat")
-ARCHIVE_FOLDER = "ml-1m"  # the one folder inside ml-1m.zip
+REQUIRED_FILES = _ML1M.required_files  # ("ratings.dat", "users.dat", "movies.dat")
+ARCHIVE_FOLDER = _ML1M.archive_folder  # the one folder inside ml-1m.zip
 COMPLETE_MARKER = ".complete"
 
-LOCAL_COPY_HINT = (
-    "To use a local copy instead, set RECFUNNEL_DATA_DIR or pass --data-dir to a folder "
-    "holding ratings.dat, users.dat and movies.dat."
-)
+
+def local_copy_hint(files: tuple[str, ...] = REQUIRED_FILES) -> str:
+    """How to use a local copy of a data set holding `files` instead of downloading it."""
+    return (
+        "To use a local copy instead, set RECFUNNEL_DATA_DIR or pass --data-dir to a folder "
+        f"holding {', '.join(files[:-1])} and {files[-1]}."
+    )
+
+
+LOCAL_COPY_HINT = local_copy_hint()
 
 _CHUNK = 1 << 20
 
@@ -140,36 +148,55 @@ def _content_length(response) -> int | None:
 
 
 def fetch_movielens(
-    cache_dir: Path, *, url: str = ML1M_URL, md5: str = ML1M_MD5, progress: bool = True
+    cache_dir: Path,
+    *,
+    dataset: str = DEFAULT_DATASET,
+    url: str | None = None,
+    md5: str | None = None,
+    progress: bool = True,
 ) -> Path:
-    """Make sure `cache_dir/ml-1m` holds the unpacked archive; returns that folder.
+    """Make sure `cache_dir/<dataset>` holds the unpacked archive; returns that folder.
 
-    Downloads `cache_dir/ml-1m.zip` if needed (see `download_file`), then extracts its
-    `ml-1m/` folder into a temp folder and renames it into place, so an interrupted run
-    never leaves a folder that looks complete; a SIGTERM meanwhile removes the temp files
-    before the process exits (see `sigterm_raises`). A corrupt archive, or one without
-    ratings.dat, users.dat and movies.dat, raises DownloadError.
+    `url` and `md5` default to the data set's (`data.datasets`). Downloads
+    `cache_dir/<dataset>.zip` if needed (see `download_file`), then extracts the files
+    directly under its one folder (`ml-10M100K/` for ml-10m) into a temp folder and renames
+    it into place, so an interrupted run never leaves a folder that looks complete; a SIGTERM
+    meanwhile removes the temp files before the process exits (see `sigterm_raises`). A
+    corrupt archive, one without the data set's files, or a data set whose published MD5
+    is unknown raises DownloadError.
     """
+    spec = dataset_spec(dataset)
+    url = url or spec.url
+    md5 = md5 or spec.md5
+    hint = local_copy_hint(spec.required_files)
+    if md5 is None:
+        # Never download what cannot be verified: a changed or truncated archive would be
+        # parsed as if it were the published data set.
+        raise DownloadError(
+            f"no published MD5 is known for {spec.archive} ({spec.md5_source}), so it is not "
+            f"downloaded. {hint}"
+        )
     cache_dir = Path(cache_dir)
     md5 = md5.lower()
-    target = cache_dir / ARCHIVE_FOLDER
-    if _is_complete(target, md5):
+    target = cache_dir / spec.name
+    required = spec.required_files
+    if _is_complete(target, md5, required):
         return target
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     with sigterm_raises():
-        archive = download_file(url, cache_dir / "ml-1m.zip", md5, progress=progress)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{ARCHIVE_FOLDER}.", suffix=".tmp", dir=cache_dir))
+        archive = download_file(url, cache_dir / spec.archive, md5, progress=progress)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".tmp", dir=cache_dir))
         try:
-            _extract(archive, tmp)
-            _write_marker(tmp, md5)
+            _extract(archive, tmp, spec.archive_folder, required, spec.name, hint)
+            _write_marker(tmp, md5, required)
             if target.exists():  # an interrupted or older extraction: replace it
                 shutil.rmtree(target)
             try:
                 os.replace(tmp, target)
             except OSError:
                 # Another process finished the same extraction first; use its copy.
-                if not _is_complete(target, md5):
+                if not _is_complete(target, md5, required):
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -177,13 +204,13 @@ def fetch_movielens(
     return target
 
 
-def _write_marker(folder: Path, md5: str) -> None:
+def _write_marker(folder: Path, md5: str, required: tuple[str, ...] = REQUIRED_FILES) -> None:
     """Mark `folder` complete: JSON with the archive's MD5 and each required file's size."""
-    sizes = {name: (folder / name).stat().st_size for name in REQUIRED_FILES}
+    sizes = {name: (folder / name).stat().st_size for name in required}
     (folder / COMPLETE_MARKER).write_text(json.dumps({"md5": md5, "sizes": sizes}) + "\n")
 
 
-def _is_complete(folder: Path, md5: str) -> bool:
+def _is_complete(folder: Path, md5: str, required: tuple[str, ...] = REQUIRED_FILES) -> bool:
     """Whether `folder`'s marker names archive MD5 `md5` and each required file has its size.
 
     An old-style marker (the bare MD5), an unreadable one, or a file since truncated or
@@ -193,7 +220,7 @@ def _is_complete(folder: Path, md5: str) -> bool:
         marker = json.loads((folder / COMPLETE_MARKER).read_text())
         if marker["md5"] != md5:
             return False
-        for name in REQUIRED_FILES:
+        for name in required:
             path, size = folder / name, marker["sizes"][name]
             if type(size) is not int or not path.is_file() or path.stat().st_size != size:
                 return False
@@ -202,27 +229,32 @@ def _is_complete(folder: Path, md5: str) -> bool:
     return True
 
 
-def _extract(archive: Path, dest: Path) -> None:
-    """Copy the files directly under `ml-1m/` in `archive` into `dest` (nothing else)."""
+def _extract(
+    archive: Path,
+    dest: Path,
+    folder_name: str = ARCHIVE_FOLDER,
+    required: tuple[str, ...] = REQUIRED_FILES,
+    dataset: str = "ml-1m",
+    hint: str = LOCAL_COPY_HINT,
+) -> None:
+    """Copy the files directly under `folder_name/` in `archive` into `dest` (nothing else)."""
     try:
         with zipfile.ZipFile(archive) as zf:
             members = {}
             for info in zf.infolist():
                 folder, _, name = info.filename.partition("/")
-                # Only plain files directly in ml-1m/: this also rules out "../" paths.
-                if folder == ARCHIVE_FOLDER and name and "/" not in name and not info.is_dir():
+                # Only plain files directly in the folder: this also rules out "../" paths.
+                if folder == folder_name and name and "/" not in name and not info.is_dir():
                     members[name] = info
-            missing = [name for name in REQUIRED_FILES if name not in members]
+            missing = [name for name in required if name not in members]
             if missing:
                 raise DownloadError(
-                    f"{archive} has no {', '.join(f'{ARCHIVE_FOLDER}/{m}' for m in missing)}; "
-                    f"it is not the MovieLens-1M archive. {LOCAL_COPY_HINT}"
+                    f"{archive} has no {', '.join(f'{folder_name}/{m}' for m in missing)}; "
+                    f"it is not the MovieLens-{dataset.removeprefix('ml-').upper()} archive. {hint}"
                 )
             for name, info in members.items():
                 # zipfile checks each member's CRC while reading and raises BadZipFile.
                 with zf.open(info) as src, open(dest / name, "wb") as dst:
                     shutil.copyfileobj(src, dst, _CHUNK)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
-        raise DownloadError(
-            f"{archive} is not a valid zip archive ({exc}). {LOCAL_COPY_HINT}"
-        ) from exc
+        raise DownloadError(f"{archive} is not a valid zip archive ({exc}). {hint}") from exc

@@ -1,6 +1,8 @@
-"""Read GroupLens' MovieLens-1M files into the fixed tables of `recfunnel.data.schema`.
+"""Read GroupLens' MovieLens files into the fixed tables of `recfunnel.data.schema`.
 
-The three files are `::`-separated latin-1 text, one record per line. Every malformed
+`load_movielens(dataset=...)` loads any release of `data.datasets`; this module parses
+ML-1M itself and leaves ML-10M's and the CSV releases' formats to `data.formats`. ML-1M's
+three files are `::`-separated latin-1 text, one record per line. Every malformed
 line is a DataError that names the file, the 1-based line number and the line's text;
 nothing is dropped or repaired silently. Parsed tables are cached as parquet in a folder
 named after a SHA-256 over the source files (each one hashed on its own, with its name and
@@ -25,7 +27,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from recfunnel.data import formats
 from recfunnel.data.dataset import MovieLens
+from recfunnel.data.datasets import DEFAULT_DATASET, DatasetSpec, dataset_spec
 from recfunnel.data.download import REQUIRED_FILES, fetch_movielens
 from recfunnel.data.schema import (
     AGE_BUCKETS,
@@ -36,6 +40,7 @@ from recfunnel.data.schema import (
     N_OCCUPATIONS,
     RATING,
     RATING_COLUMNS,
+    TAG_COLUMNS,
     TIME,
     USER,
     USER_COLUMNS,
@@ -53,10 +58,18 @@ DEFAULT_CACHE_DIR = Path("~/.cache/recfunnel")
 # 2: the cut-short, timestamp and size checks, and the per-file checksum.
 CACHE_FORMAT = 2
 _TABLES = ("ratings", "users", "items")
+# The parsed-cache format of the later releases (data.formats); its own counter, so a change
+# there never forces ML-1M's caches to be parsed again.
+LARGE_CACHE_FORMAT = 1
 # The fewest ratings a data set may have: below 10, the 10 % valid and test parts of the
 # default temporal split hold less than one rating each, and training fails far from here.
 MIN_RATINGS = 10
-_COLUMNS = {"ratings": RATING_COLUMNS, "users": USER_COLUMNS, "items": ITEM_COLUMNS}
+_COLUMNS = {
+    "ratings": RATING_COLUMNS,
+    "users": USER_COLUMNS,
+    "items": ITEM_COLUMNS,
+    "tags": TAG_COLUMNS,
+}
 
 # Latest accepted rating time, 2100-01-01 00:00 UTC (the earliest is the epoch, 0). ML-1M
 # spans 2000-2003; a time beyond this is garbage (a millisecond timestamp, digits run
@@ -285,33 +298,17 @@ def _check_ids(path: Path, ids: pd.Series) -> None:
 
 def _check_unique(path: Path, keys: np.ndarray, describe: Callable[[int], str]) -> None:
     """Raise DataError naming both lines when a key repeats an earlier line's key."""
-    _check(
-        path,
-        pd.Series(keys).duplicated().to_numpy(),
-        lambda row: (
-            f"{describe(row)}: first on line {int(np.flatnonzero(keys == keys[row])[0]) + 1}, "
-            f"again on line {row + 1}"
-        ),
-    )
+    formats.check_unique(path, keys, describe, first_line=1)
 
 
 def _check(path: Path, bad: np.ndarray, reason: str | Callable[[int], str]) -> None:
     """Raise DataError for the first True row of `bad` (row i is line i + 1)."""
-    if bad.any():
-        row = int(bad.argmax())
-        raise _line_error(path, row + 1, reason(row) if callable(reason) else reason)
+    formats.check_rows(path, bad, reason, first_line=1)
 
 
 def _line_error(path: Path, line: int, reason: str) -> DataError:
     """A DataError quoting line `line` (1-based) of `path`; only built on the error path."""
-    try:
-        lines = path.read_bytes().split(b"\n")
-        text = lines[line - 1].rstrip(b"\r").decode("latin-1") if line <= len(lines) else ""
-    except OSError:
-        text = "?"
-    if len(text) > 200:
-        text = text[:200] + "..."
-    return DataError(f"{path}, line {line}: {reason}: {text!r}")
+    return formats.line_error(path, line, reason)
 
 
 # ---------------------------------------------------------------------------------------
@@ -321,21 +318,26 @@ def _line_error(path: Path, line: int, reason: str) -> DataError:
 def load_movielens(
     data_dir: str | Path | None = None,
     *,
+    dataset: str = DEFAULT_DATASET,
     cache_dir: str | Path | None = None,
     download: bool = True,
     progress: bool = True,
 ) -> MovieLens:
-    """Load and validate MovieLens-1M, parsing the files only when their checksum is new.
+    """Load and validate a MovieLens release, parsing the files only when their checksum is new.
 
+    `dataset` is one of `data.datasets.DATASETS` (ml-1m, ml-10m, ml-20m, ml-25m, ml-32m).
     The data folder is `data_dir`, else $RECFUNNEL_DATA_DIR, else (when `download`) the
     archive fetched into `cache_dir`. `cache_dir` (default $RECFUNNEL_CACHE_DIR, else
     ~/.cache/recfunnel) also holds the parsed tables, as parquet in `parsed/<sha256>/`.
     Besides each file's own checks, no file may be empty, there must be MIN_RATINGS
-    ratings or more, and every rating must name a user of users.dat and a movie of
-    movies.dat.
+    ratings or more, and every rating (and tag) must name a movie of the movies file (and,
+    for ML-1M, a user of users.dat).
     """
+    spec = dataset_spec(dataset)
     cache = _resolve_cache_dir(cache_dir)
-    folder = _resolve_data_dir(data_dir, cache, download=download, progress=progress)
+    folder = _resolve_data_dir(data_dir, cache, spec, download=download, progress=progress)
+    if spec.format != "ml-1m":
+        return _load_larger(folder, spec, cache)
     ratings_path, users_path, movies_path = (folder / name for name in REQUIRED_FILES)
     checksum = _checksum((ratings_path, users_path, movies_path))
 
@@ -353,6 +355,58 @@ def load_movielens(
     return MovieLens(ratings, users, items, checksum, source=folder)
 
 
+def _load_larger(folder: Path, spec: DatasetSpec, cache: Path) -> MovieLens:
+    """ML-10M / ML-20M / 25M / 32M from `folder` (see `data.formats`); tags when present."""
+    ratings_path, movies_path = folder / spec.ratings, folder / spec.movies
+    tags_path = folder / spec.tags if spec.tags and (folder / spec.tags).is_file() else None
+    paths = (ratings_path, movies_path) + ((tags_path,) if tags_path else ())
+    checksum = _checksum(paths)
+    names = ("ratings", "users", "items") + (("tags",) if tags_path else ())
+    parsed = cache / "parsed" / checksum
+    tables = _read_parsed(parsed, LARGE_CACHE_FORMAT, names)
+    if tables is None:
+        first = 2 if ratings_path.suffix == ".csv" else 1  # CSV: line 1 is the header
+        ratings = formats.read_half_star_ratings(ratings_path, MAX_TIMESTAMP)
+        items = formats.read_movies_table(movies_path)
+        tags = formats.read_tags_table(tags_path, MAX_TIMESTAMP) if tags_path else None
+        hint = _fix_hint(spec)
+        for path, table, what in (
+            (ratings_path, ratings, "ratings"),
+            (movies_path, items, "movies"),
+        ):
+            if table.empty:
+                raise DataError(
+                    f"the data set in {folder} is empty: {path.name} has no {what}. {hint}."
+                )
+        if len(ratings) < MIN_RATINGS:
+            raise DataError(
+                f"the data set in {folder} is too small: {ratings_path.name} has {len(ratings)} "
+                f"ratings, at least {MIN_RATINGS} are needed to split it into train, valid and "
+                f"test. {hint}."
+            )
+        formats.check_references(ratings_path, ratings, items, first, spec.movies)
+        if tags is not None:
+            formats.check_references(tags_path, tags, items, first, spec.movies)
+        users = formats.users_from_ratings(ratings)
+        tables = (ratings, users, items) + ((tags,) if tags is not None else ())
+        _write_parsed(parsed, tables, checksum, LARGE_CACHE_FORMAT, names)
+    ratings, users, items = tables[:3]
+    tags = tables[3] if len(tables) > 3 else None
+    return MovieLens(ratings, users, items, checksum, source=folder, dataset=spec.name, tags=tags)
+
+
+def _fix_hint(spec: DatasetSpec) -> str:
+    """How to point the loader at a folder of `spec`'s files."""
+    if spec.format == "ml-1m":
+        return _FIX_HINT
+    files = [spec.ratings, spec.movies] + ([spec.tags + " (optional)"] if spec.tags else [])
+    return (
+        f"Pass --data-dir (or set RECFUNNEL_DATA_DIR) to a folder holding {', '.join(files)} "
+        f"(the {spec.archive_folder} folder of GroupLens' {spec.archive}), with --dataset "
+        f"{spec.name}"
+    )
+
+
 def _resolve_cache_dir(cache_dir: str | Path | None) -> Path:
     if cache_dir is None:
         cache_dir = os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR
@@ -360,26 +414,41 @@ def _resolve_cache_dir(cache_dir: str | Path | None) -> Path:
 
 
 def _resolve_data_dir(
-    data_dir: str | Path | None, cache: Path, *, download: bool, progress: bool
+    data_dir: str | Path | None,
+    cache: Path,
+    spec: DatasetSpec | None = None,
+    *,
+    download: bool,
+    progress: bool,
 ) -> Path:
-    """The folder holding the three files, checked to exist (see `load_movielens`)."""
+    """The folder holding the data set's files, checked to exist (see `load_movielens`)."""
+    spec = spec or dataset_spec(DEFAULT_DATASET)
+    hint = _fix_hint(spec)
     if data_dir is not None:
         folder, origin = Path(data_dir).expanduser(), "data folder"
     elif os.environ.get(DATA_DIR_ENV):
         folder, origin = Path(os.environ[DATA_DIR_ENV]).expanduser(), f"${DATA_DIR_ENV}"
     elif download:
-        return fetch_movielens(cache, progress=progress)
+        return fetch_movielens(cache, dataset=spec.name, progress=progress)
     else:
         raise DataError(
-            f"no data folder given and downloading is off. {_FIX_HINT}, or allow the download."
+            f"no data folder given and downloading is off. {hint}, or allow the download."
         )
 
-    fix = f"{_FIX_HINT}, or set neither to download it."
+    fix = f"{hint}, or set neither to download it."
     if not folder.is_dir():
         raise DataError(f"{origin} {folder} does not exist. {fix}")
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    required = [n for n in (spec.ratings, spec.users, spec.movies) if n is not None]
+    missing = [name for name in required if not (folder / name).is_file()]
     if missing:
         raise DataError(f"{origin} {folder} has no {', '.join(missing)}. {fix}")
+    if spec.users is None and (folder / "users.dat").is_file():
+        # ML-1M's folder has ratings.dat and movies.dat too, and its whole stars are valid
+        # half stars: without this it would load as ML-10M under the wrong name.
+        raise DataError(
+            f"{origin} {folder} holds users.dat, so it is ML-1M, not {spec.name}: "
+            "pass --dataset ml-1m, or point at the other data set's folder"
+        )
     return folder.resolve()
 
 
@@ -442,25 +511,33 @@ def _check_references(
         )
 
 
-def _read_parsed(folder: Path) -> tuple[pd.DataFrame, ...] | None:
+def _read_parsed(
+    folder: Path, cache_format: int = CACHE_FORMAT, names: tuple[str, ...] = _TABLES
+) -> tuple[pd.DataFrame, ...] | None:
     """The cached tables in `folder`, or None if absent, of another format or unreadable."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("format") != CACHE_FORMAT:
+        if meta.get("format") != cache_format:
             return None
-        tables = tuple(pd.read_parquet(folder / f"{name}.parquet") for name in _TABLES)
+        tables = tuple(pd.read_parquet(folder / f"{name}.parquet") for name in names)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, pa.ArrowException) as exc:
         log.warning("ignoring the unreadable parsed cache %s (%s)", folder, exc)
         return None
-    if any(tuple(t.columns) != _COLUMNS[name] for name, t in zip(_TABLES, tables, strict=True)):
+    if any(tuple(t.columns) != _COLUMNS[name] for name, t in zip(names, tables, strict=True)):
         return None
     log.info("read parsed tables from %s", folder)
     return tables
 
 
-def _write_parsed(folder: Path, tables: tuple[pd.DataFrame, ...], checksum: str) -> None:
+def _write_parsed(
+    folder: Path,
+    tables: tuple[pd.DataFrame, ...],
+    checksum: str,
+    cache_format: int = CACHE_FORMAT,
+    names: tuple[str, ...] = _TABLES,
+) -> None:
     """Write the tables to `folder` atomically (temp folder, then rename).
 
     A cache that cannot be written (read-only disk, full disk) only costs a re-parse next
@@ -472,10 +549,10 @@ def _write_parsed(folder: Path, tables: tuple[pd.DataFrame, ...], checksum: str)
             tempfile.mkdtemp(prefix=f".{folder.name[:16]}.", suffix=".tmp", dir=folder.parent)
         )
         try:
-            for name, table in zip(_TABLES, tables, strict=True):
+            for name, table in zip(names, tables, strict=True):
                 table.to_parquet(tmp / f"{name}.parquet", index=False)
             (tmp / "meta.json").write_text(
-                json.dumps({"format": CACHE_FORMAT, "sha256": checksum}) + "\n"
+                json.dumps({"format": cache_format, "sha256": checksum}) + "\n"
             )
             if folder.exists():  # another format, or damaged: replace it
                 shutil.rmtree(folder)
@@ -498,7 +575,13 @@ def dataset_stats(ml: MovieLens) -> dict[str, int | float | str | None]:
     """
     ratings = ml.ratings
     n = len(ratings)
-    counts = np.bincount(ratings[RATING].to_numpy(), minlength=6)
+    values = ratings[RATING].to_numpy()
+    if np.issubdtype(values.dtype, np.integer):  # ML-1M: whole stars, n_rating_1 .. n_rating_5
+        counts = np.bincount(values, minlength=6)
+        by_star = {f"n_rating_{k}": int(counts[k]) for k in range(1, 6)}
+    else:  # half stars: n_rating_0.5, n_rating_1, ..., n_rating_5
+        counts = np.bincount(np.rint(values * 2).astype(np.int64), minlength=11)
+        by_star = {f"n_rating_{k / 2:g}": int(counts[k]) for k in range(1, 11)}
     n_users_rated = int(ratings[USER].nunique())
     n_items_rated = int(ratings[ITEM].nunique())
     first = int(ratings[TIME].min()) if n else None
@@ -509,7 +592,8 @@ def dataset_stats(ml: MovieLens) -> dict[str, int | float | str | None]:
         "n_users_rated": n_users_rated,
         "n_movies": len(ml.items),
         "n_items_rated": n_items_rated,
-        **{f"n_rating_{k}": int(counts[k]) for k in range(1, 6)},
+        **({"n_tags": len(ml.tags)} if ml.tags is not None else {}),
+        **by_star,
         "mean_rating": float(ratings[RATING].mean()) if n else None,
         "liked_share": float((ratings[RATING] >= LIKE_THRESHOLD).mean()) if n else None,
         "first_timestamp": first,

@@ -17,6 +17,14 @@ and it has the properties the funnel relies on, so a test can assert that a mode
 A rating cuts the sum of affinity, user and item biases and noise at the quantiles of
 ML-1M's rating shares (1: 5.6 %, 2: 10.8 %, 3: 26.1 %, 4: 34.9 %, 5: 22.6 %), so the
 liked share (>= 4) is ML-1M's 57.5 % whatever the size.
+
+`format` writes the same structure in the layout of a later release instead: "ml-10m"
+(`::` ratings.dat with half stars, movies.dat, tags.dat) or "csv" (ML-20M/25M/32M's
+ratings.csv, movies.csv and tags.csv with a header row and quoted titles), with no users
+file, a 20-year timeline like ML-20M's, the later releases' genre spellings ("Children",
+"IMAX", "(no genres listed)") and tags planted from the item factors, so a tag predicts
+co-rating as a genre does. The larger writers are vectorised (pyarrow's CSV writer), so
+ML-20M-sized data (20 M ratings) is written in minutes, not hours.
 """
 
 from __future__ import annotations
@@ -24,8 +32,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
 
 from recfunnel.data.schema import AGE_BUCKETS, GENRES, N_OCCUPATIONS
 
@@ -33,6 +44,11 @@ __all__ = ["write_synthetic_movielens"]
 
 # ML-1M's first and last timestamps (2000-04-25 and 2003-02-28): the synthetic timeline.
 T_START, T_END = 956_703_932, 1_046_454_590
+# ML-20M's (1995-01-09 .. 2015-03-31): the timeline of the later formats.
+T_START_20M, T_END_20M = 789_652_009, 1_427_784_002
+# Rough ML-20M half-star shares (0.5, 1.0, ..., 5.0); liked (>= 4) ~ 50 %.
+_HALF_STAR_SHARE = np.array([0.011, 0.033, 0.014, 0.072, 0.044, 0.213, 0.105, 0.277, 0.077, 0.154])
+_TAG_SHARE = 0.023  # ML-20M: 465,564 tag applications for 20,000,263 ratings
 
 # Rough ML-1M shares, so marginals look familiar in plots and smoke runs.
 _AGE_SHARE = np.array([222, 1103, 2096, 1193, 550, 496, 380], dtype=float)
@@ -100,28 +116,39 @@ def write_synthetic_movielens(
     ratings_per_user: tuple[int, int] = (20, 120),
     n_factors: int = 8,
     seed: int = 0,
+    format: Literal["ml-1m", "ml-10m", "csv"] = "ml-1m",
+    median_ratings: float = 50.0,
+    n_tag_words: int = 300,
 ) -> Path:
-    """Write ratings.dat, users.dat and movies.dat in ML-1M's format into `out_dir`; return it.
+    """Write a synthetic data set in the file format of `format` into `out_dir`; return it.
 
-    `n_items` movies are listed in movies.dat (ids from 1, ~2 % of ids skipped), of which
-    ~4 % are never rated; users have ids 1..n_users and between `ratings_per_user` ratings
-    each (below hi only by chance or when few movies are out by the end of a user's window,
-    never below lo). Same arguments, same bytes.
+    "ml-1m": ratings.dat, users.dat and movies.dat exactly as ML-1M's. "ml-10m": ML-10M's
+    `::` ratings.dat (half stars), movies.dat and tags.dat. "csv": ML-20M's ratings.csv,
+    movies.csv and tags.csv. `n_items` movies are listed (ids from 1, ~2 % of ids skipped),
+    of which ~4 % are never rated; users have ids 1..n_users and between `ratings_per_user`
+    ratings each, lognormal around `median_ratings` (below hi only by chance or when few
+    movies are out by the end of a user's window, never below lo). The later formats get
+    ~2.3 tag applications per 100 ratings over `n_tag_words` tags. Same arguments, same bytes.
     """
     lo, hi = ratings_per_user
     if not 1 <= lo <= hi:
         raise ValueError(f"ratings_per_user must be (lo, hi) with 1 <= lo <= hi, got {(lo, hi)}")
-    if min(n_users, n_items, n_factors) < 1:
-        raise ValueError("n_users, n_items and n_factors must be positive")
+    if min(n_users, n_items, n_factors, n_tag_words) < 1:
+        raise ValueError("n_users, n_items, n_factors and n_tag_words must be positive")
+    if format not in ("ml-1m", "ml-10m", "csv"):
+        raise ValueError(f"format must be ml-1m, ml-10m or csv, got {format!r}")
     rng = np.random.default_rng(seed)
     items = _sample_items(rng, n_items, n_factors)
     if np.sum(items.rateable & (items.release == 0)) < lo:
         raise ValueError(f"n_items={n_items} is too small for {lo} ratings per user")
-    users = _sample_users(rng, n_users, n_factors, lo, hi)
-    user_idx, item_idx, rating, timestamp = _sample_ratings(rng, users, items)
-
+    users = _sample_users(rng, n_users, n_factors, lo, hi, median_ratings)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if format != "ml-1m":
+        _write_later_format(out_dir, rng, users, items, format, n_tag_words)
+        return out_dir
+    user_idx, item_idx, rating, timestamp = _sample_ratings(rng, users, items)
+
     _write(
         out_dir / "ratings.dat",
         (
@@ -159,6 +186,150 @@ def write_synthetic_movielens(
         ),
     )
     return out_dir
+
+
+def _write_later_format(
+    out_dir: Path,
+    rng: np.random.Generator,
+    users: _Users,
+    items: _Items,
+    format: str,
+    n_tag_words: int,
+) -> None:
+    """ML-10M's or ML-20M's files (see `write_synthetic_movielens`), written vectorised."""
+    user_idx, item_idx, level, timestamp = _sample_ratings(
+        rng, users, items, shares=_HALF_STAR_SHARE, span=(T_START_20M, T_END_20M)
+    )
+    # Ratings as GroupLens writes them ("3.5", "4.0"): one of 10 strings per level.
+    stars = pa.array([f"{k / 2:.1f}" for k in range(1, 11)])
+    ratings = pa.table(
+        {
+            "userId": pa.array(user_idx + 1, pa.int32()),
+            "movieId": pa.array(items.movie_id[item_idx], pa.int32()),
+            "rating": pa.DictionaryArray.from_arrays(pa.array(level - 1, pa.int8()), stars),
+            "timestamp": pa.array(timestamp, pa.int64()),
+        }
+    )
+    tag_user, tag_item, tag_word, tag_time = _sample_tags(
+        rng, items, user_idx, item_idx, level, timestamp, n_tag_words
+    )
+    words = _tag_words(n_tag_words)
+    titles = _titles(rng, items.year)
+    genres = _later_genres(rng, items)
+    movie_ids = items.movie_id.tolist()
+    if format == "csv":
+        _write_table(out_dir / "ratings.csv", ratings, header="userId,movieId,rating,timestamp")
+        _write(
+            out_dir / "movies.csv",
+            ["movieId,title,genres"]
+            + [f"{m},{_quote(t)},{g}" for m, t, g in zip(movie_ids, titles, genres, strict=True)],
+            encoding="utf-8",
+        )
+        _write(
+            out_dir / "tags.csv",
+            ["userId,movieId,tag,timestamp"]
+            + [
+                f"{u},{m},{_quote(words[w])},{t}"
+                for u, m, w, t in zip(tag_user, tag_item, tag_word, tag_time, strict=True)
+            ],
+            encoding="utf-8",
+        )
+        return
+    _write_table(out_dir / "ratings.dat", ratings, separator="::")
+    _write(
+        out_dir / "movies.dat",
+        (f"{m}::{t}::{g}" for m, t, g in zip(movie_ids, titles, genres, strict=True)),
+    )
+    _write(
+        out_dir / "tags.dat",
+        (
+            f"{u}::{m}::{words[w]}::{t}"
+            for u, m, w, t in zip(tag_user, tag_item, tag_word, tag_time, strict=True)
+        ),
+        encoding="utf-8",
+    )
+
+
+def _sample_tags(
+    rng: np.random.Generator,
+    items: _Items,
+    user_idx: np.ndarray,
+    item_idx: np.ndarray,
+    level: np.ndarray,
+    timestamp: np.ndarray,
+    n_tag_words: int,
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Tag applications: ~_TAG_SHARE of the ratings (liked ones four times as often) get a
+    tag, drawn from 3 of the movie's own tags (read off its factors, as genres are) 80 % of
+    the time, else from all tags. Returns (user id, movie id, tag index, time) lists."""
+    n_factors = items.factors.shape[1]
+    loading = rng.normal(0.0, 2.0, (n_factors, n_tag_words))
+    logits = items.factors @ loading + rng.gumbel(size=(len(items.movie_id), n_tag_words))
+    own = np.argsort(-logits, axis=1)[:, :3]  # (n_items, 3) each movie's planted tags
+    liked = level >= 8  # 4.0 stars and up
+    p = np.where(liked, 4.0, 1.0)
+    p *= _TAG_SHARE * len(p) / p.sum()
+    pick = np.flatnonzero(rng.random(len(p)) < p)
+    planted = own[item_idx[pick], rng.integers(0, 3, pick.size)]
+    noise = rng.integers(0, n_tag_words, pick.size)
+    word = np.where(rng.random(pick.size) < 0.8, planted, noise)
+    return (
+        (user_idx[pick] + 1).tolist(),
+        items.movie_id[item_idx[pick]].tolist(),
+        word.tolist(),
+        (timestamp[pick] + rng.integers(0, 3600, pick.size)).tolist(),
+    )
+
+
+def _tag_words(n: int) -> list[str]:
+    """`n` distinct tag texts; every 7th holds a comma (ML-20M has "funny, dark"), so the
+    CSV writer must quote it and the reader must parse the quotes."""
+    words = []
+    for k in range(n):
+        adj, word = _ADJECTIVES[k % len(_ADJECTIVES)], _WORDS[(k // len(_ADJECTIVES)) % len(_WORDS)]
+        text = f"{adj.lower()} {word.lower()}"
+        if k >= len(_ADJECTIVES) * len(_WORDS):
+            text += f" {k}"
+        words.append(f"{text}, really" if k % 7 == 3 else text)
+    return words
+
+
+def _later_genres(rng: np.random.Generator, items: _Items) -> list[str]:
+    """Genre strings as ML-10M+ write them: "Children" for ML-1M's "Children's", "IMAX"
+    on ~3 % of movies, "(no genres listed)" for ~1 %."""
+    names = ["Children" if g == "Children's" else g for g in GENRES]
+    imax = rng.random(len(items.movie_id)) < 0.03
+    none = rng.random(len(items.movie_id)) < 0.01
+    out = []
+    for row, is_imax, is_none in zip(items.genres, imax.tolist(), none.tolist(), strict=True):
+        if is_none:
+            out.append("(no genres listed)")
+            continue
+        listed = [names[j] for j in np.flatnonzero(row)]
+        out.append("|".join(listed + (["IMAX"] if is_imax else [])))
+    return out
+
+
+def _quote(text: str) -> str:
+    """A CSV field as GroupLens writes it: quoted only when it holds a comma or a quote."""
+    if "," in text or '"' in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _write_table(
+    path: Path, table: pa.Table, *, header: str | None = None, separator: str | None = None
+) -> None:
+    """Numeric columns, one line per row, via pyarrow's (multithreaded C++) CSV writer:
+    `header` as the first line, or `separator` ("::") between the fields instead of ","."""
+    options = pcsv.WriteOptions(include_header=False, quoting_style="none", delimiter="\x1f")
+    with open(path, "wb") as f:
+        if header is not None:
+            f.write(header.encode() + b"\n")
+        sink = pa.BufferOutputStream()
+        pcsv.write_csv(table, sink, options)
+        body = sink.getvalue().to_pybytes()
+        f.write(body.replace(b"\x1f", (separator or ",").encode()))
 
 
 def _sample_items(rng: np.random.Generator, n_items: int, n_factors: int) -> _Items:
@@ -202,7 +373,12 @@ def _sample_items(rng: np.random.Generator, n_items: int, n_factors: int) -> _It
 
 
 def _sample_users(
-    rng: np.random.Generator, n_users: int, n_factors: int, lo: int, hi: int
+    rng: np.random.Generator,
+    n_users: int,
+    n_factors: int,
+    lo: int,
+    hi: int,
+    median_ratings: float = 50.0,
 ) -> _Users:
     gender = np.where(rng.random(n_users) < 0.72, "M", "F")
     age_idx = rng.choice(len(AGE_BUCKETS), n_users, p=_AGE_SHARE / _AGE_SHARE.sum())
@@ -243,7 +419,7 @@ def _sample_users(
     loyal = rng.random(n_users) < 0.4
     window = np.where(loyal, rng.exponential(0.6, n_users), rng.exponential(0.015, n_users))
     end = np.minimum(join + window, 1.0)
-    n_ratings = np.clip(np.rint(rng.lognormal(np.log(50.0), 0.7, n_users)), lo, hi)
+    n_ratings = np.clip(np.rint(rng.lognormal(np.log(median_ratings), 0.7, n_users)), lo, hi)
     return _Users(
         gender=gender,
         age=np.asarray(AGE_BUCKETS)[age_idx],
@@ -260,12 +436,21 @@ def _sample_users(
 
 
 def _sample_ratings(
-    rng: np.random.Generator, users: _Users, items: _Items, chunk: int = 2048
+    rng: np.random.Generator,
+    users: _Users,
+    items: _Items,
+    chunk: int = 2048,
+    shares: np.ndarray = _RATING_SHARE,
+    span: tuple[int, int] = (T_START, T_END),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pick each user's movies, then rate and time them. Returns (user_idx, item_idx,
-    rating, timestamp), each (n_ratings,), grouped by user in a random order within a user.
+    rating, timestamp), each (n_ratings,), grouped by user in a random order within a user;
+    rating is the level 1..len(shares) (whole stars for ML-1M's shares).
     """
     n_users = users.join.size
+    # A (chunk, n_items) float64 block per array: at 27k items, 2048 rows would be ~450 MB
+    # each; fewer rows keep it near 64 MB (ML-1M-sized catalogues keep 2048, same draws).
+    chunk = min(chunk, max(64, (1 << 23) // len(items.movie_id)))
     genre_weight = items.genres / np.sqrt(items.genres.sum(axis=1, keepdims=True))
     recency = np.clip((items.year - 1990) / 10.0, -1.0, 1.0)
     parts: list[tuple[np.ndarray, ...]] = []
@@ -294,14 +479,14 @@ def _sample_ratings(
     raw += rng.normal(0.0, 0.8, raw.size)
     # Ordinal cut points instead of round(3 + scale * raw): a rounded bell gives ~2 % of 1s
     # where ML-1M has 5.6 %; the cuts reproduce its skewed shares at any size.
-    cuts = np.quantile(raw, np.cumsum(_RATING_SHARE)[:-1])
+    cuts = np.quantile(raw, np.cumsum(shares)[:-1])
     rating = 1 + np.searchsorted(cuts, raw, side="right").astype(np.int64)
 
     # Times front-loaded in the user's window (u^p), never before the film's release.
     begin = np.maximum(users.join[user_idx], items.release[item_idx])
     spread = rng.random(raw.size) ** users.front_load[user_idx]
     frac = begin + (users.end[user_idx] - begin) * spread
-    timestamp = T_START + np.rint(frac * (T_END - T_START)).astype(np.int64)
+    timestamp = span[0] + np.rint(frac * (span[1] - span[0])).astype(np.int64)
 
     # ML-1M's ratings.dat is grouped by user but not sorted by time within a user; a random
     # order inside a user also keeps the file order from leaking the sampling order.
@@ -328,6 +513,90 @@ def _titles(rng: np.random.Generator, year: np.ndarray) -> list[str]:
     return out
 
 
-def _write(path: Path, lines: Iterable[str]) -> None:
-    # latin-1 and bare "\n", byte for byte as GroupLens ships the files.
-    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+def _write(path: Path, lines: Iterable[str], encoding: str = "latin-1") -> None:
+    # latin-1 (ML-1M) or UTF-8 (ML-20M+) and bare "\n", byte for byte as GroupLens ships them.
+    path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+
+
+def write_large_csv(
+    out_dir: Path,
+    *,
+    n_ratings: int,
+    n_users: int,
+    n_items: int,
+    seed: int = 0,
+    n_tags: int = 0,
+) -> Path:
+    """ML-20M/32M-format files of an exact size, fast and with no planted structure: for
+    loading benchmarks (ML-32M: 32 M ratings, 200,948 users, 87,585 movies), where
+    `write_synthetic_movielens`'s per-user draw over the whole catalogue would take hours.
+
+    Users get lognormal rating counts, movies Zipf popularity, pairs are distinct, ratings
+    half stars, times over ML-20M's timeline; movies.csv lists every movie with a quoted
+    title now and then; `n_tags` tag applications go to rated pairs. Same arguments, same
+    bytes. Returns `out_dir`.
+    """
+    if min(n_ratings, n_users, n_items) < 1 or n_ratings > n_users * n_items:
+        raise ValueError("need 1 <= n_ratings <= n_users * n_items and positive sizes")
+    rng = np.random.default_rng(seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    item_p = 1.0 / np.arange(1, n_items + 1) ** 0.9
+    item_p /= item_p.sum()
+    user_p = rng.lognormal(0.0, 1.0, n_users)
+    user_p /= user_p.sum()
+    pairs = np.empty(0, dtype=np.int64)
+    while len(pairs) < n_ratings:  # draw, drop repeated pairs, top up
+        want = int((n_ratings - len(pairs)) * 1.1) + 1000
+        users = rng.choice(n_users, want, p=user_p)
+        items = rng.choice(n_items, want, p=item_p)
+        pairs = np.sort(np.concatenate([pairs, users.astype(np.int64) * n_items + items]))
+        # Sorting and dropping repeats: numpy's hash-based unique is ~10x slower here.
+        pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]
+    pairs = np.sort(rng.choice(pairs, n_ratings, replace=False))  # grouped by user, as GroupLens
+    user, item = pairs // n_items, pairs % n_items
+    del pairs
+    movie_id = 1 + np.arange(n_items) + np.cumsum(rng.random(n_items) < 0.02)  # a few gaps
+    level = 1 + np.searchsorted(np.cumsum(_HALF_STAR_SHARE)[:-1], rng.random(n_ratings))
+    times = rng.integers(T_START_20M, T_END_20M, n_ratings)
+    stars = pa.array([f"{k / 2:.1f}" for k in range(1, 11)])
+    table = pa.table(
+        {
+            "userId": pa.array(user + 1, pa.int32()),
+            "movieId": pa.array(movie_id[item], pa.int32()),
+            "rating": pa.DictionaryArray.from_arrays(pa.array(level - 1, pa.int8()), stars),
+            "timestamp": pa.array(times, pa.int64()),
+        }
+    )
+    _write_table(out_dir / "ratings.csv", table, header="userId,movieId,rating,timestamp")
+    years = rng.integers(1920, 2024, n_items).tolist()
+    genres = [
+        GENRES[g] if GENRES[g] != "Children's" else "Children" for g in rng.integers(0, 18, n_items)
+    ]
+    _write(
+        out_dir / "movies.csv",
+        ["movieId,title,genres"]
+        + [
+            f"{m},{_quote(f'Movie {m}, The ({y})' if m % 5 == 0 else f'Movie {m} ({y})')},{g}"
+            for m, y, g in zip(movie_id.tolist(), years, genres, strict=True)
+        ],
+        encoding="utf-8",
+    )
+    tagged = rng.choice(n_ratings, min(n_tags, n_ratings), replace=False)
+    words = _tag_words(300)
+    _write(
+        out_dir / "tags.csv",
+        ["userId,movieId,tag,timestamp"]
+        + [
+            f"{u + 1},{movie_id[i]},{_quote(words[w])},{t}"
+            for u, i, w, t in zip(
+                user[tagged].tolist(),
+                item[tagged].tolist(),
+                rng.integers(0, 300, len(tagged)).tolist(),
+                times[tagged].tolist(),
+                strict=True,
+            )
+        ],
+        encoding="utf-8",
+    )
+    return out_dir

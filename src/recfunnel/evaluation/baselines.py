@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from recfunnel.data.schema import ITEM, USER
 from recfunnel.data.split import liked
 from recfunnel.errors import ConfigError, NotFittedError
 from recfunnel.evaluation.protocol import interaction_matrix
+from recfunnel.scale import ScaleConfig, dense_bytes, plan, require_memory, sparse_ease
 from recfunnel.types import History
 
 
@@ -48,20 +50,32 @@ class EASE:
     P = (G + lambda I)^-1 and B = I - P / diag(P) (column-wise), i.e. B_ij = -P_ij / P_jj and
     B_jj = 0. A user's scores are x_u B, with x_u the user's liked items. Computed in float64.
     Catalogue items with no liked train rating get a zero column, hence score 0.
+
+    `scale` (`recfunnel.scale`) decides from the catalogue size whether B is this dense
+    matrix (ML-1M, ML-10M) or, where that would not fit, a sparse CSR: EASE over the most
+    liked items with each row cut to its largest weights (`plan_` says which).
     """
 
-    def __init__(self, lam: float = 1000.0) -> None:
+    def __init__(self, lam: float = 1000.0, scale: ScaleConfig | None = None) -> None:
         self.lam = lam
+        self.scale = scale
 
     def fit(self, train: pd.DataFrame, item_ids: np.ndarray) -> EASE:
         """train: ratings (only rating >= 4 count); item_ids (n_items,): the catalogue."""
         if not self.lam > 0:
             raise ConfigError(f"EASE lambda must be > 0, got {self.lam}")
         self.item_ids_ = np.asarray(item_ids, dtype=np.int64)
+        self.plan_ = plan(len(self.item_ids_), self.scale)
         positives = liked(train)
         users = np.unique(positives[USER].to_numpy())
         x = interaction_matrix(positives, users, self.item_ids_)
         x.data[:] = 1.0
+        if self.plan_["mode"] == "sparse":
+            self.weights_ = sparse_ease(
+                x, self.lam, int(self.plan_["ease_items"]), int(self.plan_["neighbours"])
+            )
+            return self
+        require_memory(dense_bytes(len(self.item_ids_)), f"EASE over {len(self.item_ids_):,} items")
         gram = (x.T @ x).toarray()
         gram[np.diag_indices_from(gram)] += self.lam
         p = np.linalg.inv(gram)
@@ -73,13 +87,17 @@ class EASE:
     def score(self, user_ids: np.ndarray, history: History) -> np.ndarray:
         """(n_users, n_items) = liked(history) @ B."""
         _check_fitted(self, "weights_")
-        return np.asarray(history.liked() @ self.weights_)
+        scores = history.liked() @ self.weights_
+        return scores.toarray() if sp.issparse(scores) else np.asarray(scores)
 
 
-def ease_weights(train: pd.DataFrame, item_ids: np.ndarray, lam: float) -> np.ndarray:
+def ease_weights(
+    train: pd.DataFrame, item_ids: np.ndarray, lam: float, scale: ScaleConfig | None = None
+) -> np.ndarray | sp.csr_matrix:
     """EASE's item-item weights (n_items, n_items) as float32, the form the funnel's
-    item-to-item score and recall channel keep (half the memory of float64)."""
-    return EASE(lam).fit(train, item_ids).weights_.astype(np.float32)
+    item-to-item score and recall channel keep (half the memory of float64): dense, or a
+    sparse CSR where `scale` chooses the sparse model for this catalogue."""
+    return EASE(lam, scale).fit(train, item_ids).weights_.astype(np.float32)
 
 
 BASELINES = {"pop": Popularity, "ease": EASE}

@@ -31,7 +31,7 @@ from recfunnel.evaluation.baselines import Popularity
 from recfunnel.evaluation.protocol import interaction_matrix
 from recfunnel.funnel import STAGES, Funnel
 from recfunnel.rerank.stage import METHODS
-from recfunnel.run import Run, load_run
+from recfunnel.run import Run, load_run, read_manifest
 from recfunnel.serving.trace import Catalogue, Trace, build_trace, timed_run
 from recfunnel.types import Candidates, History, Requests
 
@@ -121,12 +121,14 @@ class Pipeline:
     def load(
         cls, run_dir: str | Path, ml: MovieLens | None = None, device: str = "auto"
     ) -> Pipeline:
-        """Load a run directory; `ml` defaults to `load_movielens()` (env var or download).
-        `device` (auto, cpu, cuda) is where its torch parts compute."""
+        """Load a run directory; `ml` defaults to `load_movielens()` of the run's data set
+        (its manifest's `dataset`; env var or download). `device` (auto, cpu, cuda) is where
+        its torch parts compute."""
         if ml is None:
             from recfunnel.data import load_movielens
 
-            ml = load_movielens(progress=False)
+            dataset = str(read_manifest(Path(run_dir)).get("dataset", "ml-1m"))
+            ml = load_movielens(dataset=dataset, progress=False)
         return cls(load_run(Path(run_dir), ml, device), ml)
 
     def _defaults(self, topk_recall: Any, topk_final: Any, lambda_mmr: Any) -> tuple[Any, Any, Any]:

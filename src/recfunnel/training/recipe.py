@@ -77,7 +77,7 @@ def train_funnel(
     report = TrainReport()
     item_ids = catalogue(ml.ratings)
     device = str(resolve_device(config.device))
-    data = FitData(ml, split, item_ids, progress, device)
+    data = FitData(ml, split, item_ids, progress, device=device, scale=config.scale)
     report.trained_on = {"device": device, "processes": distributed.world().size}
     rng = np.random.default_rng(prerank_config.seed)
 
