@@ -21,6 +21,7 @@ from recfunnel.config import param
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.baselines import ease_weights
 from recfunnel.features import item_to_item_scores
+from recfunnel.kernel import WeightsKernel
 from recfunnel.stage import FitData, Scorer, Stacked, Validate
 from recfunnel.types import Pairs, Requests
 
@@ -56,6 +57,11 @@ class ItemToItem(Scorer):
         self.check_fitted()
         scores, inverse = item_to_item_scores(self.weights_, requests.history.liked(), pairs.items)
         return pairs.with_scores(self.name, scores[pairs.rows, inverse].astype(np.float32))
+
+    def serving_kernel(self) -> WeightsKernel:
+        """The one-request fast path: the liked rows of W summed once per request."""
+        self.check_fitted()
+        return WeightsKernel(self.name, self.weights_)
 
     def _save(self, directory: Path) -> None:
         np.save(directory / "weights.npy", self.weights_)
