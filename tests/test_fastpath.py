@@ -222,6 +222,21 @@ def test_top_unknown_matches_a_stable_sort() -> None:
         np.testing.assert_array_equal(top_unknown(scores, known, k), expected)
 
 
+def test_mmr_one_is_mmr_for_one_user() -> None:
+    from recfunnel.rerank.mmr import mmr, mmr_one
+
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        n = int(rng.integers(1, 30))
+        relevance = rng.integers(0, 4, (1, n)) / 3.0  # ties
+        vectors = (rng.random((1, n, 5)) < 0.4).astype(np.float32)  # genre-like, some zero
+        valid = rng.random((1, n)) < 0.8
+        k, lam = int(rng.integers(1, n + 3)), float(rng.choice([0.0, 0.3, 0.8, 1.0]))
+        np.testing.assert_array_equal(
+            mmr_one(relevance, vectors, k, lam, valid), mmr(relevance, vectors, k, lam, valid)
+        )
+
+
 def test_liked_sum_is_the_sparse_product_bit_for_bit() -> None:
     import scipy.sparse as sp
 

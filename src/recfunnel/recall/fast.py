@@ -22,6 +22,7 @@ from recfunnel.data.schema import LIKE_THRESHOLD
 from recfunnel.kernel import Dense, UserRequest, dense_layers, liked_sum, run_layers, top_unknown
 from recfunnel.nn import N_HISTORY_BUCKETS
 from recfunnel.recall.channel import Channel
+from recfunnel.recall.index import ExactIndex
 from recfunnel.recall.item_to_item import EASEChannel, RP3betaChannel
 from recfunnel.recall.merge import merge_lists
 from recfunnel.recall.trending import TrendingChannel
@@ -78,8 +79,12 @@ class _TwoTowerScores:
     def top(self, k: int) -> np.ndarray:
         kernel = self.kernel
         index = kernel.channel.index
-        if index is None or not index.built:
-            scores = (self.user[None, :] @ kernel.items.T).astype(np.float64)[0]
+        if index is None or not index.built or isinstance(index, ExactIndex):
+            # Exact search without the index's sparse exclusion: one (1, d) @ (d, n) product
+            # of the same float32 vectors, ties to the smaller position (= movie id), as the
+            # exact index orders them.
+            vectors = kernel.items if index is None or not index.built else index.embeddings_
+            scores = (self.user[None, :] @ vectors.T).astype(np.float64)[0]
             return top_unknown(scores, self.request.known, k)
         ids, _ = index.search(self.user[None, :], k, exclude=[kernel.item_ids[self.request.items]])
         return np.where(ids[0] >= 0, np.searchsorted(kernel.item_ids, ids[0]), -1)
@@ -179,6 +184,36 @@ def _channel_kernel(channel: Channel) -> Any:
     return lambda request: _BatchChannelScores(channel, request)
 
 
+def _rrf_one(lists: dict[str, Candidates], k: int, rrf_k: int) -> Candidates:
+    """`merge_lists(how="rrf")` for one request: the same fused sums (added in the same
+    order: channel by channel, best first) and the same order (fused score desc, position
+    asc), without the batch bookkeeping. Scores are filled in by the caller."""
+    items, ranks = [], []
+    for part in lists.values():
+        row = part.items[0]
+        real = np.flatnonzero(row >= 0)
+        items.append(row[real])
+        ranks.append(real + 1)
+    item, rank = np.concatenate(items), np.concatenate(ranks)
+    unique, inverse = np.unique(item, return_inverse=True)
+    fused = np.bincount(inverse, weights=1.0 / (rrf_k + rank))
+    order = np.lexsort((unique, -fused))[:k]
+    out = np.full((1, k), -1, dtype=np.int64)
+    out[0, : len(order)] = unique[order]
+    channels = {}
+    for name, part in lists.items():
+        row = part.items[0]
+        # rank of each merged item in this channel's list (0: not proposed)
+        place = np.zeros(int(max(unique.max(initial=0), 0)) + 1, dtype=np.int64)
+        real = row >= 0
+        place[row[real]] = np.flatnonzero(real) + 1
+        merged_rank = np.zeros((1, k), dtype=np.int64)
+        valid = out[0] >= 0
+        merged_rank[0, valid] = place[out[0, valid]]
+        channels[name] = merged_rank
+    return Candidates(out, {}, channels)
+
+
 class RecallKernel:
     """`RecallStage.__call__` for one request (see the module docstring)."""
 
@@ -201,7 +236,10 @@ class RecallKernel:
             scores[valid] = answer.at(items[valid])
             ranks = np.where(valid, np.arange(1, k + 1)[None, :], 0)
             lists[name] = Candidates(items, {name: scores}, {name: ranks})
-        merged = merge_lists(lists, k, how=cfg.merge, rrf_k=cfg.rrf_k, quotas=cfg.quotas)
+        if cfg.merge == "rrf" and len(lists) > 1:
+            merged = _rrf_one(lists, k, cfg.rrf_k)
+        else:
+            merged = merge_lists(lists, k, how=cfg.merge, rrf_k=cfg.rrf_k, quotas=cfg.quotas)
         valid = merged.valid
         scores = {}
         for name, answer in answers.items():  # every channel's score of every candidate

@@ -20,7 +20,7 @@ import numpy as np
 from recfunnel.config import param
 from recfunnel.errors import ConfigError
 from recfunnel.rerank.dpp import dpp
-from recfunnel.rerank.mmr import RELEVANCES, mmr, relevance_scale
+from recfunnel.rerank.mmr import RELEVANCES, mmr, mmr_one, relevance_scale
 from recfunnel.stage import Component, FitData, Stacked, Validate
 from recfunnel.types import Candidates, Requests
 
@@ -131,7 +131,8 @@ class MMRReranker(Component):
             if candidates.embeddings is None:
                 raise ConfigError("rerank.similarity=embedding needs candidates with embeddings")
             vectors = candidates.embeddings.items[safe]
-        method = dpp if self.config.method == "dpp" else mmr
+        one_list = len(candidates) == 1  # a served request: MMR without batch bookkeeping
+        method = dpp if self.config.method == "dpp" else (mmr_one if one_list else mmr)
         return candidates.reorder(method(relevance, vectors, k, lam, valid))
 
     def serving_kernel(self) -> RerankKernel:
