@@ -263,5 +263,5 @@ def test_ml1m_default_run_fast_path_equals_batch(ml1m) -> None:
     if run is None:
         pytest.skip("no trained ML-1M run under runs/")
     pipeline = Pipeline.load(run, ml1m)
-    users = pipeline.user_ids[np.diff(pipeline._ratings.indptr) > 0][::30][:200]
+    users = pipeline.user_ids[np.diff(pipeline._ratings.indptr) > 0][::40][:150]
     _compare(pipeline, users)

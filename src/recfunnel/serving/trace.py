@@ -70,8 +70,9 @@ class Trace:
     ild: float | None
     latency_ms: dict[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, full: bool = True) -> dict[str, Any]:
+        """The JSON body; without `full`, the stage lists and the movies are left out."""
+        out = {
             "user_id": self.user_id,
             "path": self.path,
             "method": self.method,
@@ -82,10 +83,12 @@ class Trace:
             "final": self.final,
             "ild": self.ild,
             "latency_ms": self.latency_ms,
-            "stages": self.stages,
-            # JSON object keys are strings; the movie id is also inside each value.
-            "movies": {str(k): v for k, v in self.movies.items()},
         }
+        if full:
+            out["stages"] = self.stages
+            # JSON object keys are strings; the movie id is also inside each value.
+            out["movies"] = {str(k): v for k, v in self.movies.items()}
+        return out
 
 
 def finite(value: float) -> float | None:
