@@ -241,10 +241,12 @@ def test_liked_sum_is_the_sparse_product_bit_for_bit() -> None:
     import scipy.sparse as sp
 
     rng = np.random.default_rng(1)
-    weights = rng.normal(size=(50, 50)).astype(np.float32)
-    liked = np.sort(rng.choice(50, 17, replace=False))
-    row = sp.csr_matrix((np.ones(17, np.float32), liked, [0, 17]), shape=(1, 50))
-    np.testing.assert_array_equal(liked_sum(weights, liked), (row @ weights)[0].astype(np.float64))
+    weights = rng.normal(size=(400, 300)).astype(np.float32)
+    for size in (0, 1, 17, 150, 400):
+        liked = np.sort(rng.choice(400, size, replace=False))
+        row = sp.csr_matrix((np.ones(size, np.float32), liked, [0, size]), shape=(1, 400))
+        expected = np.asarray(row @ weights)[0].astype(np.float64)
+        np.testing.assert_array_equal(liked_sum(weights, liked), expected)
 
 
 def test_user_request_is_made_after_its_history() -> None:
