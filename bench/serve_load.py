@@ -4,6 +4,7 @@ errors and the server's memory growth; writes bench/serve_results.json, stops th
 
     make bench-serve                       # RUN_DIR=runs/default, 8 clients, 20,000 requests
     .venv/bin/python bench/serve_load.py runs/serve --requests 2000 --max-seconds 60
+    .venv/bin/python bench/serve_load.py runs/serve --light   # ?trace=false: final list only
 
 Each request is GET /users/{id}/recommendations with the run's defaults (the whole funnel and
 its trace), for user ids drawn at random (seeded) from users.dat. The run is bounded in count
@@ -201,11 +202,15 @@ def run(args: argparse.Namespace) -> dict:
             users = json.loads(get(conn, "/health")[1])["users"]
             conn.close()
             rng = random.Random(args.seed)
-            draw = [f"/users/{rng.randint(1, users)}/recommendations" for _ in range(args.warmup)]
+            query = "?trace=false" if args.light else ""
+            draw = [
+                f"/users/{rng.randint(1, users)}/recommendations{query}" for _ in range(args.warmup)
+            ]
             load(port, draw, args.clients, args.max_seconds)  # warm-up, not measured
             rss_before = rss_mib(proc.pid)
             paths = [
-                f"/users/{rng.randint(1, users)}/recommendations" for _ in range(args.requests)
+                f"/users/{rng.randint(1, users)}/recommendations{query}"
+                for _ in range(args.requests)
             ]
             result = load(port, paths, args.clients, args.max_seconds)
             rss_after = rss_mib(proc.pid)
@@ -238,7 +243,8 @@ def run(args: argparse.Namespace) -> dict:
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "busy_processes_before": busy,
         },
-        "endpoint": "GET /users/{id}/recommendations (run defaults, full trace)",
+        "endpoint": "GET /users/{id}/recommendations"
+        + ("?trace=false (run defaults, final list only)" if args.light else " (full trace)"),
     }
     report["targets_met"] = {
         "p50_ms": report["p50_ms"] <= TARGETS["p50_ms"],
@@ -259,6 +265,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured first requests")
     parser.add_argument("--startup-seconds", type=float, default=180.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--light", action="store_true", help="ask ?trace=false: the final list, not the trace"
+    )
     parser.add_argument("--data-dir", default=os.environ.get("RECFUNNEL_DATA_DIR"))
     parser.add_argument("--out", type=Path, default=HERE / "serve_results.json")
     args = parser.parse_args()

@@ -405,3 +405,13 @@ def test_acknowledged_ratings_survive_kill_9(smoke_run, tmp_path: Path, warm_use
                 proc.kill()
             proc.communicate(timeout=10)
     assert len(RatingStore(db).history(warm_user)) == 3
+
+
+def test_light_response_without_the_trace(client: TestClient, warm_user: int) -> None:
+    full = client.get(f"/users/{warm_user}/recommendations").json()
+    light = client.get(f"/users/{warm_user}/recommendations?trace=false")
+    assert light.status_code == 200
+    body = light.json()
+    assert "stages" not in body and "movies" not in body
+    assert [m["movie_id"] for m in body["final"]] == [m["movie_id"] for m in full["final"]]
+    assert client.get(f"/users/{warm_user}/recommendations?trace=maybe").status_code == 422

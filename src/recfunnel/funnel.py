@@ -3,15 +3,19 @@
     lists = funnel.run(requests)                    # every stage's output list
     lists = funnel.run(requests, upto="prerank")    # stop after a stage
     pairs = funnel.score_pairs(requests, pairs)     # every scorer's score of given pairs
+    lists, ms = funnel.serve(request)               # one UserRequest: the serving fast path
 
-Serving, validation during training, evaluation, the pointwise AUC and the benchmark all
-call these two methods; none of them chains the stages again. Each component is a
-`stage.Component`: it takes the requests and the incoming lists and returns new ones.
+Validation during training, evaluation, the pointwise AUC, batch serving and the benchmark
+call the first two methods; serving one user calls `serve`, which chains each component's
+one-request kernel (`recfunnel.kernel`) and gives the same lists as `run`. None of them
+chains the stages again. Each component is a `stage.Component`: it takes the requests and
+the incoming lists and returns new ones.
 `training.recipe.train_funnel` builds and trains a Funnel.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +27,7 @@ from recfunnel.config import param
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.protocol import EvalUsers
 from recfunnel.item_to_item import ItemToItem
+from recfunnel.kernel import Kernel, UserRequest
 from recfunnel.prerank import PreRankStage
 from recfunnel.rank import RankStage
 from recfunnel.recall import RecallStage
@@ -64,7 +69,10 @@ class Funnel:
     sizes: FunnelConfig
     item_ids: np.ndarray  # (n_items,) the catalogue: raw movie id of each position
     now: int  # the serving moment: the day after the end of train (see `requests`)
+    # Seconds per component summed over `run` calls; the server runs requests in threads,
+    # so every update holds `_lock` (read it with `timings_snapshot`).
     timings: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __getitem__(self, name: str) -> Any:
         return self.stages[name]
@@ -93,11 +101,7 @@ class Funnel:
         after `upto`: "recall" (B, topk_recall), "item_to_item" (the same, with its score),
         "prerank" (B, keep), "rank" (B, keep) re-sorted, "rerank" (B, topk_final).
         `resume=(name, lists)` starts after component `name` from its output `lists`."""
-        options = {
-            "recall": {"k": topk_recall or self.sizes.topk_recall},
-            "prerank": {"keep": min(keep or self.keep, topk_recall or self.sizes.topk_recall)},
-            "rerank": {"k": topk_final or self.sizes.topk_final, "lambda_mmr": lambda_mmr},
-        }
+        options = self._options(topk_recall, keep, topk_final, lambda_mmr)
         names = list(self.stages)
         if upto is not None and upto not in names:
             raise ConfigError(f"unknown stage {upto!r}; the funnel runs {', '.join(names)}")
@@ -107,11 +111,68 @@ class Funnel:
         for name in names[start:]:
             clock = time.perf_counter()
             cands = self.stages[name](requests, cands, **options.get(name, {}))
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - clock
+            elapsed = time.perf_counter() - clock
+            with self._lock:
+                self.timings[name] = self.timings.get(name, 0.0) + elapsed
             out[name] = cands
             if name == upto:
                 break
         return out
+
+    def timings_snapshot(self) -> dict[str, float]:
+        """A copy of `timings`, taken under the lock."""
+        with self._lock:
+            return dict(self.timings)
+
+    def clear_timings(self) -> None:
+        with self._lock:
+            self.timings.clear()
+
+    def serve(
+        self,
+        request: UserRequest,
+        *,
+        topk_recall: int | None = None,
+        keep: int | None = None,
+        topk_final: int | None = None,
+        lambda_mmr: float | None = None,
+    ) -> tuple[dict[str, Candidates], dict[str, float]]:
+        """The serving fast path for ONE request: every component's output list (one row
+        each, the lists `run` gives for the same request) and each component's wall time in
+        milliseconds, through the components' kernels (`Component.kernel`). The times are
+        this call's own, so concurrent calls never share state; `timings` is not touched."""
+        options = self._options(topk_recall, keep, topk_final, lambda_mmr)
+        kernels = self.kernels()
+        cands = Candidates.empty(1)
+        lists: dict[str, Candidates] = {}
+        ms: dict[str, float] = {}
+        for name, kernel in kernels.items():
+            clock = time.perf_counter()
+            cands = kernel(request, cands, **options.get(name, {}))
+            ms[name] = (time.perf_counter() - clock) * 1000
+            lists[name] = cands
+        return lists, ms
+
+    def kernels(self) -> dict[str, Kernel]:
+        """Each component's kernel in chain order, built once (under the lock, so two
+        first requests in two threads do not build them twice)."""
+        with self._lock:
+            return {name: stage.kernel() for name, stage in self.stages.items()}
+
+    def _options(
+        self,
+        topk_recall: int | None,
+        keep: int | None,
+        topk_final: int | None,
+        lambda_mmr: float | None,
+    ) -> dict[str, dict[str, Any]]:
+        """Each component's call options from the list sizes (None: the funnel's own)."""
+        recall_k = topk_recall or self.sizes.topk_recall
+        return {
+            "recall": {"k": recall_k},
+            "prerank": {"keep": min(keep or self.keep, recall_k)},
+            "rerank": {"k": topk_final or self.sizes.topk_final, "lambda_mmr": lambda_mmr},
+        }
 
     def score_pairs(self, requests: Requests, pairs: Pairs, upto: str | None = None) -> Pairs:
         """The pairs with every scorer's score, in chain order (the same inputs each stage

@@ -20,6 +20,7 @@ from recfunnel.config import param
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.baselines import ease_weights
 from recfunnel.features import item_to_item_scores
+from recfunnel.kernel import Kernel, WeightsKernel
 from recfunnel.scale import load_weights_matrix, save_weights
 from recfunnel.stage import FitData, Scorer, Stacked, Validate
 from recfunnel.types import Pairs, Requests
@@ -56,6 +57,13 @@ class ItemToItem(Scorer):
         self.check_fitted()
         scores, inverse = item_to_item_scores(self.weights_, requests.history.liked(), pairs.items)
         return pairs.with_scores(self.name, scores[pairs.rows, inverse].astype(np.float32))
+
+    def serving_kernel(self) -> Kernel:
+        """The one-request fast path: the liked rows of W summed once per request."""
+        self.check_fitted()
+        if not isinstance(self.weights_, np.ndarray):  # sparse (a large catalogue): batch call
+            return super().serving_kernel()
+        return WeightsKernel(self.name, self.weights_)
 
     def _save(self, directory: Path) -> None:
         save_weights(directory, self.weights_)

@@ -31,6 +31,7 @@ from recfunnel.config import config_from_json, save_config
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.split import Split
 from recfunnel.errors import ConfigError, NotFittedError
+from recfunnel.kernel import BatchKernel, Kernel
 from recfunnel.scale import ScaleConfig
 from recfunnel.types import Candidates, Pairs, Requests
 
@@ -116,10 +117,29 @@ class Component(ABC):
     def _load(self, directory: Path, data: FitData) -> None:  # noqa: B027 - likewise
         """Restore the fitted state from `directory` (and side tables from `data`)."""
 
+    # --- serving fast path (recfunnel.kernel) -------------------------------------------------
+    def serving_kernel(self) -> Kernel:
+        """A new one-request kernel from the fitted state; by default the batch call on a
+        one-row `Requests`. Components with a numpy kernel override this."""
+        self.check_fitted()
+        return BatchKernel(self)
+
+    def kernel(self) -> Kernel:
+        """The component's kernel, built on first use and kept (fitting drops it)."""
+        kernel = self.__dict__.get("_kernel")
+        if kernel is None:
+            kernel = self._kernel = self.serving_kernel()
+        return kernel
+
+    def forget_kernel(self) -> None:
+        """Drop the kept kernel (after the fitted state changed, e.g. a refresh)."""
+        self.__dict__.pop("_kernel", None)
+
     # --- fitted state -----------------------------------------------------------------------
     def _fitted(self) -> None:
         """Mark the component fitted (call at the end of `fit`)."""
         self.config_ = self.config
+        self.forget_kernel()
 
     def check_fitted(self) -> None:
         if not hasattr(self, self.fitted_attribute):

@@ -1,8 +1,10 @@
 """Serving benchmark of a trained run: `recommend_for_user` latency and batch throughput.
 
 Latency is measured per call for every warm test user (after a warm-up), the way a service
-would answer them one by one; throughput runs the whole funnel for all test users in one
-batch. Both use the protocol's known history (train + valid).
+would answer them one by one: through the fast path (`recommend_for_user`, `Funnel.serve`),
+with each stage's share of the call, and, for comparison, through the batch path for one
+user (`recommend_batch([user])`, `Funnel.run`). Throughput runs the whole funnel for all
+test users in one batch. All use the protocol's known history (train + valid).
 """
 
 from __future__ import annotations
@@ -68,18 +70,29 @@ def bench_run(
     test_users = np.unique(liked(split.test)[USER].to_numpy())
     warm = test_users[np.isin(test_users, split.train[USER].to_numpy())]
 
-    for user in warm[:20]:  # warm-up: first calls allocate and fill caches
+    for user in warm[:20]:  # warm-up: first calls allocate and fill caches (and kernels)
         pipeline.recommend_for_user(int(user))
+        pipeline.recommend_batch([int(user)])
     ms = []
     for _ in range(repeats):
         for user in warm:
             t = time.perf_counter()
             pipeline.recommend_for_user(int(user))
             ms.append(1000 * (time.perf_counter() - t))
-
     funnel = pipeline.funnel
+    stage_ms: dict[str, list[float]] = {name: [] for name in funnel.stages}
+    for user in warm:
+        _, own = funnel.serve(pipeline.user_request(int(user)))
+        for name, value in own.items():
+            stage_ms[name].append(value)
+    batch_ms = []
+    for user in warm[:300]:
+        t = time.perf_counter()
+        pipeline.recommend_batch([int(user)])
+        batch_ms.append(1000 * (time.perf_counter() - t))
+
     models = _model_latency(pipeline, warm)
-    funnel.timings.clear()
+    funnel.clear_timings()
     t = time.perf_counter()
     pipeline.recommend_batch(test_users)
     batch_s = time.perf_counter() - t
@@ -93,12 +106,16 @@ def bench_run(
         },
         "load_seconds": load_s,
         "recommend_for_user": {"users": len(warm), "calls": len(ms), **_percentiles(np.array(ms))},
+        "fast_path_stage_ms": {
+            name: _percentiles(np.array(values)) for name, values in stage_ms.items()
+        },
+        "batch_path_one_user": {"calls": len(batch_ms), **_percentiles(np.array(batch_ms))},
         "model_only": models,
         "batch": {
             "users": len(test_users),
             "seconds": batch_s,
             "users_per_second": len(test_users) / batch_s,
-            "stage_seconds": dict(funnel.timings),
+            "stage_seconds": funnel.timings_snapshot(),
         },
         "chunked_batch_memory": memory,
     }

@@ -23,7 +23,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from recfunnel.prerank.model import PreRankMLP
 from recfunnel.stage import FitData, Scorer, Stacked, Validate, require_stacked
 from recfunnel.training.loop import TrainLog, fit
 from recfunnel.types import Candidates, Pairs, Requests, channel_features
+
+if TYPE_CHECKING:
+    from recfunnel.prerank.fast import PreRankKernel
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,12 @@ class PreRankStage(Scorer):
     def select(self, candidates: Candidates, *, keep: int | None = None, **_: Any) -> Candidates:
         """The best `keep` (default config.keep) of each list by the pre-rank logit."""
         return candidates.top(self.name, keep or self.config.keep)
+
+    def serving_kernel(self) -> PreRankKernel:
+        """The one-request fast path (`prerank.fast`)."""
+        from recfunnel.prerank.fast import PreRankKernel
+
+        return PreRankKernel(self)
 
     def _raw_scalars(self, pairs: Pairs) -> np.ndarray:
         if not self.scalars:

@@ -72,30 +72,68 @@ class RankFeatureSpace:
         """Per-request features from the requests' own history (their input, not a label)."""
         ratings = requests.history.ratings.tocsr()
         times = requests.history.timestamps.tocsr()
-        n, L = len(requests), self.max_sequence
-        sequence = np.zeros((n, L), dtype=np.int64)
+        n = len(requests)
+        sequence = np.zeros((n, self.max_sequence), dtype=np.int64)
         profile = np.zeros((n, self.column_genres.shape[1]), dtype=np.float32)
         lengths = np.diff(ratings.indptr)
         n_liked = np.zeros(n, dtype=np.int64)
         for b in range(n):  # B is at most a few thousand; each row is a short sort
             lo, hi = ratings.indptr[b], ratings.indptr[b + 1]
             cols, vals, ts = ratings.indices[lo:hi], ratings.data[lo:hi], times.data[lo:hi]
-            like = vals >= LIKE_THRESHOLD
-            cols, ts = cols[like], ts[like]
-            n_liked[b] = len(cols)
-            if len(cols):
-                profile[b] = self.column_genres[cols].mean(0)
-                recent = cols[np.lexsort((cols, -ts))][:L]  # newest first; ties by column
-                sequence[b, : len(recent)] = self.column_vocab[recent]
+            n_liked[b] = self._history_row(cols, vals, ts, sequence[b], profile[b])
+        return self._request_features(
+            requests.user_ids, sequence, lengths, n_liked, profile, requests.now
+        )
+
+    def one_request(
+        self, user_id: int, cols: np.ndarray, vals: np.ndarray, ts: np.ndarray, now: int
+    ) -> RequestFeatures:
+        """`requests` for one request given as arrays: rated catalogue positions (h,)
+        ascending, their ratings and times (the serving fast path; the same row code)."""
+        sequence = np.zeros((1, self.max_sequence), dtype=np.int64)
+        profile = np.zeros((1, self.column_genres.shape[1]), dtype=np.float32)
+        n_liked = np.array([self._history_row(cols, vals, ts, sequence[0], profile[0])])
+        lengths = np.array([len(cols)])
+        return self._request_features(
+            np.array([user_id]), sequence, lengths, n_liked, profile, np.array([now])
+        )
+
+    def _history_row(
+        self,
+        cols: np.ndarray,
+        vals: np.ndarray,
+        ts: np.ndarray,
+        sequence: np.ndarray,
+        profile: np.ndarray,
+    ) -> int:
+        """Fill one request's sequence (L,) and genre profile (18,) from its ratings (cols
+        ascending); returns its number of liked items."""
+        like = vals >= LIKE_THRESHOLD
+        cols, ts = cols[like], ts[like]
+        if len(cols):
+            profile[:] = self.column_genres[cols].mean(0)
+            recent = cols[np.lexsort((cols, -ts))][: self.max_sequence]  # newest first
+            sequence[: len(recent)] = self.column_vocab[recent]
+        return len(cols)
+
+    def _request_features(
+        self,
+        user_ids: np.ndarray,
+        sequence: np.ndarray,
+        lengths: np.ndarray,
+        n_liked: np.ndarray,
+        profile: np.ndarray,
+        now: np.ndarray,
+    ) -> RequestFeatures:
         # Smoothed towards the global like rate, so a 2-rating user is not at 0 or 1.
         like_rate = (n_liked + 5 * self.mean_like_rate) / (lengths + 5)
         return RequestFeatures(
-            user=self.space.user_features(requests.user_ids),
+            user=self.space.user_features(user_ids),
             sequence=sequence,
             lengths=lengths.astype(np.int64),
             like_rate=like_rate.astype(np.float32),
             profile=profile,
-            now=np.asarray(requests.now, dtype=np.int64),
+            now=np.asarray(now, dtype=np.int64),
         )
 
     def pairs(

@@ -19,6 +19,7 @@ from recfunnel.config import param
 from recfunnel.device import cpu_state, to_device, to_numpy
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.protocol import metric_cutoff
+from recfunnel.kernel import Kernel
 from recfunnel.rank.features import DENSE, RankFeatureSpace, RequestFeatures
 from recfunnel.rank.model import RankModel, RankSizes
 from recfunnel.stage import FitData, Scorer, Stacked, Validate, require_stacked
@@ -315,6 +316,15 @@ class RankStage(Scorer):
             .with_scores(f"{self.name}.prob", prob)
             .with_scores(f"{self.name}.like", like)
         )
+
+    def serving_kernel(self) -> Kernel:
+        """The one-request fast path: numpy DIN + DCN-v2 (`rank.fast`); DIEN's GRUs keep
+        the batch call."""
+        if self.config.use_din and self.config.interest == "dien":
+            return super().serving_kernel()
+        from recfunnel.rank.fast import RankKernel
+
+        return RankKernel(self)
 
     def select(self, candidates: Candidates, **_: Any) -> Candidates:
         """The whole list, re-sorted by the ranking score."""

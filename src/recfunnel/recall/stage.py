@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,9 @@ from recfunnel.recall.trending import TrendingChannel, TrendingConfig
 from recfunnel.recall.two_tower.channel import TwoTowerChannel, TwoTowerConfig
 from recfunnel.stage import FitData, Scorer, Stacked, Validate
 from recfunnel.types import Candidates, Pairs, Requests
+
+if TYPE_CHECKING:
+    from recfunnel.recall.fast import RecallKernel
 
 # name -> channel class; the name is also the channel's config section in RecallConfig.
 CHANNELS: dict[str, type[Channel]] = {
@@ -138,12 +141,14 @@ class RecallStage(Scorer):
         refitted = [name for name, c in self.channels.items() if c.refit_for_serving]
         for name in refitted:
             self.channels[name] = _build(name, getattr(self.config, name), None).fit(data)
+        self.forget_kernel()
         return refitted
 
     def refresh(self, train: pd.DataFrame) -> None:
         """Every channel's serving state as of the end of `train` (see `Channel.refresh`)."""
         for channel in self.channels.values():
             channel.refresh(train)
+        self.forget_kernel()
 
     def __call__(
         self, requests: Requests, candidates: Candidates | None = None, *, k: int | None = None
@@ -176,6 +181,12 @@ class RecallStage(Scorer):
                     f"recall.{name}.rrf", np.where(merged.valid, rrf, np.nan)
                 )
         return merged
+
+    def serving_kernel(self) -> RecallKernel:
+        """The one-request fast path (`recall.fast`)."""
+        from recfunnel.recall.fast import RecallKernel
+
+        return RecallKernel(self)
 
     @property
     def feature_names(self) -> tuple[str, ...]:

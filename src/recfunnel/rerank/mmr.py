@@ -14,7 +14,14 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["RELEVANCES", "check_rerank_inputs", "cosine_similarity", "mmr", "relevance_scale"]
+__all__ = [
+    "RELEVANCES",
+    "check_rerank_inputs",
+    "cosine_similarity",
+    "mmr",
+    "mmr_one",
+    "relevance_scale",
+]
 
 RELEVANCES = ("minmax", "rank", "probability")  # how rank scores become [0, 1] relevance
 
@@ -190,5 +197,39 @@ def mmr(
             # stays O(B N) and the work O(k B N d).
             sim = np.matmul(unit, unit[rows, pick][:, :, None])[:, :, 0]
             # The first chosen item sets the max outright: cosines of embeddings may be < 0.
+            penalty = sim.astype(np.float64) if t == 0 else np.maximum(penalty, sim)
+    return out
+
+
+def mmr_one(
+    relevance: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    lambda_mmr: float,
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """`mmr` for one user (B = 1), the serving fast path: the same arithmetic in the same
+    order (so the same list, bit for bit), without the batch's per-step fancy indexing.
+    Shapes as `mmr`: relevance (1, N), vectors (1, N, d), valid (1, N) -> (1, k)."""
+    rel, vectors, valid, lam = check_rerank_inputs(relevance, vectors, k, lambda_mmr, valid)
+    if rel.shape[0] != 1:
+        raise ValueError(f"mmr_one serves one user, got {rel.shape[0]}")
+    k = int(k)
+    out = np.full((1, k), -1, dtype=np.int64)
+    n = rel.shape[1]
+    if n == 0:
+        return out
+    unit = _unit(vectors)  # (1, N, d)
+    available = valid[0].copy()
+    weighted_rel = lam * np.where(valid[0], rel[0], 0.0)
+    penalty = np.zeros(n)
+    for t in range(min(k, int(available.sum()))):
+        objective = np.where(available, weighted_rel - (1.0 - lam) * penalty, -np.inf)
+        pick = int(np.argmax(objective))  # first maximum: ties go to the smaller position
+        out[0, t] = pick
+        available[pick] = False
+        if t + 1 < k:
+            # The batch call's matmul shapes, (1, N, d) @ (1, d, 1), for identical rounding.
+            sim = np.matmul(unit, unit[:, pick][:, :, None])[0, :, 0]
             penalty = sim.astype(np.float64) if t == 0 else np.maximum(penalty, sim)
     return out

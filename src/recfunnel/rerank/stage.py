@@ -13,16 +13,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from recfunnel.config import param
 from recfunnel.errors import ConfigError
 from recfunnel.rerank.dpp import dpp
-from recfunnel.rerank.mmr import RELEVANCES, mmr, relevance_scale
+from recfunnel.rerank.mmr import RELEVANCES, mmr, mmr_one, relevance_scale
 from recfunnel.stage import Component, FitData, Stacked, Validate
 from recfunnel.types import Candidates, Requests
+
+if TYPE_CHECKING:
+    from recfunnel.rerank.fast import RerankKernel
 
 SIMILARITIES = ("genre", "embedding")
 METHODS = ("mmr", "dpp")
@@ -103,6 +106,12 @@ class MMRReranker(Component):
     ) -> Candidates:
         """The first k (default 20) of each list after MMR at `lambda_mmr` (default the
         config's); relevance is the rank score min-max scaled per user."""
+        return self.rerank(candidates, k=k, lambda_mmr=lambda_mmr)
+
+    def rerank(
+        self, candidates: Candidates, *, k: int | None = None, lambda_mmr: float | None = None
+    ) -> Candidates:
+        """The call's work: it reads only the lists, never the requests."""
         self.check_fitted()
         k = k or self.default_k
         lam = self.config.lambda_mmr if lambda_mmr is None else lambda_mmr
@@ -122,8 +131,15 @@ class MMRReranker(Component):
             if candidates.embeddings is None:
                 raise ConfigError("rerank.similarity=embedding needs candidates with embeddings")
             vectors = candidates.embeddings.items[safe]
-        method = dpp if self.config.method == "dpp" else mmr
+        one_list = len(candidates) == 1  # a served request: MMR without batch bookkeeping
+        method = dpp if self.config.method == "dpp" else (mmr_one if one_list else mmr)
         return candidates.reorder(method(relevance, vectors, k, lam, valid))
+
+    def serving_kernel(self) -> RerankKernel:
+        """The one-request fast path (`rerank.fast`): the same call, without Requests."""
+        from recfunnel.rerank.fast import RerankKernel
+
+        return RerankKernel(self)
 
     def with_method(self, method: str) -> MMRReranker:
         """A copy that re-ranks with `method` ("mmr" or "dpp"), everything else the same."""

@@ -61,6 +61,14 @@ Lambda = Annotated[
 Method = Annotated[
     Literal["mmr", "dpp"] | None, Query(description="re-rank method (default: the run's)")
 ]
+FullTrace = Annotated[
+    bool,
+    Query(
+        alias="trace",
+        description="true (default): every stage's list and each candidate's movie; false: "
+        "the final list, path and latencies only (a response ~20x smaller, for services)",
+    ),
+]
 
 
 class RatingIn(BaseModel):
@@ -145,9 +153,11 @@ class BodyLimitAndMetrics:
 def create_app(pipeline: Pipeline, store: RatingStore, *, metrics: Metrics | None = None) -> Any:
     """The FastAPI application serving `pipeline` with live ratings from `store`."""
     metrics = metrics or Metrics()
-    # One funnel call at a time: the stages were written for one caller (they hold fitted
-    # state and scratch tables, and were never audited for concurrent use), and on a 2-core
-    # machine torch already uses both cores within a call, so parallel calls would gain little.
+    # One funnel call at a time. The fast path (`Funnel.serve`) is thread-safe (read-only
+    # kernels, per-call clocks), but its work is Python and small numpy calls under the
+    # GIL: with 8 clients and no lock, bench/serve_load.py measured fewer req/s (49.7
+    # against 54), per-stage p50s 5-15x longer (each stage's clock ran while other threads
+    # held the GIL) and RSS growing by 7-8 % (concurrent scratch arrays).
     funnel_lock = threading.Lock()
 
     app = FastAPI(
@@ -174,6 +184,7 @@ def create_app(pipeline: Pipeline, store: RatingStore, *, metrics: Metrics | Non
         topk_final: int | None,
         lambda_mmr: float | None,
         method: str | None,
+        full: bool = True,
     ) -> JSONResponse:
         with funnel_lock:
             trace = pipeline.recommend_trace(
@@ -187,7 +198,7 @@ def create_app(pipeline: Pipeline, store: RatingStore, *, metrics: Metrics | Non
         for stage, ms in trace.latency_ms.items():
             if stage != "total":
                 metrics.observe_stage(stage, ms / 1000)
-        return JSONResponse(trace.to_dict())
+        return JSONResponse(trace.to_dict(full=full))
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -215,11 +226,12 @@ def create_app(pipeline: Pipeline, store: RatingStore, *, metrics: Metrics | Non
         topk_final: TopkFinal = None,
         lambda_mmr: Lambda = None,
         method: Method = None,
+        full: FullTrace = True,
     ) -> JSONResponse:
         """The final list and the funnel trace for a user: their known history plus every
         rating posted to this service. An id outside users.dat gets the popularity list."""
         live = store.history(user_id) if pipeline.has_user(user_id) else []
-        return recommend(user_id, live, topk_recall, topk_final, lambda_mmr, method)
+        return recommend(user_id, live, topk_recall, topk_final, lambda_mmr, method, full)
 
     @app.post("/users/{user_id}/ratings")
     def post_ratings(user_id: UserId, body: RatingsIn) -> dict[str, Any]:

@@ -4,6 +4,8 @@
     rec = pipeline.recommend_for_user(42, topk_recall=200, topk_final=20, lambda_mmr=0.5)
     for item in rec.items: print(item.rank, item.title, item.scores["rank"])
 
+One user is served by the fast path (`Funnel.serve`: each stage's numpy kernel on one
+dense request, `recfunnel.kernel`), a batch by `Funnel.run`; both give the same lists.
 A user's history is everything known when serving: their train and valid ratings (the
 protocol's known history before test). A user with no rating at all goes through the same
 funnel on demographics and item features alone ("cold"); an id that is not in users.dat gets
@@ -30,9 +32,10 @@ from recfunnel.evaluation import metrics
 from recfunnel.evaluation.baselines import Popularity
 from recfunnel.evaluation.protocol import interaction_matrix
 from recfunnel.funnel import STAGES, Funnel
+from recfunnel.kernel import UserRequest
 from recfunnel.rerank.stage import METHODS
 from recfunnel.run import Run, load_run, read_manifest
-from recfunnel.serving.trace import Catalogue, Trace, build_trace, timed_run
+from recfunnel.serving.trace import Catalogue, Trace, build_trace
 from recfunnel.types import Candidates, History, Requests
 
 Path_ = Literal["funnel", "cold", "popularity"]
@@ -103,6 +106,12 @@ class Pipeline:
         self.user_ids = np.sort(ml.users[USER].to_numpy().astype(np.int64))
         self._ratings = interaction_matrix(known, self.user_ids, self.funnel.item_ids)
         self._times = interaction_matrix(known, self.user_ids, self.funnel.item_ids, TIME)
+        # The fast path reads one user's row straight from these arrays (no scipy slicing).
+        if not (
+            np.array_equal(self._ratings.indptr, self._times.indptr)
+            and np.array_equal(self._ratings.indices, self._times.indices)
+        ):
+            raise ConfigError("known ratings and their times must share one sparsity pattern")
         movies = ml.items.set_index(ITEM).reindex(self.funnel.item_ids)
         self._titles = movies["title"].astype(str).to_numpy()
         self._genre_text = movies["genres"].astype(str).to_numpy()
@@ -255,13 +264,17 @@ class Pipeline:
         topk_recall, topk_final, lam = self._check(
             *self._defaults(topk_recall, topk_final, lambda_mmr)
         )
-        if not np.isin(user_id, self.user_ids):
+        if not self.has_user(user_id):
             return self._popular_list(user_id, topk_final)
-        lists = self.recommend_batch(
-            np.array([user_id]), topk_recall=topk_recall, topk_final=topk_final, lambda_mmr=lam
+        request = self.user_request(user_id)
+        lists, _ = self.funnel.serve(
+            request,
+            topk_recall=topk_recall,
+            keep=min(max(self.funnel.keep, topk_final), topk_recall),
+            topk_final=topk_final,
+            lambda_mmr=lam,
         )
-        row = np.searchsorted(self.user_ids, user_id)
-        cold = self._ratings.indptr[row + 1] == self._ratings.indptr[row]
+        cold = len(request.items) == 0
         final = lists["rerank"]
         # Each earlier list as {catalogue position: (1-based place, score)}, built once.
         places = {
@@ -363,14 +376,27 @@ class Pipeline:
         """One row of history: the user's known ratings (none for a visitor, None, or an id
         outside users.dat) overlaid with `extra` (movie_id, rating, timestamp) ratings; a
         movie rated again takes its newest rating."""
-        n_items = len(self.funnel.item_ids)
+        cols, vals, stamps = self._history_arrays(user_id, extra)
+        indptr = np.array([0, len(cols)])
+        shape = (1, len(self.funnel.item_ids))
+        return History(
+            sp.csr_matrix((vals, cols, indptr), shape=shape),
+            sp.csr_matrix((stamps, cols, indptr), shape=shape),
+        )
+
+    def _history_arrays(
+        self, user_id: int | None, extra: Sequence[tuple[int, int, int]] = ()
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`history_of` as arrays: positions (h,) int64 ascending, ratings (h,) float64 and
+        timestamps (h,) int64, read from the known matrices' own arrays."""
         cols = np.empty(0, dtype=np.int64)
         vals = np.empty(0, dtype=np.float64)
         stamps = np.empty(0, dtype=np.int64)
         if user_id is not None and self.has_user(user_id):
             row = int(np.searchsorted(self.user_ids, user_id))
-            known, times = self._ratings[row], self._times[row]
-            cols, vals, stamps = known.indices.astype(np.int64), known.data, times.data
+            lo, hi = self._ratings.indptr[row], self._ratings.indptr[row + 1]
+            cols = self._ratings.indices[lo:hi].astype(np.int64)
+            vals, stamps = self._ratings.data[lo:hi], self._times.data[lo:hi]
         if len(extra):
             live = np.asarray(extra, dtype=np.int64).reshape(-1, 3)
             live_cols = self.positions_of(live[:, 0])
@@ -383,11 +409,18 @@ class Pipeline:
             vals = np.r_[vals[keep], live[pick, 1].astype(np.float64)]
             stamps = np.r_[stamps[keep], live[pick, 2]]
         order = np.argsort(cols, kind="stable")
-        indptr = np.array([0, len(cols)])
-        shape = (1, n_items)
-        return History(
-            sp.csr_matrix((vals[order], cols[order], indptr), shape=shape),
-            sp.csr_matrix((stamps[order], cols[order], indptr), shape=shape),
+        return cols[order], vals[order], stamps[order].astype(np.int64)
+
+    def user_request(
+        self, user_id: int | None, extra: Sequence[tuple[int, int, int]] = ()
+    ) -> UserRequest:
+        """The fast path's request (`Funnel.serve`) of a users.dat id or a visitor (None)
+        with the history of `history_of`, made after it and never before the funnel's
+        serving moment (as `Requests.after_history`)."""
+        raw = VISITOR if user_id is None else int(user_id)
+        cols, vals, stamps = self._history_arrays(user_id, extra)
+        return UserRequest.build(
+            raw, cols, vals, stamps, len(self.funnel.item_ids), self.funnel.now
         )
 
     def search(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
@@ -446,18 +479,11 @@ class Pipeline:
         sizes = {"topk_recall": topk_recall, "keep": keep, "topk_final": topk_final}
         if user_id is not None and not self.has_user(int(user_id)):
             return self._popular_trace(int(user_id), topk_final, method, lam, clock)
-        history = self.history_of(user_id, extra)
-        raw = VISITOR if user_id is None else int(user_id)
-        requests = Requests.after_history(np.array([raw]), history, funnel.now)
-        lists, ms = timed_run(
-            funnel,
-            requests,
-            topk_recall=topk_recall,
-            keep=keep,
-            topk_final=topk_final,
-            lambda_mmr=lam,
+        request = self.user_request(user_id, extra)
+        lists, ms = funnel.serve(
+            request, topk_recall=topk_recall, keep=keep, topk_final=topk_final, lambda_mmr=lam
         )
-        n_history = int(requests.history.ratings.nnz)
+        n_history = len(request.items)
         trace = build_trace(
             lists,
             ms,

@@ -1,25 +1,23 @@
 """The funnel trace of one request: every stage's list, what moved, and what each stage cost.
 
-    lists, ms = timed_run(funnel, requests, topk_recall=200, keep=100, topk_final=20, ...)
+    lists, ms = funnel.serve(request, topk_recall=200, keep=100, topk_final=20, ...)
     trace = build_trace(lists, ms, catalogue, ...)     # -> Trace, .to_dict() for JSON
 
-`timed_run` chains the funnel's own components one at a time through `Funnel.run` (with
-`resume=`), so the stage logic stays in the funnel and each component gets its own clock;
-`Funnel.timings` only sums over calls, which says nothing about one request.
+`Funnel.serve` (the fast path) times each component of this one request on its own clock;
+`Funnel.timings` only sums over `run` calls, which says nothing about one request.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from recfunnel.funnel import STAGES, Funnel
-from recfunnel.types import Candidates, Requests
+from recfunnel.funnel import STAGES
+from recfunnel.types import Candidates
 
 
 @dataclass(frozen=True)
@@ -72,8 +70,9 @@ class Trace:
     ild: float | None
     latency_ms: dict[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, full: bool = True) -> dict[str, Any]:
+        """The JSON body; without `full`, the stage lists and the movies are left out."""
+        out = {
             "user_id": self.user_id,
             "path": self.path,
             "method": self.method,
@@ -84,32 +83,18 @@ class Trace:
             "final": self.final,
             "ild": self.ild,
             "latency_ms": self.latency_ms,
-            "stages": self.stages,
-            # JSON object keys are strings; the movie id is also inside each value.
-            "movies": {str(k): v for k, v in self.movies.items()},
         }
+        if full:
+            out["stages"] = self.stages
+            # JSON object keys are strings; the movie id is also inside each value.
+            out["movies"] = {str(k): v for k, v in self.movies.items()}
+        return out
 
 
 def finite(value: float) -> float | None:
     """`value` as a JSON-safe float: NaN and infinities (padding, a 1-item ILD) become None."""
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def timed_run(
-    funnel: Funnel, requests: Requests, **sizes: Any
-) -> tuple[dict[str, Candidates], dict[str, float]]:
-    """Every component's output list (as `Funnel.run`) and its wall time in milliseconds."""
-    lists: dict[str, Candidates] = {}
-    ms: dict[str, float] = {}
-    previous: tuple[str, Candidates] | None = None
-    for name in funnel.stages:
-        clock = time.perf_counter()
-        out = funnel.run(requests, upto=name, resume=previous, **sizes)
-        ms[name] = (time.perf_counter() - clock) * 1000
-        lists[name] = out[name]
-        previous = (name, out[name])
-    return lists, ms
 
 
 def build_trace(

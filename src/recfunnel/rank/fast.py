@@ -1,0 +1,227 @@
+"""The rank stage's serving kernel: DIN + DCN-v2 + deep MLP in numpy, item side done once.
+
+Two rewrites make one request cheap (n candidates, L liked items, d = rank.dim):
+
+- **DIN's attention MLP** reads [k, q, k - q, k * q] for every (candidate q, history item k)
+  pair. Its first layer is linear, so with W = [Wk | Wq | Wd | Wp] by those blocks,
+
+      W [k, q, k - q, k * q] = (Wk + Wd) k + (Wq - Wd) q + Wp (k * q),
+
+  and the first two terms are rows per item, precomputed for the whole vocabulary; only the
+  (n, L, d) product term is left per pair (instead of an (n, L, 4d) input).
+- **The first layers** (DCN-v2's first cross layer and the deep MLP's first layer) read
+  x0 = [fields | dense]. Every field but the interest is an embedding row, so its part of
+  W x0 is a row of a precomputed table: the item id, genres and year parts per catalogue
+  item (one table), the popularity and age buckets per bucket, the user fields once per
+  request. Per pair only the interest (d) and the dense inputs remain a product.
+
+The later cross layer, the rest of the MLP and the heads are plain products of (n, width).
+DCN-v2 stays full-rank: the trained model is, and a low-rank one would be another model.
+DIEN reads the sequence through GRUs; its kernel is the batch call (`BatchKernel`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from recfunnel.kernel import Dense, UserRequest, dense_layers, run_layers
+from recfunnel.nn import N_HISTORY_BUCKETS
+from recfunnel.types import Candidates
+
+if TYPE_CHECKING:
+    from recfunnel.rank.stage import RankStage
+
+# Score names of the earlier stages under the rank model's names for its dense inputs.
+_SCORE_OF = {"recall": "recall", "prerank": "prerank", "cf": "item_to_item"}
+_USER_FIELDS = {"gender": "gender", "age_group": "age", "occupation": "occupation", "zip": "zip"}
+
+
+def _np(tensor: Any) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().numpy(), dtype=np.float32)
+
+
+def _logsigmoid(x: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(np.float32(0), -x)
+
+
+class RankKernel:
+    """`RankStage.__call__` for one request with a DIN (or no-sequence) model."""
+
+    def __init__(self, stage: RankStage) -> None:
+        stage.check_fitted()
+        model, space = stage.model_, stage.features_
+        if model.evolution is not None:
+            raise ValueError("RankKernel serves DIN models; DIEN uses the batch call")
+        self.stage, self.space = stage, space
+        d = stage.config.dim
+        self.dim = d
+        self.item_table = _np(model.item_id.weight)  # (V, d)
+        self.tables = {name: _np(t.weight) for name, t in model.categorical.items()}
+        self.user_table = _np(model.user_id.weight) if model.user_id is not None else None
+        genres = space.column_genres @ _np(model.genres.weight).T  # (n_items, d) per position
+        # The static item fields of every catalogue position: [item id | genres | year].
+        self.static = np.concatenate(
+            [
+                self.item_table[space.column_vocab],
+                genres.astype(np.float32),
+                self.tables["year"][space.column_year],
+            ],
+            axis=1,
+        )
+        self.dense_names = stage.dense_
+        self.dense_mean = np.array([stage.dense_stats_[n][0] for n in self.dense_names])
+        self.dense_std = np.array([stage.dense_stats_[n][1] for n in self.dense_names])
+
+        # x0's column blocks, in the model's field order (RankModel.logits_and_aux).
+        order = ["item", "genres", *model.categorical]
+        if self.user_table is not None:
+            order.append("user")
+        if model.attention is not None:
+            order.append("interest")
+        self.block = {name: slice(i * d, (i + 1) * d) for i, name in enumerate(order)}
+        self.width = len(order) * d + len(self.dense_names)
+        dense_cols = slice(len(order) * d, self.width)
+
+        # The first layers, stacked side by side: x0 @ first = [cross_0 pre | deep_0 pre].
+        self.cross: list[Dense] = [
+            Dense(_np(layer.weight).T.copy(), _np(layer.bias), relu=False)
+            for layer in model.cross.layers
+        ]
+        self.deep = dense_layers(model.deep) if len(model.deep) else []
+        firsts = ([self.cross[0]] if self.cross else []) + ([self.deep[0]] if self.deep else [])
+        first = np.concatenate([f.weight for f in firsts], axis=1)  # (width, out)
+        self.first_bias = np.concatenate([f.bias for f in firsts])
+        self.n_cross_out = self.width if self.cross else 0
+        static_cols = np.r_[
+            np.arange(self.block["item"].start, self.block["item"].stop),
+            np.arange(self.block["genres"].start, self.block["genres"].stop),
+            np.arange(self.block["year"].start, self.block["year"].stop),
+        ]
+        self.first_static = self.static @ first[static_cols]  # (n_items, out)
+        self.first_bucket = {
+            name: self.tables[name] @ first[self.block[name]] for name in ("recent", "total", "age")
+        }
+        self.first_user_rows = np.r_[
+            *(np.arange(self.block[n].start, self.block[n].stop) for n in self._user_blocks)
+        ]
+        self.first_user = np.ascontiguousarray(first[self.first_user_rows])
+        self.first_interest = (
+            np.ascontiguousarray(first[self.block["interest"]])
+            if "interest" in self.block
+            else None
+        )
+        self.first_dense = np.ascontiguousarray(first[dense_cols])
+        self.out = Dense(_np(model.out.weight).T.copy(), _np(model.out.bias), relu=False)
+
+        if model.attention is not None:  # DIN, rewritten (see the module docstring)
+            (att1, att2) = dense_layers(model.attention.mlp)
+            w = att1.weight  # (4d, h) rows by blocks [k, q, k - q, k * q]
+            wk, wq, wd, wp = w[:d], w[d : 2 * d], w[2 * d : 3 * d], w[3 * d :]
+            self.att_key = self.item_table @ (wk + wd) + att1.bias  # (V, h), bias folded in
+            self.att_query = self.item_table @ (wq - wd)  # (V, h)
+            self.att_pair = np.ascontiguousarray(wp)  # (d, h)
+            self.att_out = att2.weight[:, 0].copy()  # (h,)
+            self.att_out_bias = float(att2.bias[0])
+        self.objective = stage.config.objective
+
+    @property
+    def _user_blocks(self) -> list[str]:
+        names = [*_USER_FIELDS, "history_length"]
+        return names + (["user"] if self.user_table is not None else [])
+
+    def _interest(self, targets: np.ndarray, sequence: np.ndarray) -> np.ndarray:
+        """DIN's pooled interest (n, d) of target vocab slots (n,) over the request's
+        sequence (L,) of vocab slots (0 = padding, masked out as in TargetAttention)."""
+        keys = sequence[sequence > 0]
+        n = len(targets)
+        if not len(keys):  # softmax over nothing, times a zero mask: a zero interest
+            return np.zeros((n, self.dim), dtype=np.float32)
+        key_vectors = self.item_table[keys]  # (L, d)
+        query_vectors = self.item_table[targets]  # (n, d)
+        product = (query_vectors[:, None, :] * key_vectors[None, :, :]) @ self.att_pair
+        product += self.att_key[keys][None, :, :]
+        product += self.att_query[targets][:, None, :]
+        np.maximum(product, 0, out=product)
+        scores = product @ self.att_out + self.att_out_bias  # (n, L)
+        scores -= scores.max(axis=1, keepdims=True)
+        weights = np.exp(scores)
+        weights /= weights.sum(axis=1, keepdims=True)
+        return (weights @ key_vectors).astype(np.float32)
+
+    def __call__(self, request: UserRequest, candidates: Candidates, **_: Any) -> Candidates:
+        stage, space = self.stage, self.space
+        req = space.one_request(
+            request.user_id, request.items, request.ratings, request.timestamps, request.now
+        )
+        valid = candidates.valid
+        items = candidates.items[valid]
+        n = len(items)
+        table = space.pairs(req, np.zeros(n, dtype=np.int64), items)
+        table["user_like_rate"] = np.full(n, req.like_rate[0], dtype=np.float32)
+        for name in self.dense_names:
+            if name in _SCORE_OF or name.startswith("recall."):
+                score = candidates.scores[_SCORE_OF.get(name, name)][valid]
+                table[name] = np.asarray(score, dtype=np.float32)
+        stats = zip(
+            self.dense_names, self.dense_mean.tolist(), self.dense_std.tolist(), strict=True
+        )
+        # The batch path's expression and dtypes: (float32 - float) / float, then float32.
+        columns = [((table[name] - mean) / std).astype(np.float32) for name, mean, std in stats]
+        dense = np.stack(columns, axis=1) if columns else np.zeros((n, 0), dtype=np.float32)
+        bucket = min(int(req.lengths[0]).bit_length(), N_HISTORY_BUCKETS - 1)
+        user_parts = [self.tables[n][req.user[f][0]] for n, f in _USER_FIELDS.items()]
+        user_parts.append(self.tables["history_length"][bucket])
+        if self.user_table is not None:
+            user_parts.append(self.user_table[req.user["user"][0]])
+        user = np.concatenate(user_parts)  # (5d or 6d,) in _user_blocks order
+
+        # x0 @ first, from the precomputed tables (see the module docstring).
+        first = self.first_static[items]
+        for name in ("recent", "total", "age"):
+            first += self.first_bucket[name][table[name]]
+        first += user @ self.first_user + self.first_bias
+        first += dense @ self.first_dense
+        interest = None
+        if self.first_interest is not None:
+            interest = self._interest(table["item"], req.sequence[0])
+            first += interest @ self.first_interest
+
+        parts = []
+        if self.cross:  # x0 itself is read by every cross layer
+            x0 = np.empty((n, self.width), dtype=np.float32)
+            x0[:, : self.block["age"].stop] = np.concatenate(
+                [self.static[items]]
+                + [self.tables[f][table[f]] for f in ("recent", "total", "age")],
+                axis=1,
+            )
+            x0[:, self.first_user_rows] = user
+            if interest is not None:
+                x0[:, self.block["interest"]] = interest
+            x0[:, self.width - dense.shape[1] :] = dense
+            x = x0 * first[:, : self.n_cross_out] + x0
+            for layer in self.cross[1:]:
+                x = x0 * layer(x) + x
+            parts.append(x)
+        if self.deep:
+            hidden = first[:, self.n_cross_out :]
+            np.maximum(hidden, 0, out=hidden)
+            parts.append(run_layers(self.deep[1:], hidden))
+        logits = self.out(np.concatenate(parts, axis=1))
+
+        if self.objective == "like":
+            rank = like = logits[:, 0].astype(np.float64)
+            watch = np.zeros(n)
+        else:
+            watch32 = _logsigmoid(logits[:, 0])
+            rank = (watch32 + _logsigmoid(logits[:, 1])).astype(np.float64)
+            like, watch = logits[:, 1].astype(np.float64), watch32.astype(np.float64)
+        like = like / stage.temperature_
+        prob = np.exp(watch - np.logaddexp(0.0, -like))
+        scored = candidates
+        for name, values in ((stage.name, rank), (f"{stage.name}.prob", prob)):
+            column = np.full(candidates.items.shape, np.nan)
+            column[valid] = values
+            scored = scored.with_scores(name, column)
+        return stage.select(scored)

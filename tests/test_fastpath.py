@@ -1,0 +1,269 @@
+"""The serving fast path (`Funnel.serve`, `recfunnel.kernel`) gives the batch path's lists.
+
+For every component's output list: the same items in the same order, the same channel ranks,
+and every score within float32 rounding of the batch path's (numpy kernels vs torch, with
+another summation order). Checked on the synthetic smoke run for warm, cold and short-history
+users, visitors with live ratings, other list sizes and lambdas, DPP and an HNSW index; and on
+ML-1M's default run when one is trained (realdata).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recfunnel.funnel import Funnel
+from recfunnel.kernel import BatchKernel, UserRequest, liked_sum, top_unknown
+from recfunnel.recall.index import make_index
+from recfunnel.serving.recommender import Pipeline
+from recfunnel.types import Candidates, Requests
+
+RTOL, ATOL = 2e-5, 2e-5  # float32 arithmetic in another order: a few ulps of the scores
+
+
+@pytest.fixture(scope="module")
+def pipeline(smoke_run, synthetic_ml) -> Pipeline:
+    return Pipeline.load(smoke_run[0], synthetic_ml)
+
+
+def _assert_same_lists(fast: dict[str, Candidates], batch: dict[str, Candidates], row: int) -> None:
+    assert list(fast) == list(batch)
+    for name, lists in batch.items():
+        got = fast[name]
+        np.testing.assert_array_equal(got.items[0], lists.items[row], err_msg=f"{name} items")
+        assert set(got.channels) == set(lists.channels), name
+        for channel, ranks in lists.channels.items():
+            np.testing.assert_array_equal(got.channels[channel][0], ranks[row], err_msg=channel)
+        assert set(got.scores) == set(lists.scores), name
+        for score, values in lists.scores.items():
+            np.testing.assert_allclose(
+                got.scores[score][0], values[row], rtol=RTOL, atol=ATOL, err_msg=f"{name} {score}"
+            )
+        if lists.embeddings is not None:
+            assert got.embeddings is not None
+            np.testing.assert_allclose(
+                got.embeddings.users[0], lists.embeddings.users[row], rtol=RTOL, atol=1e-6
+            )
+
+
+def _compare(pipeline: Pipeline, users: np.ndarray, funnel: Funnel | None = None, **sizes) -> None:
+    """Fast path vs `Funnel.run` on the batch of `users`, every row."""
+    funnel = funnel or pipeline.funnel
+    topk_recall = sizes.get("topk_recall", funnel.sizes.topk_recall)
+    topk_final = sizes.get("topk_final", funnel.sizes.topk_final)
+    options = {
+        "topk_recall": topk_recall,
+        "keep": min(max(funnel.keep, topk_final), topk_recall),
+        "topk_final": topk_final,
+        "lambda_mmr": sizes.get("lambda_mmr", funnel["rerank"].config.lambda_mmr),
+    }
+    batch = funnel.run(pipeline.requests(users), **options)
+    for row, user in enumerate(users.tolist()):
+        fast, ms = funnel.serve(pipeline.user_request(user), **options)
+        assert set(ms) == set(funnel.stages)
+        _assert_same_lists(fast, batch, row)
+
+
+def _users(pipeline: Pipeline) -> dict[str, np.ndarray]:
+    counts = np.diff(pipeline._ratings.indptr)
+    return {
+        "warm": pipeline.user_ids[counts >= 10][:60],
+        "short": pipeline.user_ids[(counts >= 1) & (counts < 10)][:20],
+        "cold": pipeline.user_ids[counts == 0][:10],
+    }
+
+
+def test_every_stage_list_equals_the_batch_path(pipeline: Pipeline) -> None:
+    groups = _users(pipeline)
+    # (Histories of 0 to 3 ratings are also served as visitors in test_visitors_...)
+    assert len(groups["warm"]) >= 30 and len(groups["cold"])
+    users = np.concatenate(list(groups.values()))
+    _compare(pipeline, users)
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        {"topk_recall": 20, "topk_final": 5},
+        {"topk_recall": 12, "topk_final": 12},
+        {"lambda_mmr": 0.0},
+        {"lambda_mmr": 0.5},
+        {"lambda_mmr": 1.0, "topk_final": 3},
+    ],
+)
+def test_list_sizes_and_lambdas(pipeline: Pipeline, sizes: dict) -> None:
+    _compare(pipeline, _users(pipeline)["warm"][:25], **sizes)
+
+
+def test_dpp_re_ranking(pipeline: Pipeline) -> None:
+    _, dpp = pipeline._funnel_for("dpp")
+    for lam in (0.3, 0.9):
+        _compare(pipeline, _users(pipeline)["warm"][:25], funnel=dpp, lambda_mmr=lam)
+
+
+def test_hnsw_index_gives_the_batch_path_lists(pipeline: Pipeline, synthetic_ml) -> None:
+    # A pipeline of its own: the index is swapped, the module's pipeline stays exact.
+    other = Pipeline(pipeline.run.__class__(**vars(pipeline.run)), synthetic_ml)
+    channel = other.funnel["recall"].channels["two_tower"]
+    saved = channel.index
+    try:
+        channel.index = make_index("hnsw", M=8, ef_search=16).build(
+            channel.item_embeddings(), channel.item_ids_
+        )
+        other.funnel["recall"].forget_kernel()
+        _compare(other, _users(other)["warm"][:40])
+    finally:
+        channel.index = saved
+        other.funnel["recall"].forget_kernel()
+
+
+def test_visitors_and_live_ratings(pipeline: Pipeline) -> None:
+    funnel = pipeline.funnel
+    movies = pipeline.funnel.item_ids
+    t = funnel.now + 3600
+    cases = [
+        (None, [(int(movies[0]), 5, t), (int(movies[3]), 4, t + 1), (int(movies[7]), 2, t + 2)]),
+        (None, [(int(movies[5]), 1, t)]),  # a history without a like
+        (None, []),
+        (int(_users(pipeline)["warm"][0]), [(int(movies[1]), 5, t), (int(movies[2]), 5, t)]),
+    ]
+    for user, extra in cases:
+        request = pipeline.user_request(user, extra)
+        history = pipeline.history_of(user, extra)
+        requests = Requests.after_history(np.array([request.user_id]), history, funnel.now)
+        batch = funnel.run(requests, lambda_mmr=0.7)
+        fast, _ = funnel.serve(request, lambda_mmr=0.7)
+        _assert_same_lists(fast, batch, 0)
+
+
+def test_recommend_for_user_and_trace_read_the_fast_path(pipeline: Pipeline) -> None:
+    user = int(_users(pipeline)["warm"][1])
+    rec = pipeline.recommend_for_user(user, lambda_mmr=0.6)
+    batch = pipeline.recommend_batch([user], lambda_mmr=0.6)["rerank"]
+    ids = [item.movie_id for item in rec.items]
+    assert ids == pipeline.funnel.item_ids[batch.items[0][batch.valid[0]]].tolist()
+    trace = pipeline.recommend_trace(user, lambda_mmr=0.6)
+    assert [m["movie_id"] for m in trace.final] == ids
+    assert set(trace.latency_ms) == {*pipeline.funnel.stages, "total"}
+    unknown = pipeline.recommend_for_user(10**7)
+    assert unknown.path == "popularity"
+
+
+def test_components_without_a_kernel_fall_back_to_the_batch_call(pipeline: Pipeline) -> None:
+    funnel = pipeline.funnel
+    users = _users(pipeline)["warm"][:8]
+    batch = funnel.run(pipeline.requests(users))
+    stages = {name: _Plain(stage) for name, stage in funnel.stages.items()}
+    plain = Funnel(stages, funnel.sizes, funnel.item_ids, funnel.now)  # type: ignore[arg-type]
+    for row, user in enumerate(users.tolist()):
+        fast, _ = plain.serve(pipeline.user_request(user))
+        _assert_same_lists(fast, batch, row)
+    assert all(isinstance(k, BatchKernel) for k in plain.kernels().values())
+
+
+class _Plain:
+    """A component wrapper with only the batch call and the default kernel."""
+
+    def __init__(self, stage) -> None:
+        self.stage = stage
+
+    def __call__(self, requests, candidates, **options):
+        return self.stage(requests, candidates, **options)
+
+    def kernel(self) -> BatchKernel:
+        return BatchKernel(self)
+
+    @property
+    def config(self):
+        return self.stage.config
+
+
+def test_concurrent_serving_and_timings(pipeline: Pipeline) -> None:
+    """Threads serving at once get their own per-call times and the batch lists; the summed
+    `timings` of concurrent `run` calls add up (no update is lost)."""
+    funnel = pipeline.funnel
+    users = _users(pipeline)["warm"][:12]
+    expected = {int(u): pipeline.recommend_for_user(int(u)).items for u in users}
+    funnel.clear_timings()
+    errors: list[BaseException] = []
+
+    def work(user: int) -> None:
+        try:
+            for _ in range(3):
+                assert pipeline.recommend_for_user(user).items == expected[user]
+                funnel.run(pipeline.requests(np.array([user])))
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(int(u),)) for u in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert set(funnel.timings_snapshot()) == set(funnel.stages)
+
+
+def test_top_unknown_matches_a_stable_sort() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 40))
+        scores = rng.integers(0, 5, n).astype(np.float64)  # many exact ties
+        known = rng.random(n) < 0.3
+        k = int(rng.integers(1, n + 5))
+        masked = np.where(known, -np.inf, scores)
+        order = np.argsort(-masked, kind="stable")[:k]
+        order = np.where(masked[order] == -np.inf, -1, order)
+        expected = np.full(k, -1)
+        expected[: len(order)] = order
+        np.testing.assert_array_equal(top_unknown(scores, known, k), expected)
+
+
+def test_mmr_one_is_mmr_for_one_user() -> None:
+    from recfunnel.rerank.mmr import mmr, mmr_one
+
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        n = int(rng.integers(1, 30))
+        relevance = rng.integers(0, 4, (1, n)) / 3.0  # ties
+        vectors = (rng.random((1, n, 5)) < 0.4).astype(np.float32)  # genre-like, some zero
+        valid = rng.random((1, n)) < 0.8
+        k, lam = int(rng.integers(1, n + 3)), float(rng.choice([0.0, 0.3, 0.8, 1.0]))
+        np.testing.assert_array_equal(
+            mmr_one(relevance, vectors, k, lam, valid), mmr(relevance, vectors, k, lam, valid)
+        )
+
+
+def test_liked_sum_is_the_sparse_product_bit_for_bit() -> None:
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(1)
+    weights = rng.normal(size=(400, 300)).astype(np.float32)
+    for size in (0, 1, 17, 150, 400):
+        liked = np.sort(rng.choice(400, size, replace=False))
+        row = sp.csr_matrix((np.ones(size, np.float32), liked, [0, size]), shape=(1, 400))
+        expected = np.asarray(row @ weights)[0].astype(np.float64)
+        np.testing.assert_array_equal(liked_sum(weights, liked), expected)
+
+
+def test_user_request_is_made_after_its_history() -> None:
+    request = UserRequest.build(7, [5, 1, 3], [4.0, 2.0, 5.0], [30, 10, 20], 8, floor=25)
+    assert request.items.tolist() == [1, 3, 5] and request.liked.tolist() == [3, 5]
+    assert request.now == 30 and request.known.sum() == 3
+    assert UserRequest.build(7, [], [], [], 8, floor=25).now == 25
+    assert len(request.requests) == 1 and request.requests.history.ratings.nnz == 3
+
+
+@pytest.mark.realdata
+def test_ml1m_default_run_fast_path_equals_batch(ml1m) -> None:
+    """On a trained default run (runs/fast, runs/bench or runs/default, if present)."""
+    root = Path(__file__).resolve().parents[1] / "runs"
+    run = next((root / n for n in ("fast", "bench", "default") if (root / n).is_dir()), None)
+    if run is None:
+        pytest.skip("no trained ML-1M run under runs/")
+    pipeline = Pipeline.load(run, ml1m)
+    users = pipeline.user_ids[np.diff(pipeline._ratings.indptr) > 0][::40][:150]
+    _compare(pipeline, users)
