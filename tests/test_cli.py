@@ -87,3 +87,14 @@ def test_help_everywhere():
     for argv in ([], ["data"], ["evaluate"]):
         done = subprocess.run([*base, *argv, "--help"], capture_output=True, text=True)
         assert done.returncode == 0 and "usage:" in done.stdout
+
+
+def test_seed_override_is_not_read_as_seeds():
+    # `--seed=1` is a config override of `train`; with argparse's prefix matching it would
+    # silently become `--seeds 1` and train into OUT/seed-1 instead of OUT.
+    from recfunnel.cli import build_parser
+
+    args, extra = build_parser().parse_known_args(["train", "--out", "x", "--seed=1"])
+    assert args.seeds is None and extra == ["--seed=1"]
+    args, extra = build_parser().parse_known_args(["train", "--out", "x", "--seeds", "1,2"])
+    assert args.seeds == "1,2" and extra == []

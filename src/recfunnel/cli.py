@@ -653,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recfunnel",
         description="A multi-stage recommender on MovieLens-1M: data, baselines, evaluation.",
+        # No prefix matching: `train --seed=1` is a config override, and argparse would
+        # otherwise read it as an abbreviation of `--seeds 1` (a folder of per-seed runs).
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"recfunnel {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -886,6 +889,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(bench)
     _add_device_option(bench)
     bench.set_defaults(func=cmd_bench)
+    for command in sub.choices.values():  # no prefix matching in any command either
+        command.allow_abbrev = False
     return parser
 
 
