@@ -12,7 +12,13 @@ from recfunnel.features import DAY
 from recfunnel.prerank import PreRankStage
 from recfunnel.stage import Stacked
 from recfunnel.training.recipe import cross_fit_prerank
-from recfunnel.training.stacking import StackingConfig, build_examples, slice_requests, time_slice
+from recfunnel.training.stacking import (
+    StackingConfig,
+    build_examples,
+    sample_slice_users,
+    slice_requests,
+    time_slice,
+)
 from recfunnel.types import Candidates, Embeddings, History, Pairs, Requests
 
 
@@ -28,6 +34,19 @@ def test_time_slice_never_cuts_a_timestamp_in_two():
     assert len(early.train) + len(late) == len(train) and late["timestamp"].min() == 3
     with pytest.raises(ConfigError, match="empty"):
         time_slice(Split(train[:1], train[:0], train[:0], "global"), 0.5)
+
+
+def test_sample_slice_users_keeps_whole_users_and_all_at_one():
+    late = ratings([(u, 10 + j, 4, 100 * u + j) for u in range(1, 11) for j in range(3)])
+    assert sample_slice_users(late, 1.0, np.random.default_rng(0)) is late
+    half = sample_slice_users(late, 0.5, np.random.default_rng(0))
+    counts = half.groupby("user_id").size()
+    # Five of the ten users, each with all three of their slice ratings.
+    assert len(counts) == 5 and (counts == 3).all()
+    again = sample_slice_users(late, 0.5, np.random.default_rng(0))
+    assert again.equals(half)  # seeded
+    with pytest.raises(ConfigError, match="user_fraction"):
+        StackingConfig(user_fraction=0).validate()
 
 
 def test_return_replay_asks_when_a_user_comes_back_after_a_pause():

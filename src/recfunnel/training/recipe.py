@@ -43,6 +43,7 @@ from recfunnel.training import distributed
 from recfunnel.training.stacking import (
     add_like_pairs,
     build_examples,
+    sample_slice_users,
     slice_requests,
     time_slice,
 )
@@ -91,6 +92,7 @@ def train_funnel(
     # 2. Replayed slice requests through the early models, candidates labelled.
     start = time.perf_counter()
     item_to_item = ItemToItem(item_to_item_config).fit(early)
+    late = sample_slice_users(late, stacking.user_fraction, rng)
     replay = slice_requests(recall_split.train, late, item_ids, stacking)
     requests = replay.requests
     candidates = recall(requests, Candidates.empty(len(requests)), k=funnel_config.topk_recall)

@@ -67,6 +67,12 @@ class StackingConfig:
         "users who were not replayed (split by history_fraction)",
     )
 
+    user_fraction: float = param(
+        1.0,
+        "share of the slice users the later stages learn from (a random subset, seeded by "
+        "prerank.seed; the rest are dropped before any replay): the learning-curve knob",
+    )
+
     refit: bool = param(
         True,
         "serve with the recall channels and the item-to-item score refitted on all of train "
@@ -78,12 +84,27 @@ class StackingConfig:
             raise ConfigError(
                 "stacking.slice_fraction must be in (0, 1) and history_fraction in [0, 1)"
             )
+        if not 0 < self.user_fraction <= 1:
+            raise ConfigError("stacking.user_fraction must be in (0, 1]")
         if self.min_gap_days < 0:
             raise ConfigError("stacking.min_gap_days must be >= 0")
         if self.unrated_negatives < 0 or self.folds < 2:
             raise ConfigError("stacking.unrated_negatives must be >= 0 and folds >= 2")
         if self.unrated_negatives == 0 and not self.rated_pairs:
             raise ConfigError("stacking needs unrated_negatives > 0 or rated_pairs = true")
+
+
+def sample_slice_users(
+    late: pd.DataFrame, fraction: float, rng: np.random.Generator
+) -> pd.DataFrame:
+    """The slice's ratings of a random `fraction` of its users (all of them at 1.0), so the
+    later stages can be trained on fewer requests: how accuracy grows with the number of
+    requests is measured by `bench/learning_curve.py`."""
+    if fraction >= 1:
+        return late
+    users = np.unique(late[USER].to_numpy())
+    chosen = rng.choice(users, size=max(1, round(fraction * len(users))), replace=False)
+    return late[late[USER].isin(chosen)].reset_index(drop=True)
 
 
 def time_slice(split: Split, fraction: float) -> tuple[Split, pd.DataFrame]:
@@ -305,6 +326,7 @@ __all__ = [
     "StackingConfig",
     "add_like_pairs",
     "build_examples",
+    "sample_slice_users",
     "slice_requests",
     "time_slice",
 ]
