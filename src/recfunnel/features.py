@@ -21,6 +21,7 @@ from recfunnel.artifacts import load_array
 from recfunnel.data.dataset import MovieLens, genre_multi_hot
 from recfunnel.data.schema import AGE_BUCKETS, ITEM, N_OCCUPATIONS, TIME, USER
 from recfunnel.data.split import liked
+from recfunnel.types import Requests
 
 # Release years are bucketed in 5-year bins from 1920 (older films share the first bin).
 YEAR_MIN, YEAR_STEP, N_YEAR_BUCKETS = 1920, 5, 17
@@ -267,7 +268,18 @@ def item_to_item_scores(weights: np.ndarray, liked: sp.csr_matrix, items: np.nda
     history = np.flatnonzero(np.diff(liked.indptr))  # items some request liked
     columns, inverse = np.unique(items, return_inverse=True)
     if sp.issparse(weights):  # the sparse item x item model of large catalogues (scale.py)
-        block = weights[history][:, columns].toarray()
-    else:
-        block = weights[np.ix_(history, columns)]
+        # A sparse product, densified only at (B, m): the (history x columns) block of a
+        # 26k-item model can itself be a few GB when a batch's histories cover the catalogue.
+        product = liked.tocsr() @ weights.tocsc()[:, columns]
+        return np.asarray(product.toarray(), dtype=np.float64), inverse
+    block = weights[np.ix_(history, columns)]
     return np.asarray(liked[:, history] @ block, dtype=np.float64), inverse
+
+
+def liked_pair_scores(
+    weights: np.ndarray, requests: Requests, rows: np.ndarray, items: np.ndarray
+) -> np.ndarray:
+    """The item-to-item score (n,) float64 of pairs (rows (n,) into `requests`, items (n,)):
+    the sum over the request's liked items h of weights[h, item]."""
+    scores, inverse = item_to_item_scores(weights, requests.history.liked(), items)
+    return scores[rows, inverse]

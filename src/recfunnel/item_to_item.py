@@ -12,6 +12,7 @@ recall channels, so the later stages' examples see it out of sample.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,11 @@ import numpy as np
 from recfunnel.config import param
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.baselines import ease_weights
-from recfunnel.features import item_to_item_scores
+from recfunnel.features import liked_pair_scores
 from recfunnel.kernel import Kernel, WeightsKernel
 from recfunnel.scale import load_weights_matrix, save_weights
 from recfunnel.stage import FitData, Scorer, Stacked, Validate
-from recfunnel.types import Pairs, Requests
+from recfunnel.types import Pairs, Requests, pair_values
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,8 @@ class ItemToItem(Scorer):
 
     def score_pairs(self, requests: Requests, pairs: Pairs) -> Pairs:
         self.check_fitted()
-        scores, inverse = item_to_item_scores(self.weights_, requests.history.liked(), pairs.items)
-        return pairs.with_scores(self.name, scores[pairs.rows, inverse].astype(np.float32))
+        values = pair_values(requests, pairs, partial(liked_pair_scores, self.weights_))
+        return pairs.with_scores(self.name, values.astype(np.float32))
 
     def serving_kernel(self) -> Kernel:
         """The one-request fast path: the liked rows of W summed once per request."""

@@ -22,7 +22,7 @@ dropped when the request is made, so no feature or score can read the future of 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -329,3 +329,37 @@ def channel_features(pairs: Pairs) -> tuple[str, ...]:
     """The recall channel features the pairs carry (scores named "recall.<channel>..."), in
     their order: what a later stage reads beside the recall score."""
     return tuple(name for name in pairs.scores if name.startswith("recall."))
+
+
+# Dense per-request work (a (B, n_items) float64 score matrix and the temporaries of its top-k)
+# is done for at most this many bytes' worth of requests at a time: on ML-20M's 26k movies
+# 30,000 replayed requests would otherwise need ~6 GB per matrix, several at once.
+BLOCK_BYTES = 1 << 30
+
+
+def request_blocks(n_requests: int, n_items: int, bytes_per_cell: int = 32) -> list[slice]:
+    """Consecutive row blocks covering `n_requests`, each small enough that a (rows, n_items)
+    matrix of `bytes_per_cell` bytes a cell (about four float64 copies) fits BLOCK_BYTES.
+    ML-1M's 3,706 movies give blocks of 9,054 requests: one block, as without blocking."""
+    rows = max(1, BLOCK_BYTES // (bytes_per_cell * max(n_items, 1)))
+    return [slice(s, min(s + rows, n_requests)) for s in range(0, n_requests, rows)] or [
+        slice(0, 0)
+    ]
+
+
+def pair_values(
+    requests: Requests,
+    pairs: Pairs,
+    values: Callable[[Requests, np.ndarray, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """values(block_requests, rows, items) (n,) float64 for every pair, called once per block
+    of requests (`request_blocks`) with the pairs of that block, rows renumbered from 0."""
+    blocks = request_blocks(len(requests), requests.history.ratings.shape[1])
+    if len(blocks) == 1:
+        return values(requests, pairs.rows, pairs.items)
+    out = np.full(len(pairs.rows), np.nan)
+    for block in blocks:
+        sel = np.flatnonzero((pairs.rows >= block.start) & (pairs.rows < block.stop))
+        if len(sel):
+            out[sel] = values(requests[block], pairs.rows[sel] - block.start, pairs.items[sel])
+    return out

@@ -17,7 +17,7 @@ import pandas as pd
 
 from recfunnel.evaluation.protocol import Evaluator, metric_cutoff, top_k
 from recfunnel.stage import FitData, Scorer
-from recfunnel.types import Candidates, Pairs, Requests
+from recfunnel.types import Candidates, Pairs, Requests, pair_values, request_blocks
 
 
 class Channel(Scorer):
@@ -40,7 +40,13 @@ class Channel(Scorer):
         """New lists from the catalogue (incoming `candidates` are not read), with the rank
         at which this channel proposed each item."""
         self.check_fitted()
-        out = self.retrieve(requests, k or self.default_k)
+        k = k or self.default_k
+        # Retrieval is dense in the catalogue for most channels: blocks of requests bound it.
+        blocks = request_blocks(len(requests), requests.history.ratings.shape[1])
+        if len(blocks) == 1:
+            out = self.retrieve(requests, k)
+        else:
+            out = Candidates.concat([self.retrieve(requests[b], k) for b in blocks])
         ranks = np.where(out.valid, np.arange(1, out.items.shape[1] + 1)[None, :], 0)
         return Candidates(out.items, out.scores, {**out.channels, self.name: ranks}, out.embeddings)
 
@@ -84,5 +90,8 @@ class CatalogueChannel(Channel):
 
     def score_pairs(self, requests: Requests, pairs: Pairs) -> Pairs:
         self.check_fitted()
-        scores = self.catalogue_scores(requests)
-        return pairs.with_scores(self.name, scores[pairs.rows, pairs.items])
+
+        def values(block: Requests, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+            return np.asarray(self.catalogue_scores(block)[rows, items], dtype=np.float64)
+
+        return pairs.with_scores(self.name, pair_values(requests, pairs, values))

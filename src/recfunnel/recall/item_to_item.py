@@ -15,6 +15,7 @@ train ratings (X, users x items, binary):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from recfunnel.data.split import liked
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.baselines import ease_weights
 from recfunnel.evaluation.protocol import interaction_matrix
-from recfunnel.features import item_to_item_scores
+from recfunnel.features import liked_pair_scores
 from recfunnel.recall.channel import CatalogueChannel
 from recfunnel.scale import (
     dense_bytes,
@@ -37,7 +38,7 @@ from recfunnel.scale import (
     sparse_product_top_k,
 )
 from recfunnel.stage import FitData, Stacked, Validate
-from recfunnel.types import Pairs, Requests
+from recfunnel.types import Pairs, Requests, pair_values
 
 
 class _WeightsChannel(CatalogueChannel):
@@ -56,8 +57,8 @@ class _WeightsChannel(CatalogueChannel):
 
     def score_pairs(self, requests: Requests, pairs: Pairs) -> Pairs:
         self.check_fitted()
-        scores, inverse = item_to_item_scores(self.weights_, requests.history.liked(), pairs.items)
-        return pairs.with_scores(self.name, scores[pairs.rows, inverse])
+        values = pair_values(requests, pairs, partial(liked_pair_scores, self.weights_))
+        return pairs.with_scores(self.name, values)
 
     def _save(self, directory: Path) -> None:
         save_weights(directory, self.weights_)
