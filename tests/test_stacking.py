@@ -14,6 +14,7 @@ from recfunnel.stage import Stacked
 from recfunnel.training.recipe import cross_fit_prerank
 from recfunnel.training.stacking import (
     StackingConfig,
+    add_like_pairs,
     build_examples,
     sample_slice_users,
     slice_requests,
@@ -83,6 +84,34 @@ def test_return_replay_asks_when_a_user_comes_back_after_a_pause():
     # Every history timestamp is before the request, every target at or after it.
     times = req.history.timestamps.toarray()
     assert (times[0][times[0] > 0] < req.now[0]).all()
+
+
+def test_both_replay_adds_a_split_request_for_users_who_never_return():
+    d = DAY
+    early = ratings([(1, 10, 5, 0)])
+    # user 1 returns after 3 days; user 2 rates in one burst (never returns).
+    late = ratings([(1, 11, 5, 3 * d), (1, 12, 4, 3 * d + 5), (2, 10, 4, 7), (2, 13, 5, 8)])
+    items = np.array([10, 11, 12, 13])
+    config = StackingConfig(replay="both", min_gap_days=1, history_fraction=0.5)
+    replay = slice_requests(early, late, items, config)
+    back = slice_requests(early, late, items, StackingConfig(replay="return", min_gap_days=1))
+    assert back.requests.user_ids.tolist() == [1]
+    assert replay.requests.user_ids.tolist() == [1, 2]
+    # The return request is unchanged; user 2's is the split one: 1 of 2 ratings as history.
+    assert replay.targets[0].toarray().tolist() == back.targets[0].toarray().tolist()
+    assert replay.requests.now.tolist() == [3 * d, 8]
+    assert replay.targets[1].toarray().tolist() == [[0, 0, 0, 5]]
+    assert sorted(replay.requests.history.ratings[1].indices.tolist()) == [0]
+    # Every slice user is replayed, so the like head gets no extra users (and nothing fails).
+    examples = Pairs(np.array([0]), np.array([1]))
+
+    def never(*_):
+        raise AssertionError("no extra users to score")
+
+    assert add_like_pairs(replay, examples, never, early, late, items, config) == (
+        replay,
+        examples,
+    )
 
 
 def test_split_replay_uses_a_share_of_slice_ratings_as_history():

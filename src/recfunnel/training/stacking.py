@@ -44,11 +44,12 @@ class StackingConfig:
     slice_fraction: float = param(
         0.2, "latest share of train held out from the recall model; later stages train on it"
     )
-    replay: Literal["return", "split"] = param(
+    replay: Literal["return", "split", "both"] = param(
         "return",
         "which requests to replay: return (users coming back to rate after a pause of "
-        "min_gap_days, like test users do) or split (every slice user, the first "
-        "history_fraction of their slice ratings as history)",
+        "min_gap_days, like test users do), split (every slice user, the first "
+        "history_fraction of their slice ratings as history) or both (return requests, and "
+        "a split request for each slice user who never returns)",
     )
     min_gap_days: float = param(1.0, "return: the pause before the replayed request, in days")
     history_fraction: float = param(
@@ -143,8 +144,17 @@ def slice_requests(
     history, everything from it on is a target. Users who never pause are not replayed. Test
     users are returning users (their test ratings come months after their last known one),
     which "return" imitates. "split": one request per slice user, the first
-    `history_fraction` of their slice ratings joining the history.
+    `history_fraction` of their slice ratings joining the history. "both": the return
+    requests, then a split request of every slice user who has none.
     """
+    if config.replay == "both":
+        back = slice_requests(early, late, item_ids, replace(config, replay="return"))
+        rest = slice_requests(early, late, item_ids, replace(config, replay="split"))
+        keep = np.flatnonzero(~np.isin(rest.requests.user_ids, back.requests.user_ids))
+        return SliceRequests(
+            back.requests.concat(rest.requests[keep]),
+            sp.vstack([back.targets, rest.targets[keep]]).tocsr(),
+        )
     late = late.sort_values([USER, TIME, ITEM], kind="stable").reset_index(drop=True)
     users, first, counts = np.unique(late[USER].to_numpy(), return_index=True, return_counts=True)
     position = np.arange(len(late)) - np.repeat(first, counts)
@@ -299,6 +309,8 @@ def add_like_pairs(
     rows follow the old), the embeddings stacked in the same order."""
     extra = slice_requests(early, late, item_ids, replace(config, replay="split"))
     keep = np.flatnonzero(~np.isin(extra.requests.user_ids, replay.requests.user_ids))
+    if not len(keep):  # every slice user was replayed already (e.g. replay = "both")
+        return replay, examples
     extra = SliceRequests(extra.requests[keep], extra.targets[keep])
     rows, items = extra.targets.nonzero()
     rating = np.asarray(extra.targets[rows, items]).ravel()
