@@ -46,3 +46,13 @@ def test_blocked_funnel_gives_the_same_lists_and_scores(funnel_and_requests, mon
             np.testing.assert_allclose(
                 blocked[stage].scores[name], values, rtol=1e-6, atol=1e-9, err_msg=name
             )
+
+
+def test_prerank_scores_the_same_in_small_batches(funnel_and_requests):
+    funnel, requests = funnel_and_requests
+    pairs = funnel.run(requests, upto="item_to_item")["item_to_item"].pairs()
+    prerank = funnel["prerank"]
+    whole = prerank.score_pairs(requests, pairs).scores["prerank"]
+    small = prerank.score_pairs(requests, pairs, batch_size=7).scores["prerank"]
+    assert len(pairs) > 7
+    np.testing.assert_allclose(small, whole, rtol=1e-6, atol=1e-6)
