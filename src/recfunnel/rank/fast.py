@@ -15,6 +15,12 @@ Two rewrites make one request cheap (n candidates, L liked items, d = rank.dim):
   item (one table), the popularity and age buckets per bucket, the user fields once per
   request. Per pair only the interest (d) and the dense inputs remain a product.
 
+- **The serving moment**: every request made after train reads the item statistics
+  (popularity and age buckets, like rate) at the end of train, so for that moment the item
+  fields' part of the first layers and their x0 columns are one table over the catalogue
+  (`RankFeatureSpace.catalogue_at`, built with the kernel); a request gathers its rows.
+  A request at an earlier moment computes them for its candidates.
+
 The later cross layer, the rest of the MLP and the heads are plain products of (n, width).
 DCN-v2 stays full-rank: the trained model is, and a low-rank one would be another model.
 DIEN reads the sequence through GRUs; its kernel is the batch call (`BatchKernel`).
@@ -22,11 +28,12 @@ DIEN reads the sequence through GRUs; its kernel is the batch call (`BatchKernel
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recfunnel.kernel import Dense, UserRequest, dense_layers, run_layers
+from recfunnel.kernel import Dense, Row, UserRequest, dense_layers, run_layers
 from recfunnel.nn import N_HISTORY_BUCKETS
 from recfunnel.types import Candidates
 
@@ -125,6 +132,12 @@ class RankKernel:
             self.att_out = att2.weight[:, 0].copy()  # (h,)
             self.att_out_bias = float(att2.bias[0])
         self.objective = stage.config.objective
+        # The item side of the whole catalogue at the serving moment, the end of train: the
+        # popularity and age buckets every request made after train reads (n_items, out) +
+        # (n_items, 6d) float32, ~8 MB for ML-1M), so a request only gathers its rows.
+        self.served_at = space.likes.end
+        everything = np.arange(len(space.column_vocab))
+        self.served = _ItemSide.build(self, space.catalogue_at(self.served_at), everything)
 
     @property
     def _user_blocks(self) -> list[str]:
@@ -135,34 +148,63 @@ class RankKernel:
         """DIN's pooled interest (n, d) of target vocab slots (n,) over the request's
         sequence (L,) of vocab slots (0 = padding, masked out as in TargetAttention)."""
         keys = sequence[sequence > 0]
-        n = len(targets)
-        if not len(keys):  # softmax over nothing, times a zero mask: a zero interest
-            return np.zeros((n, self.dim), dtype=np.float32)
+        n, n_keys, d = len(targets), len(keys), self.dim
+        if not n_keys:  # softmax over nothing, times a zero mask: a zero interest
+            return np.zeros((n, d), dtype=np.float32)
         key_vectors = self.item_table[keys]  # (L, d)
-        query_vectors = self.item_table[targets]  # (n, d)
-        product = (query_vectors[:, None, :] * key_vectors[None, :, :]) @ self.att_pair
+        hidden = self.att_pair.shape[1]
+        # The pair term (q * k) @ Wp of every (target, key) as ONE (n, d) @ (d, L * h)
+        # product: column (l, j) of the right side is k_l[:] * Wp[:, j], so it reads the
+        # queries once instead of building the (n, L, d) products first.
+        per_key = (key_vectors[:, :, None] * self.att_pair[None, :, :]).transpose(1, 0, 2)
+        product = (self.item_table[targets] @ per_key.reshape(d, n_keys * hidden)).reshape(
+            n, n_keys, hidden
+        )
         product += self.att_key[keys][None, :, :]
         product += self.att_query[targets][:, None, :]
         np.maximum(product, 0, out=product)
-        scores = product @ self.att_out + self.att_out_bias  # (n, L)
+        scores = (product.reshape(n * n_keys, hidden) @ self.att_out).reshape(n, n_keys)
+        scores += self.att_out_bias
         scores -= scores.max(axis=1, keepdims=True)
         weights = np.exp(scores)
         weights /= weights.sum(axis=1, keepdims=True)
         return (weights @ key_vectors).astype(np.float32)
 
     def __call__(self, request: UserRequest, candidates: Candidates, **_: Any) -> Candidates:
+        return self.row(request, Row.of(candidates)).candidates()
+
+    def _items_at(self, now: int, items: np.ndarray) -> _ItemSide:
+        """The item side of the candidates (n,) for a request at `now`: from the tables of
+        the serving moment when `now` reads the statistics at the end of train (every
+        request made after train, i.e. every served one), else from `pairs`."""
+        if min(now, self.space.likes.end) == self.served_at:
+            return self.served.gather(items)
+        features = self.space.catalogue_at(now)
+        return _ItemSide.build(self, features, items)
+
+    def row(self, request: UserRequest, row: Row, **_: Any) -> Row:
+        """scores["rank"] and scores["rank.prob"] of every candidate, the list re-sorted by
+        the rank score (N,) -> (N,)."""
         stage, space = self.stage, self.space
         req = space.one_request(
             request.user_id, request.items, request.ratings, request.timestamps, request.now
         )
-        valid = candidates.valid
-        items = candidates.items[valid]
+        valid = row.valid
+        items = row.items[valid]
         n = len(items)
-        table = space.pairs(req, np.zeros(n, dtype=np.int64), items)
-        table["user_like_rate"] = np.full(n, req.like_rate[0], dtype=np.float32)
+        side = self._items_at(request.now, items)
+        # `pairs`' affinity, computed the same way: cosine of the profile and each genre row.
+        profile = req.profile[:1]  # (1, 18)
+        norm = np.linalg.norm(profile, axis=1) * side.genre_norm
+        affinity = (profile * side.genres).sum(1) / np.maximum(norm, 1e-9)
+        table = {
+            "item_like_rate": side.like_rate,
+            "affinity": affinity.astype(np.float32),
+            "user_like_rate": np.full(n, req.like_rate[0], dtype=np.float32),
+        }
         for name in self.dense_names:
             if name in _SCORE_OF or name.startswith("recall."):
-                score = candidates.scores[_SCORE_OF.get(name, name)][valid]
+                score = row.scores[_SCORE_OF.get(name, name)][valid]
                 table[name] = np.asarray(score, dtype=np.float32)
         stats = zip(
             self.dense_names, self.dense_mean.tolist(), self.dense_std.tolist(), strict=True
@@ -178,24 +220,18 @@ class RankKernel:
         user = np.concatenate(user_parts)  # (5d or 6d,) in _user_blocks order
 
         # x0 @ first, from the precomputed tables (see the module docstring).
-        first = self.first_static[items]
-        for name in ("recent", "total", "age"):
-            first += self.first_bucket[name][table[name]]
+        first = side.first  # (n, out), the item fields' part, a fresh array
         first += user @ self.first_user + self.first_bias
         first += dense @ self.first_dense
         interest = None
         if self.first_interest is not None:
-            interest = self._interest(table["item"], req.sequence[0])
+            interest = self._interest(side.vocab, req.sequence[0])
             first += interest @ self.first_interest
 
         parts = []
         if self.cross:  # x0 itself is read by every cross layer
             x0 = np.empty((n, self.width), dtype=np.float32)
-            x0[:, : self.block["age"].stop] = np.concatenate(
-                [self.static[items]]
-                + [self.tables[f][table[f]] for f in ("recent", "total", "age")],
-                axis=1,
-            )
+            x0[:, : self.block["age"].stop] = side.fields
             x0[:, self.first_user_rows] = user
             if interest is not None:
                 x0[:, self.block["interest"]] = interest
@@ -219,9 +255,55 @@ class RankKernel:
             like, watch = logits[:, 1].astype(np.float64), watch32.astype(np.float64)
         like = like / stage.temperature_
         prob = np.exp(watch - np.logaddexp(0.0, -like))
-        scored = candidates
-        for name, values in ((stage.name, rank), (f"{stage.name}.prob", prob)):
-            column = np.full(candidates.items.shape, np.nan)
-            column[valid] = values
-            scored = scored.with_scores(name, column)
-        return stage.select(scored)
+        scored = row.with_score(stage.name, rank, valid).with_score(
+            f"{stage.name}.prob", prob, valid
+        )
+        return scored.top(stage.name, len(scored.items))  # `RankStage.select`: re-sorted
+
+
+@dataclass(frozen=True)
+class _ItemSide:
+    """What the rank kernel reads of the candidates' items, (n,) rows each: first (n, out)
+    their part of x0 @ first (the item id, genres, year and the three popularity / age
+    buckets), fields (n, 6d) those fields' x0 columns, like_rate (n,) float32, vocab (n,)
+    slots, genres (n, 18) and genre_norm (n,) for the affinity."""
+
+    first: np.ndarray
+    fields: np.ndarray
+    like_rate: np.ndarray
+    vocab: np.ndarray
+    genres: np.ndarray
+    genre_norm: np.ndarray
+
+    @classmethod
+    def build(cls, kernel: RankKernel, features: dict[str, np.ndarray], rows: np.ndarray):
+        """The item side of catalogue positions `rows` from `catalogue_at`'s features. The
+        first-layer sum is added in the batch kernel's order (static, recent, total, age)."""
+        buckets = {name: features[name][rows] for name in ("recent", "total", "age")}
+        first = kernel.first_static[rows]
+        for name, bucket in buckets.items():
+            first += kernel.first_bucket[name][bucket]
+        fields = np.concatenate(
+            [kernel.static[rows]] + [kernel.tables[name][b] for name, b in buckets.items()],
+            axis=1,
+        )
+        return cls(
+            first,
+            fields,
+            features["item_like_rate"][rows],
+            features["item"][rows],
+            kernel.space.column_genres[rows],
+            features["genre_norm"][rows],
+        )
+
+    def gather(self, items: np.ndarray) -> _ItemSide:
+        """The rows of catalogue positions `items` (n,) of a whole-catalogue side (fresh
+        arrays, so the caller may add into `first`)."""
+        return _ItemSide(
+            self.first[items],
+            self.fields[items],
+            self.like_rate[items],
+            self.vocab[items],
+            self.genres[items],
+            self.genre_norm[items],
+        )

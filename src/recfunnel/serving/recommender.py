@@ -267,7 +267,7 @@ class Pipeline:
         if not self.has_user(user_id):
             return self._popular_list(user_id, topk_final)
         request = self.user_request(user_id)
-        lists, _ = self.funnel.serve(
+        rows, _ = self.funnel.serve_rows(
             request,
             topk_recall=topk_recall,
             keep=min(max(self.funnel.keep, topk_final), topk_recall),
@@ -275,38 +275,35 @@ class Pipeline:
             lambda_mmr=lam,
         )
         cold = len(request.items) == 0
-        final = lists["rerank"]
-        # Each earlier list as {catalogue position: (1-based place, score)}, built once.
-        places = {
-            stage: {
-                int(item): (column + 1, float(score))
-                for column, (item, score) in enumerate(
-                    zip(
-                        lists[stage].items[0].tolist(),
-                        lists[stage].scores[stage][0].tolist(),
-                        strict=True,
-                    )
-                )
-                if item >= 0
-            }
-            for stage in ("recall", "prerank", "rank")
-        }
+        final = rows["rerank"].items
+        final = final[final >= 0]  # padding is always last
+        # Each earlier stage's place (column) and score of every final item: one (k, N)
+        # comparison per stage instead of a {position: place} dict over all N candidates.
+        found = {}
+        for stage in ("recall", "prerank", "rank"):
+            row = rows[stage]
+            hits = final[:, None] == row.items[None, :]  # (k, N); at most one hit per item
+            seen = hits.any(axis=1)
+            column = hits.argmax(axis=1)
+            found[stage] = (
+                seen.tolist(),
+                (column + 1).tolist(),
+                row.scores[stage][column].tolist(),
+            )
         items = []
-        for place, position in enumerate(final.items[0].tolist()):
-            if position < 0:
-                break
+        for place, position in enumerate(final.tolist()):
             scores, positions = {}, {}
-            for stage, seen in places.items():
-                if position in seen:
-                    positions[stage], scores[stage] = seen[position]
+            for stage, (seen, columns, values) in found.items():
+                if seen[place]:
+                    positions[stage], scores[stage] = columns[place], values[place]
             positions["rerank"] = place + 1
             items.append(self._item(place + 1, position, scores, positions))
         return Recommendation(
             user_id=user_id,
             path="cold" if cold else "funnel",
             items=items,
-            ild=self._ild(final.items[0]),
-            candidates={stage: int(lists[stage].valid[0].sum()) for stage in STAGES},
+            ild=self._ild(final),
+            candidates={stage: int(np.count_nonzero(rows[stage].valid)) for stage in STAGES},
         )
 
     def _item(
