@@ -78,8 +78,15 @@ class RankKernel:
             axis=1,
         )
         self.dense_names = stage.dense_
-        self.dense_mean = np.array([stage.dense_stats_[n][0] for n in self.dense_names])
-        self.dense_std = np.array([stage.dense_stats_[n][1] for n in self.dense_names])
+        # float32, as the batch path's `float32 column - python float` computes (NumPy 2
+        # casts a Python scalar to the array's dtype), so one (n, m) expression gives the
+        # column-by-column values bit for bit.
+        self.dense_mean = np.array(
+            [stage.dense_stats_[n][0] for n in self.dense_names], dtype=np.float32
+        )
+        self.dense_std = np.array(
+            [stage.dense_stats_[n][1] for n in self.dense_names], dtype=np.float32
+        )
 
         # x0's column blocks, in the model's field order (RankModel.logits_and_aux).
         order = ["item", "genres", *model.categorical]
@@ -212,12 +219,11 @@ class RankKernel:
             if name in _SCORE_OF or name.startswith("recall."):
                 score = row.scores[_SCORE_OF.get(name, name)][valid]
                 table[name] = np.asarray(score, dtype=np.float32)
-        stats = zip(
-            self.dense_names, self.dense_mean.tolist(), self.dense_std.tolist(), strict=True
-        )
-        # The batch path's expression and dtypes: (float32 - float) / float, then float32.
-        columns = [((table[name] - mean) / std).astype(np.float32) for name, mean, std in stats]
-        dense = np.stack(columns, axis=1) if columns else np.zeros((n, 0), dtype=np.float32)
+        # The batch path's expression and dtypes: (float32 - mean) / std in float32.
+        raw = np.empty((n, len(self.dense_names)), dtype=np.float32)
+        for column, name in enumerate(self.dense_names):
+            raw[:, column] = table[name]
+        dense = (raw - self.dense_mean) / self.dense_std
         bucket = min(int(req.lengths[0]).bit_length(), N_HISTORY_BUCKETS - 1)
         user_parts = [self.tables[n][req.user[f][0]] for n, f in _USER_FIELDS.items()]
         user_parts.append(self.tables["history_length"][bucket])
