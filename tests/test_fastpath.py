@@ -363,3 +363,25 @@ def test_fused_kernel_is_built_once_and_again_after_a_refresh(pipeline: Pipeline
     assert list(rows) == list(lists) == list(funnel.stages) and set(ms) == set(funnel.stages)
     for name, row in rows.items():
         np.testing.assert_array_equal(row.items, lists[name].items[0])
+
+
+def test_rank_kernel_before_the_serving_moment(pipeline: Pipeline) -> None:
+    """A request dated inside train reads the item statistics of its own day (the kernel's
+    `catalogue_at` path, not the serving-moment table) and still gives the batch lists."""
+    funnel = pipeline.funnel
+    space = funnel["rank"].features_
+    checked = 0
+    for user in _users(pipeline)["warm"][:6].tolist():
+        cols, vals, stamps = pipeline._history_arrays(user)
+        keep = stamps < space.likes.end - 30 * 86400  # a month before the end of train
+        if not keep.any():
+            continue
+        request = UserRequest.build(
+            user, cols[keep], vals[keep], stamps[keep], len(funnel.item_ids), floor=0
+        )
+        assert request.now < space.likes.end
+        batch = funnel.run(request.requests)
+        fast, _ = funnel.serve(request)
+        _assert_same_lists(fast, batch, 0)
+        checked += 1
+    assert checked
