@@ -385,3 +385,16 @@ def test_rank_kernel_before_the_serving_moment(pipeline: Pipeline) -> None:
         _assert_same_lists(fast, batch, 0)
         checked += 1
     assert checked
+
+
+def test_one_list_ild_is_ild_at_k(pipeline: Pipeline) -> None:
+    from recfunnel.evaluation.metrics import ild_at_k
+
+    rng = np.random.default_rng(6)
+    n = len(pipeline.funnel.item_ids)
+    for size in (0, 1, 2, 5, 20):
+        positions = np.r_[rng.choice(n, size, replace=False), [-1, -1]]
+        real = positions[positions >= 0]
+        want = ild_at_k(np.arange(len(real))[None, :], pipeline._genres[real])[0]
+        got = pipeline._ild(positions)
+        assert (np.isnan(got) and np.isnan(want)) or got == want
