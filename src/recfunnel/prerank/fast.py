@@ -36,6 +36,7 @@ class PreRankKernel:
         self.w_cross = np.ascontiguousarray(weight[2 * d : 3 * d])
         self.w_scalars = np.ascontiguousarray(weight[3 * d :])
         self.bias, self.relu = first.bias, first.relu
+        self.scalars = stage.scalars  # the scores it reads, fixed once fitted
         self.mean = np.asarray(stage.scalar_mean_)
         self.std = np.asarray(stage.scalar_std_)
         self._items: np.ndarray | None = None  # the item vectors the table was built from
@@ -62,7 +63,7 @@ class PreRankKernel:
         items = row.items[valid]
         user = emb.users[0]
         vectors = emb.items[items]  # (n, d)
-        names = self.stage.scalars
+        names = self.scalars
         columns = [np.asarray(row.scores[n][valid], np.float64) for n in names]
         raw = np.stack(columns, 1) if columns else np.zeros((len(items), 0))
         scalars = ((raw - self.mean) / self.std).astype(np.float32)

@@ -245,6 +245,7 @@ class RecallKernel:
         stage.check_fitted()
         self.stage = stage
         self.channels = {name: _channel_kernel(c) for name, c in stage.channels.items()}
+        self.features = stage.feature_names  # fixed once fitted (a refit drops the kernel)
 
     def __call__(
         self, request: UserRequest, candidates: Candidates | None = None, *, k: int | None = None
@@ -279,7 +280,7 @@ class RecallKernel:
             values[valid] = answer.at(real)
             scores[name] = values
         scores[stage.name] = scores[cfg.score_by]
-        features = stage.feature_names
+        features = self.features
         for name in stage.channels:
             if f"recall.{name}" in features:
                 scores[f"recall.{name}"] = scores[name]
