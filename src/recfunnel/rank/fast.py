@@ -67,16 +67,7 @@ class RankKernel:
         self.item_table = _np(model.item_id.weight)  # (V, d)
         self.tables = {name: _np(t.weight) for name, t in model.categorical.items()}
         self.user_table = _np(model.user_id.weight) if model.user_id is not None else None
-        genres = space.column_genres @ _np(model.genres.weight).T  # (n_items, d) per position
-        # The static item fields of every catalogue position: [item id | genres | year].
-        self.static = np.concatenate(
-            [
-                self.item_table[space.column_vocab],
-                genres.astype(np.float32),
-                self.tables["year"][space.column_year],
-            ],
-            axis=1,
-        )
+        self.genre_weight = _np(model.genres.weight).T  # (18, d): multi-hot -> genres field
         self.dense_names = stage.dense_
         # float32, as the batch path's `float32 column - python float` computes (NumPy 2
         # casts a Python scalar to the array's dtype), so one (n, m) expression gives the
@@ -113,7 +104,7 @@ class RankKernel:
             np.arange(self.block["genres"].start, self.block["genres"].stop),
             np.arange(self.block["year"].start, self.block["year"].stop),
         ]
-        self.first_static = self.static @ first[static_cols]  # (n_items, out)
+        self.first_static = np.ascontiguousarray(first[static_cols])  # (3d, out)
         self.first_bucket = {
             name: self.tables[name] @ first[self.block[name]] for name in ("recent", "total", "age")
         }
@@ -146,6 +137,23 @@ class RankKernel:
         self.served_at = space.likes.end
         everything = np.arange(len(space.column_vocab))
         self.served = _ItemSide.build(self, space.catalogue_at(self.served_at), everything)
+
+    def _static(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The static item fields [item id | genres | year] (n, 3d) of catalogue positions
+        `rows` (n,) and their part of x0 @ first (n, out). Computed for the whole catalogue
+        once (the serving-moment table), else for a request's candidates only, so no
+        (n_items, out) table is kept beside the serving one (an ML-32M catalogue's is
+        ~160 MB)."""
+        space = self.space
+        static = np.concatenate(
+            [
+                self.item_table[space.column_vocab[rows]],
+                space.column_genres[rows] @ self.genre_weight,
+                self.tables["year"][space.column_year[rows]],
+            ],
+            axis=1,
+        )
+        return static, static @ self.first_static
 
     @property
     def _user_blocks(self) -> list[str]:
@@ -292,12 +300,11 @@ class _ItemSide:
         """The item side of catalogue positions `rows` from `catalogue_at`'s features. The
         first-layer sum is added in the batch kernel's order (static, recent, total, age)."""
         buckets = {name: features[name][rows] for name in ("recent", "total", "age")}
-        first = kernel.first_static[rows]
+        static, first = kernel._static(rows)
         for name, bucket in buckets.items():
             first += kernel.first_bucket[name][bucket]
         fields = np.concatenate(
-            [kernel.static[rows]] + [kernel.tables[name][b] for name, b in buckets.items()],
-            axis=1,
+            [static] + [kernel.tables[name][b] for name, b in buckets.items()], axis=1
         )
         return cls(
             first,
