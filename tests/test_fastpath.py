@@ -275,3 +275,126 @@ def test_ml1m_default_run_fast_path_equals_batch(ml1m) -> None:
     pipeline = Pipeline.load(run, ml1m)
     users = pipeline.user_ids[np.diff(pipeline._ratings.indptr) > 0][::40][:150]
     _compare(pipeline, users)
+
+
+def test_row_take_and_top_are_the_candidates_ones() -> None:
+    from recfunnel.kernel import Row
+
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        n = int(rng.integers(0, 12))
+        items = rng.permutation(50)[:n]
+        items[rng.random(n) < 0.2] = -1
+        score = np.where(items >= 0, rng.integers(0, 4, n) / 2.0, np.nan)  # ties
+        ranks = np.where(items >= 0, rng.integers(0, 5, n), 0)
+        row = Row(items, {"s": score}, {"c": ranks})
+        cands = row.candidates()
+        k = int(rng.integers(1, n + 3))
+        got, want = row.top("s", k), cands.top("s", k)
+        np.testing.assert_array_equal(got.items, want.items[0])
+        np.testing.assert_array_equal(got.scores["s"], want.scores["s"][0])
+        np.testing.assert_array_equal(got.channels["c"], want.channels["c"][0])
+        if n:  # (an empty list has no column to take, as for `Candidates.reorder`)
+            order = rng.integers(-1, n, k)
+            want = cands.reorder(order[None])
+            np.testing.assert_array_equal(row.take(order).items, want.items[0])
+            np.testing.assert_array_equal(row.take(order).scores["s"], want.scores["s"][0])
+        back = Row.of(cands)
+        np.testing.assert_array_equal(back.items, items)
+
+
+def test_search_one_is_search_for_one_query() -> None:
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(300, 8)).astype(np.float32)
+    ids = np.arange(300) * 3 + 1
+    for backend, params in (
+        ("hnsw", {"M": 4, "ef_search": 8}),
+        ("ivf", {"nlist": 4, "nprobe": 1}),
+        ("exact", {}),
+    ):
+        index = make_index(backend, **params).build(vectors, ids)
+        for n_excluded in (0, 30, 280, 299, 300):
+            query = rng.normal(size=8).astype(np.float32)
+            excluded = np.zeros(300, dtype=bool)
+            excluded[rng.choice(300, n_excluded, replace=False)] = True
+            for k in (1, 20, 300):
+                want, _ = index.search(query[None], k, exclude=[ids[excluded]])
+                np.testing.assert_array_equal(index.search_one(query, k, excluded), want[0])
+
+
+def test_shared_weights_are_summed_once_per_request() -> None:
+    from recfunnel.kernel import shared
+
+    rng = np.random.default_rng(5)
+    weights = rng.normal(size=(30, 30)).astype(np.float32)
+    copy, other = weights.copy(), weights + 1
+    assert shared(weights) is weights and shared(copy) is weights and shared(other) is other
+    request = UserRequest.build(1, [3, 7, 9], [5.0, 4.0, 1.0], [1, 2, 3], 30, floor=0)
+    first = request.liked_sum_of(weights)
+    assert request.liked_sum_of(weights) is first
+    np.testing.assert_array_equal(first, liked_sum(weights, np.array([3, 7])))
+    np.testing.assert_array_equal(request.liked_sum_of(other), liked_sum(other, request.liked))
+
+
+def test_rank_catalogue_features_are_the_pairs_features(pipeline: Pipeline) -> None:
+    space = pipeline.funnel["rank"].features_
+    users = _users(pipeline)["warm"][:3]
+    requests = pipeline.requests(users)
+    req = space.requests(requests)
+    positions = np.arange(len(space.column_vocab))
+    for now in (space.likes.end, space.likes.end - 40 * 86400, space.likes.end + 86400):
+        at = req.__class__(**{**vars(req), "now": np.full(len(users), now)})
+        rows = np.zeros(len(positions), dtype=np.int64)
+        pairs = space.pairs(at, rows, positions)
+        every = space.catalogue_at(now)
+        for name in ("item", "year", "recent", "total", "age", "item_like_rate"):
+            np.testing.assert_array_equal(every[name], pairs[name], err_msg=name)
+
+
+def test_fused_kernel_is_built_once_and_again_after_a_refresh(pipeline: Pipeline) -> None:
+    funnel = pipeline.funnel
+    fused = funnel.fused()
+    assert funnel.fused() is fused
+    funnel["rerank"].forget_kernel()
+    assert funnel.fused() is not fused
+    user = int(_users(pipeline)["warm"][2])
+    rows, ms = funnel.serve_rows(pipeline.user_request(user))
+    lists, _ = funnel.serve(pipeline.user_request(user))
+    assert list(rows) == list(lists) == list(funnel.stages) and set(ms) == set(funnel.stages)
+    for name, row in rows.items():
+        np.testing.assert_array_equal(row.items, lists[name].items[0])
+
+
+def test_rank_kernel_before_the_serving_moment(pipeline: Pipeline) -> None:
+    """A request dated inside train reads the item statistics of its own day (the kernel's
+    `catalogue_at` path, not the serving-moment table) and still gives the batch lists."""
+    funnel = pipeline.funnel
+    space = funnel["rank"].features_
+    checked = 0
+    for user in _users(pipeline)["warm"][:6].tolist():
+        cols, vals, stamps = pipeline._history_arrays(user)
+        keep = stamps < space.likes.end - 30 * 86400  # a month before the end of train
+        if not keep.any():
+            continue
+        request = UserRequest.build(
+            user, cols[keep], vals[keep], stamps[keep], len(funnel.item_ids), floor=0
+        )
+        assert request.now < space.likes.end
+        batch = funnel.run(request.requests)
+        fast, _ = funnel.serve(request)
+        _assert_same_lists(fast, batch, 0)
+        checked += 1
+    assert checked
+
+
+def test_one_list_ild_is_ild_at_k(pipeline: Pipeline) -> None:
+    from recfunnel.evaluation.metrics import ild_at_k
+
+    rng = np.random.default_rng(6)
+    n = len(pipeline.funnel.item_ids)
+    for size in (0, 1, 2, 5, 20):
+        positions = np.r_[rng.choice(n, size, replace=False), [-1, -1]]
+        real = positions[positions >= 0]
+        want = ild_at_k(np.arange(len(real))[None, :], pipeline._genres[real])[0]
+        got = pipeline._ild(positions)
+        assert (np.isnan(got) and np.isnan(want)) or got == want

@@ -4,10 +4,12 @@
     lists = funnel.run(requests, upto="prerank")    # stop after a stage
     pairs = funnel.score_pairs(requests, pairs)     # every scorer's score of given pairs
     lists, ms = funnel.serve(request)               # one UserRequest: the serving fast path
+    rows, ms = funnel.serve_rows(request)           # the same lists as plain `kernel.Row`s
 
 Validation during training, evaluation, the pointwise AUC, batch serving and the benchmark
 call the first two methods; serving one user calls `serve`, which chains each component's
-one-request kernel (`recfunnel.kernel`) and gives the same lists as `run`. None of them
+one-request kernel (`recfunnel.kernel`) in one `FusedKernel` and gives the same lists as
+`run`. None of them
 chains the stages again. Each component is a `stage.Component`: it takes the requests and
 the incoming lists and returns new ones.
 `training.recipe.train_funnel` builds and trains a Funnel.
@@ -27,7 +29,7 @@ from recfunnel.config import param
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.protocol import EvalUsers
 from recfunnel.item_to_item import ItemToItem
-from recfunnel.kernel import Kernel, UserRequest
+from recfunnel.kernel import Kernel, Row, UserRequest
 from recfunnel.prerank import PreRankStage
 from recfunnel.rank import RankStage
 from recfunnel.recall import RecallStage
@@ -61,6 +63,60 @@ class FunnelConfig:
             raise ConfigError("funnel.topk_final cannot exceed funnel.topk_recall")
 
 
+class FusedKernel:
+    """The whole funnel for ONE request as one object: every component's kernel, chained on
+    plain `Row`s (1-D arrays), built once from the fitted funnel (`Funnel.fused`).
+
+        rows, ms = fused(request, options)   # {component: Row}, {component: milliseconds}
+
+    A kernel with a `row` method (`kernel.RowKernel`: every numpy kernel) reads and returns
+    Rows; any other kernel (`BatchKernel`, a component's own) gets the one-row `Candidates`
+    it expects, converted at its boundary. Nothing else happens between two stages, so the
+    lists are the components' own (the batch path's, tests/test_fastpath.py) and a
+    `Candidates` value is built only when a caller asks for one (`Funnel.serve`).
+    """
+
+    def __init__(self, kernels: dict[str, Kernel]) -> None:
+        self.kernels = dict(kernels)
+        self.steps = [(name, _row_step(kernel)) for name, kernel in kernels.items()]
+
+    def built_from(self, kernels: dict[str, Kernel]) -> bool:
+        """Whether these are the kernels this object chains (the same objects, in order)."""
+        return len(kernels) == len(self.kernels) and all(
+            kernels.get(name) is kernel for name, kernel in self.kernels.items()
+        )
+
+    def __call__(
+        self, request: UserRequest, options: dict[str, dict[str, Any]]
+    ) -> tuple[dict[str, Row], dict[str, float]]:
+        """Every component's output Row and wall time (ms); `options` by component name
+        (`Funnel._options`)."""
+        row = Row(np.full(0, -1, dtype=np.int64), {}, {})  # the recall stage's empty input
+        rows: dict[str, Row] = {}
+        ms: dict[str, float] = {}
+        clock = time.perf_counter()
+        for name, step in self.steps:
+            row = step(request, row, **options.get(name, {}))
+            now = time.perf_counter()
+            ms[name] = (now - clock) * 1000
+            clock = now
+            rows[name] = row
+        return rows, ms
+
+
+def _row_step(kernel: Kernel) -> Any:
+    """(request, Row, **options) -> Row for any kernel: its own `row`, or its `Candidates`
+    call with the Row converted on the way in and out."""
+    row_method = getattr(kernel, "row", None)
+    if row_method is not None:
+        return row_method
+
+    def step(request: UserRequest, row: Row, **options: Any) -> Row:
+        return Row.of(kernel(request, row.candidates(), **options))
+
+    return step
+
+
 @dataclass
 class Funnel:
     """The trained components in chain order, the list sizes and the serving moment."""
@@ -73,6 +129,7 @@ class Funnel:
     # so every update holds `_lock` (read it with `timings_snapshot`).
     timings: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _fused: FusedKernel | None = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, name: str) -> Any:
         return self.stages[name]
@@ -139,19 +196,40 @@ class Funnel:
     ) -> tuple[dict[str, Candidates], dict[str, float]]:
         """The serving fast path for ONE request: every component's output list (one row
         each, the lists `run` gives for the same request) and each component's wall time in
-        milliseconds, through the components' kernels (`Component.kernel`). The times are
-        this call's own, so concurrent calls never share state; `timings` is not touched."""
+        milliseconds, through the fused kernel (`FusedKernel`, `serve_rows`); the lists are
+        made `Candidates` once, at the end. The times are this call's own, so concurrent
+        calls never share state; `timings` is not touched."""
+        rows, ms = self.serve_rows(
+            request,
+            topk_recall=topk_recall,
+            keep=keep,
+            topk_final=topk_final,
+            lambda_mmr=lambda_mmr,
+        )
+        return {name: row.candidates() for name, row in rows.items()}, ms
+
+    def serve_rows(
+        self,
+        request: UserRequest,
+        *,
+        topk_recall: int | None = None,
+        keep: int | None = None,
+        topk_final: int | None = None,
+        lambda_mmr: float | None = None,
+    ) -> tuple[dict[str, Row], dict[str, float]]:
+        """`serve` with the lists as plain `Row`s (1-D arrays): what `recommend_for_user`
+        reads, with no frozen value built at all."""
         options = self._options(topk_recall, keep, topk_final, lambda_mmr)
+        return self.fused()(request, options)
+
+    def fused(self) -> FusedKernel:
+        """The funnel's fused kernel, built once from the components' kernels (and again
+        when a component dropped its kernel, e.g. after a refresh or a new index)."""
         kernels = self.kernels()
-        cands = Candidates.empty(1)
-        lists: dict[str, Candidates] = {}
-        ms: dict[str, float] = {}
-        for name, kernel in kernels.items():
-            clock = time.perf_counter()
-            cands = kernel(request, cands, **options.get(name, {}))
-            ms[name] = (time.perf_counter() - clock) * 1000
-            lists[name] = cands
-        return lists, ms
+        fused = self._fused
+        if fused is None or not fused.built_from(kernels):
+            fused = self._fused = FusedKernel(kernels)
+        return fused
 
     def kernels(self) -> dict[str, Kernel]:
         """Each component's kernel in chain order, built once (under the lock, so two
@@ -196,4 +274,4 @@ class Funnel:
         return cls(stages=stages, sizes=sizes, item_ids=data.item_ids, now=now)
 
 
-__all__ = ["COMPONENTS", "STAGES", "Funnel", "FunnelConfig"]
+__all__ = ["COMPONENTS", "STAGES", "Funnel", "FunnelConfig", "FusedKernel"]

@@ -2,22 +2,30 @@
 
     kernel = component.kernel()                       # built once from the fitted state
     request = UserRequest.build(user_id, items, ratings, times, n_items, floor=funnel.now)
-    cands = kernel(request, cands, **options)          # Candidates (1, N) -> (1, M)
+    row = kernel.row(request, row, **options)          # Row (N,) -> (M,): plain arrays
+    cands = kernel(request, cands, **options)          # the same on Candidates (1, N) -> (1, M)
 
 `Funnel.run` serves batches: each stage builds sparse histories, pandas-free but general
 feature tables and torch batches, which for one user costs more than the arithmetic
 (about 14 ms a call). A kernel is the same stage for ONE request: the stage's item-side
 tensors (item vectors, weight rows, the first layers' per-item projections) are computed
 when the kernel is built, and a call reads one `UserRequest`, a dense history built once
-per request and shared by every stage. Kernels chain through the usual `Candidates` value
-(one row), so the answer is built exactly as for the batch path, and `Funnel.serve` can fall
-back to a component's batch call (`BatchKernel`) where a component has no kernel of its own.
+per request and shared by every stage.
+
+Between stages a request's list travels as a `Row`: the fields of a one-row `Candidates`
+as plain 1-D arrays. A frozen `Candidates` validates and makes read-only views of every
+array it holds, a few microseconds each; chained through five kernels that was ~180 views
+a request, a fifth of the call. `funnel.FusedKernel` chains the kernels' `row` methods
+and `Funnel.serve` builds the `Candidates` once at the end (`recommend_for_user` reads
+the Rows and builds none). A component without a numpy kernel falls back to its batch
+call (`BatchKernel`) on a one-row `Requests`, converted at its boundary.
 The lists equal the batch path's (tests/test_fastpath.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -26,7 +34,7 @@ import scipy.sparse as sp
 from torch import nn
 
 from recfunnel.data.schema import LIKE_THRESHOLD
-from recfunnel.types import Candidates, History, Requests
+from recfunnel.types import Candidates, Embeddings, History, Requests
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,10 @@ class UserRequest:
     timestamps: np.ndarray
     known: np.ndarray
     liked: np.ndarray
+    # id(weights) -> (weights, liked_sum(weights, liked)): see `liked_sum_of`.
+    _sums: dict[int, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @classmethod
     def build(
@@ -74,6 +86,15 @@ class UserRequest:
     def n_items(self) -> int:
         return len(self.known)
 
+    def liked_sum_of(self, weights: np.ndarray) -> np.ndarray:
+        """`liked_sum(weights, liked)`, computed once per request and weight matrix: the
+        recall EASE channel and the item-to-item score read the same matrix (`shared`)."""
+        key = id(weights)
+        hit = self._sums.get(key)
+        if hit is None or hit[0] is not weights:  # the array is kept, so its id stays its own
+            hit = self._sums[key] = (weights, liked_sum(weights, self.liked))
+        return hit[1]
+
     @cached_property
     def requests(self) -> Requests:
         """The same request as a one-row batch value, for components without a kernel."""
@@ -86,12 +107,95 @@ class UserRequest:
         return Requests(np.array([self.user_id]), history, np.array([self.now]))
 
 
+@dataclass
+class Row:
+    """One request's candidate list as plain 1-D arrays: what the fused fast path
+    (`funnel.FusedKernel`) hands from stage to stage instead of a one-row `Candidates`.
+
+    items (N,) int64 catalogue positions, -1 padding; scores[name] (N,) float64 (NaN on
+    padding); channels[name] (N,) int64 1-based channel ranks (0: not proposed); embeddings
+    as in `Candidates` (users (1, d)). The same fields as a `Candidates` row, without its
+    read-only views and checks: those cost a few microseconds per array, and a request
+    used to make ~180 of them. A stage never writes into a Row's arrays; it makes a new Row
+    (`with_score`, `take`) or a new dict. `candidates()` gives the frozen value, once.
+    """
+
+    items: np.ndarray
+    scores: dict[str, np.ndarray]
+    channels: dict[str, np.ndarray]
+    embeddings: Embeddings | None = None
+
+    @classmethod
+    def of(cls, candidates: Candidates) -> Row:
+        """Row 0 of a one-row `Candidates`."""
+        return cls(
+            candidates.items[0],
+            {name: s[0] for name, s in candidates.scores.items()},
+            {name: r[0] for name, r in candidates.channels.items()},
+            candidates.embeddings,
+        )
+
+    def candidates(self) -> Candidates:
+        """The same list as a one-row `Candidates` (B = 1)."""
+        return Candidates(
+            self.items[None, :],
+            {name: s[None, :] for name, s in self.scores.items()},
+            {name: r[None, :] for name, r in self.channels.items()},
+            self.embeddings,
+        )
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(N,) bool: real candidates rather than padding."""
+        return self.items >= 0
+
+    def with_score(self, name: str, values: np.ndarray, valid: np.ndarray) -> Row:
+        """A Row with scores[name] (N,) float64: `values` (n,) on the `valid` slots (the
+        Row's own `valid`, passed in to save recomputing it), NaN on the padding."""
+        full = np.full(len(self.items), np.nan)
+        full[valid] = values
+        return Row(self.items, {**self.scores, name: full}, self.channels, self.embeddings)
+
+    def take(self, order: np.ndarray) -> Row:
+        """`Candidates.reorder` for one row: columns `order` (M,), -1 in `order` pads."""
+        pad = order < 0
+        if not pad.any():
+            return Row(
+                self.items[order],
+                {name: s[order] for name, s in self.scores.items()},
+                {name: r[order] for name, r in self.channels.items()},
+                self.embeddings,
+            )
+        safe = np.where(pad, 0, order)
+        return Row(
+            np.where(pad, -1, self.items[safe]),
+            {name: np.where(pad, np.nan, s[safe]) for name, s in self.scores.items()},
+            {name: np.where(pad, 0, r[safe]) for name, r in self.channels.items()},
+            self.embeddings,
+        )
+
+    def top(self, name: str, k: int) -> Row:
+        """`Candidates.top` for one row: the k best by scores[name], ties to the earlier
+        column, padding last (as -1)."""
+        valid = self.valid
+        score = np.where(valid, self.scores[name], -np.inf)
+        order = np.argsort(-score, kind="stable")[:k]
+        return self.take(np.where(valid[order], order, -1))
+
+
 class Kernel(Protocol):
     """A component's fast path: one request's new candidate list from the incoming one."""
 
     def __call__(
         self, request: UserRequest, candidates: Candidates, **options: Any
     ) -> Candidates: ...
+
+
+class RowKernel(Kernel, Protocol):
+    """A kernel that also works on plain `Row`s, so `funnel.FusedKernel` can chain it
+    without building a `Candidates` value between stages."""
+
+    def row(self, request: UserRequest, row: Row, **options: Any) -> Row: ...
 
 
 class BatchKernel:
@@ -117,19 +221,46 @@ def liked_sum(weights: np.ndarray, liked: np.ndarray) -> np.ndarray:
     return np.add.reduce(weights[liked], axis=0).astype(np.float64)
 
 
+_SHARED: list[weakref.ref] = []  # weight matrices handed to kernels so far
+
+
+def shared(weights: np.ndarray) -> np.ndarray:
+    """An earlier kernel's weight matrix equal to `weights` (same shape, dtype and values),
+    else `weights` itself, remembered. The default funnel fits the same EASE matrix twice,
+    for the recall channel and for the item-to-item score (two components, two copies);
+    kernels built on the one array let a request sum its liked rows once
+    (`UserRequest.liked_sum_of`). Called when a kernel is built: comparing two ML-1M
+    matrices takes ~30 ms, once."""
+    _SHARED[:] = [ref for ref in _SHARED if ref() is not None]
+    for ref in _SHARED:
+        other = ref()
+        if other is weights:
+            return weights
+        if (
+            other is not None
+            and other.shape == weights.shape
+            and other.dtype == weights.dtype
+            and np.array_equal(other, weights)
+        ):
+            return other
+    _SHARED.append(weakref.ref(weights))
+    return weights
+
+
 class WeightsKernel:
     """Adds scores[name] = sum over the liked items h of weights[h, item] (the item-to-item
     score), as float32 like the batch path; the list stays as it is."""
 
     def __init__(self, name: str, weights: np.ndarray) -> None:
-        self.name, self.weights = name, weights
+        self.name, self.weights = name, shared(weights)
 
     def __call__(self, request: UserRequest, candidates: Candidates, **_: Any) -> Candidates:
-        row = liked_sum(self.weights, request.liked)
-        values = np.full(candidates.items.shape, np.nan)
-        valid = candidates.valid
-        values[valid] = row[candidates.items[valid]].astype(np.float32)
-        return candidates.with_scores(self.name, values)
+        return self.row(request, Row.of(candidates)).candidates()
+
+    def row(self, request: UserRequest, row: Row, **_: Any) -> Row:
+        summed = request.liked_sum_of(self.weights)
+        valid = row.valid
+        return row.with_score(self.name, summed[row.items[valid]].astype(np.float32), valid)
 
 
 @dataclass(frozen=True)
@@ -201,10 +332,13 @@ __all__ = [
     "BatchKernel",
     "Dense",
     "Kernel",
+    "Row",
+    "RowKernel",
     "UserRequest",
     "WeightsKernel",
     "dense_layers",
     "liked_sum",
     "run_layers",
+    "shared",
     "top_unknown",
 ]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recfunnel.errors import ConfigError
-from recfunnel.kernel import UserRequest, dense_layers, run_layers
+from recfunnel.kernel import Row, UserRequest, dense_layers, run_layers
 from recfunnel.types import Candidates
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ class PreRankKernel:
         self.w_cross = np.ascontiguousarray(weight[2 * d : 3 * d])
         self.w_scalars = np.ascontiguousarray(weight[3 * d :])
         self.bias, self.relu = first.bias, first.relu
+        self.scalars = stage.scalars  # the scores it reads, fixed once fitted
         self.mean = np.asarray(stage.scalar_mean_)
         self.std = np.asarray(stage.scalar_std_)
         self._items: np.ndarray | None = None  # the item vectors the table was built from
@@ -51,15 +52,19 @@ class PreRankKernel:
     def __call__(
         self, request: UserRequest, candidates: Candidates, *, keep: int | None = None, **_: Any
     ) -> Candidates:
-        emb = candidates.embeddings
+        return self.row(request, Row.of(candidates), keep=keep).candidates()
+
+    def row(self, request: UserRequest, row: Row, *, keep: int | None = None, **_: Any) -> Row:
+        """Every candidate's logit as scores["prerank"], then the best `keep` (N,) -> (keep,)."""
+        emb = row.embeddings
         if emb is None:
             raise ConfigError("prerank reads the recall embeddings: the candidates carry none")
-        valid = candidates.valid
-        items = candidates.items[valid]
+        valid = row.valid
+        items = row.items[valid]
         user = emb.users[0]
         vectors = emb.items[items]  # (n, d)
-        names = self.stage.scalars
-        columns = [np.asarray(candidates.scores[n][valid], np.float64) for n in names]
+        names = self.scalars
+        columns = [np.asarray(row.scores[n][valid], np.float64) for n in names]
         raw = np.stack(columns, 1) if columns else np.zeros((len(items), 0))
         scalars = ((raw - self.mean) / self.std).astype(np.float32)
         hidden = self._item_table(emb.items)[items]
@@ -69,7 +74,5 @@ class PreRankKernel:
         if self.relu:
             np.maximum(hidden, 0, out=hidden)
         logits = run_layers(self.rest, hidden)[:, 0]
-        values = np.full(candidates.items.shape, np.nan)
-        values[valid] = logits.astype(np.float64)
-        scored = candidates.with_scores(self.stage.name, values)
-        return self.stage.select(scored, keep=keep)
+        scored = row.with_score(self.stage.name, logits.astype(np.float64), valid)
+        return scored.top(self.stage.name, keep or self.stage.config.keep)

@@ -15,6 +15,12 @@ Two rewrites make one request cheap (n candidates, L liked items, d = rank.dim):
   item (one table), the popularity and age buckets per bucket, the user fields once per
   request. Per pair only the interest (d) and the dense inputs remain a product.
 
+- **The serving moment**: every request made after train reads the item statistics
+  (popularity and age buckets, like rate) at the end of train, so for that moment the item
+  fields' part of the first layers and their x0 columns are one table over the catalogue
+  (`RankFeatureSpace.catalogue_at`, built with the kernel); a request gathers its rows.
+  A request at an earlier moment computes them for its candidates.
+
 The later cross layer, the rest of the MLP and the heads are plain products of (n, width).
 DCN-v2 stays full-rank: the trained model is, and a low-rank one would be another model.
 DIEN reads the sequence through GRUs; its kernel is the batch call (`BatchKernel`).
@@ -22,11 +28,12 @@ DIEN reads the sequence through GRUs; its kernel is the batch call (`BatchKernel
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recfunnel.kernel import Dense, UserRequest, dense_layers, run_layers
+from recfunnel.kernel import Dense, Row, UserRequest, dense_layers, run_layers
 from recfunnel.nn import N_HISTORY_BUCKETS
 from recfunnel.types import Candidates
 
@@ -60,19 +67,17 @@ class RankKernel:
         self.item_table = _np(model.item_id.weight)  # (V, d)
         self.tables = {name: _np(t.weight) for name, t in model.categorical.items()}
         self.user_table = _np(model.user_id.weight) if model.user_id is not None else None
-        genres = space.column_genres @ _np(model.genres.weight).T  # (n_items, d) per position
-        # The static item fields of every catalogue position: [item id | genres | year].
-        self.static = np.concatenate(
-            [
-                self.item_table[space.column_vocab],
-                genres.astype(np.float32),
-                self.tables["year"][space.column_year],
-            ],
-            axis=1,
-        )
+        self.genre_weight = _np(model.genres.weight).T  # (18, d): multi-hot -> genres field
         self.dense_names = stage.dense_
-        self.dense_mean = np.array([stage.dense_stats_[n][0] for n in self.dense_names])
-        self.dense_std = np.array([stage.dense_stats_[n][1] for n in self.dense_names])
+        # float32, as the batch path's `float32 column - python float` computes (NumPy 2
+        # casts a Python scalar to the array's dtype), so one (n, m) expression gives the
+        # column-by-column values bit for bit.
+        self.dense_mean = np.array(
+            [stage.dense_stats_[n][0] for n in self.dense_names], dtype=np.float32
+        )
+        self.dense_std = np.array(
+            [stage.dense_stats_[n][1] for n in self.dense_names], dtype=np.float32
+        )
 
         # x0's column blocks, in the model's field order (RankModel.logits_and_aux).
         order = ["item", "genres", *model.categorical]
@@ -99,7 +104,7 @@ class RankKernel:
             np.arange(self.block["genres"].start, self.block["genres"].stop),
             np.arange(self.block["year"].start, self.block["year"].stop),
         ]
-        self.first_static = self.static @ first[static_cols]  # (n_items, out)
+        self.first_static = np.ascontiguousarray(first[static_cols])  # (3d, out)
         self.first_bucket = {
             name: self.tables[name] @ first[self.block[name]] for name in ("recent", "total", "age")
         }
@@ -120,11 +125,35 @@ class RankKernel:
             w = att1.weight  # (4d, h) rows by blocks [k, q, k - q, k * q]
             wk, wq, wd, wp = w[:d], w[d : 2 * d], w[2 * d : 3 * d], w[3 * d :]
             self.att_key = self.item_table @ (wk + wd) + att1.bias  # (V, h), bias folded in
-            self.att_query = self.item_table @ (wq - wd)  # (V, h)
-            self.att_pair = np.ascontiguousarray(wp)  # (d, h)
-            self.att_out = att2.weight[:, 0].copy()  # (h,)
+            # The target's term, transposed (h, V) for the (L, h, n) layout of _interest.
+            self.att_query_t = np.ascontiguousarray((self.item_table @ (wq - wd)).T)
+            self.att_pair_t = np.ascontiguousarray(wp.T)  # (h, d)
+            self.att_out_half = att2.weight[:, 0] * np.float32(0.5)  # (h,), see _interest
             self.att_out_bias = float(att2.bias[0])
         self.objective = stage.config.objective
+        # The item side of the whole catalogue at the serving moment, the end of train: the
+        # popularity and age buckets every request made after train reads (n_items, out) +
+        # (n_items, 6d) float32, ~8 MB for ML-1M), so a request only gathers its rows.
+        self.served_at = space.likes.end
+        everything = np.arange(len(space.column_vocab))
+        self.served = _ItemSide.build(self, space.catalogue_at(self.served_at), everything)
+
+    def _static(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The static item fields [item id | genres | year] (n, 3d) of catalogue positions
+        `rows` (n,) and their part of x0 @ first (n, out). Computed for the whole catalogue
+        once (the serving-moment table), else for a request's candidates only, so no
+        (n_items, out) table is kept beside the serving one (an ML-32M catalogue's is
+        ~160 MB)."""
+        space = self.space
+        static = np.concatenate(
+            [
+                self.item_table[space.column_vocab[rows]],
+                space.column_genres[rows] @ self.genre_weight,
+                self.tables["year"][space.column_year[rows]],
+            ],
+            axis=1,
+        )
+        return static, static @ self.first_static
 
     @property
     def _user_blocks(self) -> list[str]:
@@ -135,41 +164,74 @@ class RankKernel:
         """DIN's pooled interest (n, d) of target vocab slots (n,) over the request's
         sequence (L,) of vocab slots (0 = padding, masked out as in TargetAttention)."""
         keys = sequence[sequence > 0]
-        n = len(targets)
-        if not len(keys):  # softmax over nothing, times a zero mask: a zero interest
-            return np.zeros((n, self.dim), dtype=np.float32)
+        n, n_keys, d = len(targets), len(keys), self.dim
+        if not n_keys:  # softmax over nothing, times a zero mask: a zero interest
+            return np.zeros((n, d), dtype=np.float32)
         key_vectors = self.item_table[keys]  # (L, d)
-        query_vectors = self.item_table[targets]  # (n, d)
-        product = (query_vectors[:, None, :] * key_vectors[None, :, :]) @ self.att_pair
-        product += self.att_key[keys][None, :, :]
-        product += self.att_query[targets][:, None, :]
-        np.maximum(product, 0, out=product)
-        scores = product @ self.att_out + self.att_out_bias  # (n, L)
+        hidden = self.att_pair_t.shape[0]
+        # The attention MLP's first layer for every (key l, unit j, target q), (L, h, n), as
+        # ONE product (L * h, d + 1) @ (d + 1, n): row (l, j) holds k_l * Wp[:, j] and the
+        # key's own term, column q holds the target's vector and a 1. Keys first, so the
+        # target's own term (h, n) is added to contiguous (h, n) blocks.
+        per_key = np.empty((n_keys, hidden, d + 1), dtype=np.float32)
+        per_key[:, :, :d] = key_vectors[:, None, :] * self.att_pair_t[None, :, :]
+        per_key[:, :, d] = self.att_key[keys]
+        queries = np.empty((d + 1, n), dtype=np.float32)
+        queries[:d] = self.item_table[targets].T
+        queries[d] = 1.0
+        product = (per_key.reshape(n_keys * hidden, d + 1) @ queries).reshape(n_keys, hidden, n)
+        product += self.att_query_t[:, targets][None, :, :]
+        # ReLU as x + |x| = 2 relu(x), exactly (a power of two), against half the output
+        # weights: np.maximum is ~4x slower than abs + add on this (L, h, n) block.
+        product += np.abs(product)
+        scores = (self.att_out_half @ product).T  # (n, L)
+        scores += self.att_out_bias
         scores -= scores.max(axis=1, keepdims=True)
         weights = np.exp(scores)
         weights /= weights.sum(axis=1, keepdims=True)
         return (weights @ key_vectors).astype(np.float32)
 
     def __call__(self, request: UserRequest, candidates: Candidates, **_: Any) -> Candidates:
+        return self.row(request, Row.of(candidates)).candidates()
+
+    def _items_at(self, now: int, items: np.ndarray) -> _ItemSide:
+        """The item side of the candidates (n,) for a request at `now`: from the tables of
+        the serving moment when `now` reads the statistics at the end of train (every
+        request made after train, i.e. every served one), else from `pairs`."""
+        if min(now, self.space.likes.end) == self.served_at:
+            return self.served.gather(items)
+        features = self.space.catalogue_at(now)
+        return _ItemSide.build(self, features, items)
+
+    def row(self, request: UserRequest, row: Row, **_: Any) -> Row:
+        """scores["rank"] and scores["rank.prob"] of every candidate, the list re-sorted by
+        the rank score (N,) -> (N,)."""
         stage, space = self.stage, self.space
         req = space.one_request(
             request.user_id, request.items, request.ratings, request.timestamps, request.now
         )
-        valid = candidates.valid
-        items = candidates.items[valid]
+        valid = row.valid
+        items = row.items[valid]
         n = len(items)
-        table = space.pairs(req, np.zeros(n, dtype=np.int64), items)
-        table["user_like_rate"] = np.full(n, req.like_rate[0], dtype=np.float32)
+        side = self._items_at(request.now, items)
+        # `pairs`' affinity, computed the same way: cosine of the profile and each genre row.
+        profile = req.profile[:1]  # (1, 18)
+        norm = np.linalg.norm(profile, axis=1) * side.genre_norm
+        affinity = (profile * side.genres).sum(1) / np.maximum(norm, 1e-9)
+        table = {
+            "item_like_rate": side.like_rate,
+            "affinity": affinity.astype(np.float32),
+            "user_like_rate": np.full(n, req.like_rate[0], dtype=np.float32),
+        }
         for name in self.dense_names:
             if name in _SCORE_OF or name.startswith("recall."):
-                score = candidates.scores[_SCORE_OF.get(name, name)][valid]
+                score = row.scores[_SCORE_OF.get(name, name)][valid]
                 table[name] = np.asarray(score, dtype=np.float32)
-        stats = zip(
-            self.dense_names, self.dense_mean.tolist(), self.dense_std.tolist(), strict=True
-        )
-        # The batch path's expression and dtypes: (float32 - float) / float, then float32.
-        columns = [((table[name] - mean) / std).astype(np.float32) for name, mean, std in stats]
-        dense = np.stack(columns, axis=1) if columns else np.zeros((n, 0), dtype=np.float32)
+        # The batch path's expression and dtypes: (float32 - mean) / std in float32.
+        raw = np.empty((n, len(self.dense_names)), dtype=np.float32)
+        for column, name in enumerate(self.dense_names):
+            raw[:, column] = table[name]
+        dense = (raw - self.dense_mean) / self.dense_std
         bucket = min(int(req.lengths[0]).bit_length(), N_HISTORY_BUCKETS - 1)
         user_parts = [self.tables[n][req.user[f][0]] for n, f in _USER_FIELDS.items()]
         user_parts.append(self.tables["history_length"][bucket])
@@ -178,24 +240,18 @@ class RankKernel:
         user = np.concatenate(user_parts)  # (5d or 6d,) in _user_blocks order
 
         # x0 @ first, from the precomputed tables (see the module docstring).
-        first = self.first_static[items]
-        for name in ("recent", "total", "age"):
-            first += self.first_bucket[name][table[name]]
+        first = side.first  # (n, out), the item fields' part, a fresh array
         first += user @ self.first_user + self.first_bias
         first += dense @ self.first_dense
         interest = None
         if self.first_interest is not None:
-            interest = self._interest(table["item"], req.sequence[0])
+            interest = self._interest(side.vocab, req.sequence[0])
             first += interest @ self.first_interest
 
         parts = []
         if self.cross:  # x0 itself is read by every cross layer
             x0 = np.empty((n, self.width), dtype=np.float32)
-            x0[:, : self.block["age"].stop] = np.concatenate(
-                [self.static[items]]
-                + [self.tables[f][table[f]] for f in ("recent", "total", "age")],
-                axis=1,
-            )
+            x0[:, : self.block["age"].stop] = side.fields
             x0[:, self.first_user_rows] = user
             if interest is not None:
                 x0[:, self.block["interest"]] = interest
@@ -219,9 +275,54 @@ class RankKernel:
             like, watch = logits[:, 1].astype(np.float64), watch32.astype(np.float64)
         like = like / stage.temperature_
         prob = np.exp(watch - np.logaddexp(0.0, -like))
-        scored = candidates
-        for name, values in ((stage.name, rank), (f"{stage.name}.prob", prob)):
-            column = np.full(candidates.items.shape, np.nan)
-            column[valid] = values
-            scored = scored.with_scores(name, column)
-        return stage.select(scored)
+        scored = row.with_score(stage.name, rank, valid).with_score(
+            f"{stage.name}.prob", prob, valid
+        )
+        return scored.top(stage.name, len(scored.items))  # `RankStage.select`: re-sorted
+
+
+@dataclass(frozen=True)
+class _ItemSide:
+    """What the rank kernel reads of the candidates' items, (n,) rows each: first (n, out)
+    their part of x0 @ first (the item id, genres, year and the three popularity / age
+    buckets), fields (n, 6d) those fields' x0 columns, like_rate (n,) float32, vocab (n,)
+    slots, genres (n, 18) and genre_norm (n,) for the affinity."""
+
+    first: np.ndarray
+    fields: np.ndarray
+    like_rate: np.ndarray
+    vocab: np.ndarray
+    genres: np.ndarray
+    genre_norm: np.ndarray
+
+    @classmethod
+    def build(cls, kernel: RankKernel, features: dict[str, np.ndarray], rows: np.ndarray):
+        """The item side of catalogue positions `rows` from `catalogue_at`'s features. The
+        first-layer sum is added in the batch kernel's order (static, recent, total, age)."""
+        buckets = {name: features[name][rows] for name in ("recent", "total", "age")}
+        static, first = kernel._static(rows)
+        for name, bucket in buckets.items():
+            first += kernel.first_bucket[name][bucket]
+        fields = np.concatenate(
+            [static] + [kernel.tables[name][b] for name, b in buckets.items()], axis=1
+        )
+        return cls(
+            first,
+            fields,
+            features["item_like_rate"][rows],
+            features["item"][rows],
+            kernel.space.column_genres[rows],
+            features["genre_norm"][rows],
+        )
+
+    def gather(self, items: np.ndarray) -> _ItemSide:
+        """The rows of catalogue positions `items` (n,) of a whole-catalogue side (fresh
+        arrays, so the caller may add into `first`)."""
+        return _ItemSide(
+            self.first[items],
+            self.fields[items],
+            self.like_rate[items],
+            self.vocab[items],
+            self.genres[items],
+            self.genre_norm[items],
+        )

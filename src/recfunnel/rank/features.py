@@ -136,6 +136,34 @@ class RankFeatureSpace:
             now=np.asarray(now, dtype=np.int64),
         )
 
+    def catalogue_at(self, now: int) -> dict[str, np.ndarray]:
+        """The item features of `pairs` for every catalogue position (n_items,) at one
+        moment `now` (clipped to the end of train as there): "item", "year", "recent",
+        "total", "age", "item_like_rate" and "genre_norm" (n_items,) float32-able norms of
+        the genre rows. Each is computed element by element, so a gather of these rows is
+        what `pairs` gives for those positions (the serving fast path reads them once for
+        the serving moment). The per-request "affinity" is left to the caller."""
+        positions = np.arange(len(self.column_vocab))
+        vocab = self.column_vocab
+        at = np.full(len(positions), min(int(now), self.likes.end), dtype=np.int64)
+        recent, total = self.likes.buckets(vocab, at)
+        _, likes = self.likes.counts(vocab, at)
+        _, rated = self.ratings.counts(vocab, at)
+        age_days = (at - self.first_seen[vocab]) // DAY
+        seen = self.first_seen[vocab] < at
+        age = np.where(seen, 1 + np.floor(np.log2(1 + np.maximum(age_days, 0))).astype(np.int64), 0)
+        return {
+            "item": vocab,
+            "year": self.column_year,
+            "recent": recent,
+            "total": total,
+            "age": np.clip(age, 0, N_AGE_BUCKETS - 1),
+            "item_like_rate": ((likes + 10 * self.mean_like_rate) / (rated + 10)).astype(
+                np.float32
+            ),
+            "genre_norm": np.linalg.norm(self.column_genres, axis=1),
+        }
+
     def pairs(
         self, req: RequestFeatures, rows: np.ndarray, positions: np.ndarray
     ) -> dict[str, np.ndarray]:

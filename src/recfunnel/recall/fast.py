@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from recfunnel.data.schema import LIKE_THRESHOLD
-from recfunnel.kernel import Dense, UserRequest, dense_layers, liked_sum, run_layers, top_unknown
+from recfunnel.kernel import (
+    Dense,
+    Row,
+    UserRequest,
+    dense_layers,
+    run_layers,
+    shared,
+    top_unknown,
+)
 from recfunnel.nn import N_HISTORY_BUCKETS
 from recfunnel.recall.channel import Channel
 from recfunnel.recall.index import ExactIndex
@@ -86,8 +94,18 @@ class _TwoTowerScores:
             vectors = kernel.items if index is None or not index.built else index.embeddings_
             scores = (self.user[None, :] @ vectors.T).astype(np.float64)[0]
             return top_unknown(scores, self.request.known, k)
-        ids, _ = index.search(self.user[None, :], k, exclude=[kernel.item_ids[self.request.items]])
-        return np.where(ids[0] >= 0, np.searchsorted(kernel.item_ids, ids[0]), -1)
+        # An ANN index (HNSW, IVF) is searched as the batch path searches it, so the list is
+        # the batch path's: exact search would be faster at ML-1M's size (3,706 items: one
+        # 0.1 ms product) but could give another list than the approximate one `Funnel.run`
+        # serves. `search_one` skips `search`'s validation and sparse exclusion matrices.
+        if kernel.same_order:  # build positions = catalogue positions: the mask as it is
+            ids = index.search_one(self.user, k, self.request.known)
+        else:
+            ids, _ = index.search(
+                self.user[None, :], k, exclude=[kernel.item_ids[self.request.items]]
+            )
+            ids = ids[0]
+        return np.where(ids >= 0, np.searchsorted(kernel.item_ids, ids), -1)
 
     def at(self, items: np.ndarray) -> np.ndarray:
         # The batch path's einsum over (n, d) rows, so the logits match it bit for bit.
@@ -105,6 +123,12 @@ class TwoTowerKernel:
         model = channel.model_
         self.items = np.ascontiguousarray(channel.item_embeddings(), dtype=np.float32)
         self.item_ids = channel.item_ids_
+        index = channel.index
+        # Whether the index's build order is the catalogue's (it is when the channel built
+        # it): then a request's `known` mask is its exclusion mask, with no id lookups.
+        self.same_order = bool(
+            index is not None and index.built and np.array_equal(index.item_ids_, self.item_ids)
+        )
         self.temperature = float(model.temperature)
         self.column_vocab = channel._column_vocab
         self.normalize = bool(model.normalize)
@@ -179,8 +203,8 @@ def _channel_kernel(channel: Channel) -> Any:
     if isinstance(channel, EASEChannel | RP3betaChannel) and isinstance(
         channel.weights_, np.ndarray
     ):
-        weights = channel.weights_
-        return lambda request: _Row(liked_sum(weights, request.liked), request.known)
+        weights = shared(channel.weights_)  # EASE's is the item-to-item score's too
+        return lambda request: _Row(request.liked_sum_of(weights), request.known)
     if isinstance(channel, TrendingChannel):
         shares = np.asarray(channel.shares_, dtype=np.float64)
         order = np.argsort(-shares, kind="stable")  # ties: the smaller position first
@@ -188,34 +212,30 @@ def _channel_kernel(channel: Channel) -> Any:
     return lambda request: _BatchChannelScores(channel, request)
 
 
-def _rrf_one(lists: dict[str, Candidates], k: int, rrf_k: int) -> Candidates:
-    """`merge_lists(how="rrf")` for one request: the same fused sums (added in the same
-    order: channel by channel, best first) and the same order (fused score desc, position
-    asc), without the batch bookkeeping. Scores are filled in by the caller."""
-    items, ranks = [], []
-    for part in lists.values():
-        row = part.items[0]
+def _rrf_one(tops: dict[str, np.ndarray], k: int, rrf_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`merge_lists(how="rrf")` for one request, on the channels' top lists (k_c,) (-1
+    pads): the same fused sums (added in the same order: channel by channel, best first)
+    and the same order (fused score desc, position asc), without the batch bookkeeping.
+    Returns the merged positions (k,) (-1 pads) and each channel's 1-based rank of them,
+    (n_channels, k) int64 (0: not proposed by that channel)."""
+    items, ranks, owner = [], [], []
+    for c, row in enumerate(tops.values()):
         real = np.flatnonzero(row >= 0)
         items.append(row[real])
         ranks.append(real + 1)
-    item, rank = np.concatenate(items), np.concatenate(ranks)
+        owner.append(np.full(len(real), c))
+    item, rank, channel = np.concatenate(items), np.concatenate(ranks), np.concatenate(owner)
     unique, inverse = np.unique(item, return_inverse=True)
     fused = np.bincount(inverse, weights=1.0 / (rrf_k + rank))
     order = np.lexsort((unique, -fused))[:k]
-    out = np.full((1, k), -1, dtype=np.int64)
-    out[0, : len(order)] = unique[order]
-    channels = {}
-    for name, part in lists.items():
-        row = part.items[0]
-        # rank of each merged item in this channel's list (0: not proposed)
-        place = np.zeros(int(max(unique.max(initial=0), 0)) + 1, dtype=np.int64)
-        real = row >= 0
-        place[row[real]] = np.flatnonzero(real) + 1
-        merged_rank = np.zeros((1, k), dtype=np.int64)
-        valid = out[0] >= 0
-        merged_rank[0, valid] = place[out[0, valid]]
-        channels[name] = merged_rank
-    return Candidates(out, {}, channels)
+    merged = np.full(k, -1, dtype=np.int64)
+    merged[: len(order)] = unique[order]
+    # rank_of[c, u]: channel c's rank of unique item u (a channel proposes an item once).
+    rank_of = np.zeros((len(tops), len(unique)), dtype=np.int64)
+    rank_of[channel, inverse] = rank
+    channel_ranks = np.zeros((len(tops), k), dtype=np.int64)
+    channel_ranks[:, : len(order)] = rank_of[:, order]
+    return merged, channel_ranks
 
 
 class RecallKernel:
@@ -225,42 +245,61 @@ class RecallKernel:
         stage.check_fitted()
         self.stage = stage
         self.channels = {name: _channel_kernel(c) for name, c in stage.channels.items()}
+        self.features = stage.feature_names  # fixed once fitted (a refit drops the kernel)
 
     def __call__(
         self, request: UserRequest, candidates: Candidates | None = None, *, k: int | None = None
     ) -> Candidates:
+        return self.row(request, k=k).candidates()
+
+    def row(self, request: UserRequest, row: Row | None = None, *, k: int | None = None) -> Row:
+        """The merged list (k,) of the request with every channel's score and rank of every
+        candidate, as `RecallStage.__call__` gives it; the incoming `row` is not read."""
         k = k or Channel.default_k
         cfg, stage = self.stage.config, self.stage
         answers: dict[str, Any] = {name: kernel(request) for name, kernel in self.channels.items()}
-        lists = {}
-        for name, answer in answers.items():
-            items = answer.top(k)[None, :]
-            valid = items >= 0
-            scores = np.full(items.shape, np.nan)
-            scores[valid] = answer.at(items[valid])
-            ranks = np.where(valid, np.arange(1, k + 1)[None, :], 0)
-            lists[name] = Candidates(items, {name: scores}, {name: ranks})
-        if cfg.merge == "rrf" and len(lists) > 1:
-            merged = _rrf_one(lists, k, cfg.rrf_k)
-        else:
-            merged = merge_lists(lists, k, how=cfg.merge, rrf_k=cfg.rrf_k, quotas=cfg.quotas)
-        valid = merged.valid
+        tops = {name: answer.top(k) for name, answer in answers.items()}
+        if cfg.merge == "rrf" and len(tops) > 1:
+            items, ranks = _rrf_one(tops, k, cfg.rrf_k)
+            channels = dict(zip(tops, ranks, strict=True))
+        else:  # round robin, quotas or one channel: the batch merge on one-row lists
+            merged = merge_lists(
+                {name: self._one_list(name, top, answers[name]) for name, top in tops.items()},
+                k,
+                how=cfg.merge,
+                rrf_k=cfg.rrf_k,
+                quotas=cfg.quotas,
+            )
+            items = merged.items[0]
+            channels = {name: r[0] for name, r in merged.channels.items()}
+        valid = items >= 0
+        real = items[valid]
         scores = {}
         for name, answer in answers.items():  # every channel's score of every candidate
-            values = np.full(merged.items.shape, np.nan)
-            values[valid] = answer.at(merged.items[valid])
+            values = np.full(len(items), np.nan)
+            values[valid] = answer.at(real)
             scores[name] = values
         scores[stage.name] = scores[cfg.score_by]
-        features = stage.feature_names
+        features = self.features
         for name in stage.channels:
             if f"recall.{name}" in features:
                 scores[f"recall.{name}"] = scores[name]
             if f"recall.{name}.rrf" in features:
-                rank = merged.channels[name]
+                rank = channels[name]
                 rrf = np.where(rank > 0, 1.0 / (cfg.rrf_k + rank), 0.0)
                 scores[f"recall.{name}.rrf"] = np.where(valid, rrf, np.nan)
         embeddings = None
         two_tower = next((a for a in answers.values() if isinstance(a, _TwoTowerScores)), None)
         if two_tower is not None:
             embeddings = Embeddings(two_tower.user[None, :], two_tower.kernel.items)
-        return Candidates(merged.items, scores, merged.channels, embeddings)
+        return Row(items, scores, channels, embeddings)
+
+    @staticmethod
+    def _one_list(name: str, top: np.ndarray, answer: Any) -> Candidates:
+        """One channel's list as the one-row `Candidates` that `merge_lists` reads."""
+        items = top[None, :]
+        valid = items >= 0
+        scores = np.full(items.shape, np.nan)
+        scores[valid] = answer.at(items[valid])
+        ranks = np.where(valid, np.arange(1, items.shape[1] + 1)[None, :], 0)
+        return Candidates(items, {name: scores}, {name: ranks})

@@ -143,6 +143,14 @@ class ItemIndex(ABC):
         excluded = self._excluded_positions(exclude, len(queries))
         return self._search(queries, int(k), excluded)
 
+    def search_one(self, query: np.ndarray, k: int, excluded: np.ndarray) -> np.ndarray:
+        """`search` for ONE query, the serving fast path: the ids (k,) int64 that
+        `search(query[None], k, exclude)` gives, -1 padding, without its validation and
+        sparse bookkeeping. `query` (d,) float32; `excluded` (n_items,) bool over build
+        positions. Backends with a cheaper one-query loop override this."""
+        mask = sp.csr_matrix(np.asarray(excluded, dtype=bool)[None, :])
+        return self._search(np.asarray(query, np.float32)[None, :], int(k), mask)[0][0]
+
     @abstractmethod
     def _build(self) -> None:
         """Build the search structure from `embeddings_`."""
@@ -305,6 +313,27 @@ class _FaissIndex(ItemIndex):
             effort *= 2
         self.last_stats_ = SearchStats(n_queries, retried=retried, exact_fallback=fallback)
         return ids, scores
+
+    def search_one(self, query: np.ndarray, k: int, excluded: np.ndarray) -> np.ndarray:
+        """`_search`'s loop for one query with a dense exclusion mask: the same fetch sizes,
+        search parameters, filter, retries and exact fallback, so the same ids as a
+        one-query `search` (`search` groups the queries of a batch by fetch size, so a
+        query's answer is the one it gets there alone or with queries of its size)."""
+        n_items = len(self.item_ids_)
+        queries = np.asarray(query, dtype=np.float32)[None, :]
+        n_excluded = int(np.count_nonzero(excluded))
+        wanted = min(k, n_items - n_excluded)
+        fetch, effort = min(k + n_excluded, n_items), 1
+        while True:
+            scores, pos = self._faiss.search(queries, fetch, params=self._search_params(effort))
+            valid = pos >= 0
+            valid[valid] = ~excluded[pos[valid]]
+            if int(valid.sum()) >= wanted:
+                return _top_k_by_score_then_id(pos, scores, valid, self.item_ids_, k)[0][0]
+            if fetch >= n_items:  # short after fetching everything: answered exactly
+                mask = sp.csr_matrix(excluded[None, :])
+                return _exact_search(self.embeddings_, self.item_ids_, queries, k, mask)[0][0]
+            fetch, effort = min(2 * fetch, n_items), 2 * effort
 
     def _fetch_filter(
         self, queries: np.ndarray, fetch: int, k: int, excluded: sp.csr_matrix, effort: int

@@ -19,6 +19,7 @@ import numbers
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +29,6 @@ import scipy.sparse as sp
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.schema import ITEM, TIME, USER
 from recfunnel.errors import ConfigError
-from recfunnel.evaluation import metrics
 from recfunnel.evaluation.baselines import Popularity
 from recfunnel.evaluation.protocol import interaction_matrix
 from recfunnel.funnel import STAGES, Funnel
@@ -267,7 +267,7 @@ class Pipeline:
         if not self.has_user(user_id):
             return self._popular_list(user_id, topk_final)
         request = self.user_request(user_id)
-        lists, _ = self.funnel.serve(
+        rows, _ = self.funnel.serve_rows(
             request,
             topk_recall=topk_recall,
             keep=min(max(self.funnel.keep, topk_final), topk_recall),
@@ -275,38 +275,35 @@ class Pipeline:
             lambda_mmr=lam,
         )
         cold = len(request.items) == 0
-        final = lists["rerank"]
-        # Each earlier list as {catalogue position: (1-based place, score)}, built once.
-        places = {
-            stage: {
-                int(item): (column + 1, float(score))
-                for column, (item, score) in enumerate(
-                    zip(
-                        lists[stage].items[0].tolist(),
-                        lists[stage].scores[stage][0].tolist(),
-                        strict=True,
-                    )
-                )
-                if item >= 0
-            }
-            for stage in ("recall", "prerank", "rank")
-        }
+        final = rows["rerank"].items
+        final = final[final >= 0]  # padding is always last
+        # Each earlier stage's place (column) and score of every final item: one (k, N)
+        # comparison per stage instead of a {position: place} dict over all N candidates.
+        found = {}
+        for stage in ("recall", "prerank", "rank"):
+            row = rows[stage]
+            hits = final[:, None] == row.items[None, :]  # (k, N); at most one hit per item
+            seen = hits.any(axis=1)
+            column = hits.argmax(axis=1)
+            found[stage] = (
+                seen.tolist(),
+                (column + 1).tolist(),
+                row.scores[stage][column].tolist(),
+            )
         items = []
-        for place, position in enumerate(final.items[0].tolist()):
-            if position < 0:
-                break
+        for place, position in enumerate(final.tolist()):
             scores, positions = {}, {}
-            for stage, seen in places.items():
-                if position in seen:
-                    positions[stage], scores[stage] = seen[position]
+            for stage, (seen, columns, values) in found.items():
+                if seen[place]:
+                    positions[stage], scores[stage] = columns[place], values[place]
             positions["rerank"] = place + 1
             items.append(self._item(place + 1, position, scores, positions))
         return Recommendation(
             user_id=user_id,
             path="cold" if cold else "funnel",
             items=items,
-            ild=self._ild(final.items[0]),
-            candidates={stage: int(lists[stage].valid[0].sum()) for stage in STAGES},
+            ild=self._ild(final),
+            candidates={stage: int(np.count_nonzero(rows[stage].valid)) for stage in STAGES},
         )
 
     def _item(
@@ -322,13 +319,26 @@ class Pipeline:
         )
 
     def _ild(self, positions: np.ndarray) -> float:
+        """`metrics.ild_at_k` of one list, with the genre rows' unit vectors computed once
+        (`_unit_genres`) instead of per call: the same float64 arithmetic in the same
+        order (rows added one by one, then ild_at_k's pair-sum formula)."""
         positions = positions[positions >= 0]
-        if len(positions) < 2:
+        m = len(positions)
+        if m < 2:
             return float("nan")
-        # Only the list's own rows: ild_at_k normalises every feature row it is given, and
-        # the whole catalogue's would cost more than the rest of the call's re-rank.
-        rows = np.arange(len(positions))[None, :]
-        return float(metrics.ild_at_k(rows, self._genres[positions])[0])
+        unit, nonzero = self._unit_genres
+        total = np.add.reduce(unit[positions], axis=0)[None, :]  # rows in list order
+        cos_sum = 0.5 * (np.einsum("ud,ud->u", total, total) - nonzero[positions].sum())
+        return float(1.0 - cos_sum[0] / (m * (m - 1) / 2))
+
+    @cached_property
+    def _unit_genres(self) -> tuple[np.ndarray, np.ndarray]:
+        """The catalogue's genre rows as unit float64 vectors (zero rows stay zero) and
+        whether each row is non-zero, as `ild_at_k` normalises them."""
+        features = self._genres.astype(np.float64)
+        norms = np.linalg.norm(features, axis=1, keepdims=True)
+        unit = np.divide(features, norms, out=np.zeros_like(features), where=norms > 0)
+        return unit, (norms[:, 0] > 0).astype(np.float64)
 
     def _popular_list(self, user_id: int, k: int) -> Recommendation:
         # Stable sort: equal counts go to the smaller movie id, as everywhere else.
