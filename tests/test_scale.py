@@ -109,3 +109,18 @@ def test_sparse_ease_scores_users_as_a_matrix() -> None:
     scores = model.score(np.arange(1, 5), history)
     assert isinstance(scores, np.ndarray) and scores.shape == (4, 30)
     np.testing.assert_allclose(scores, (history.liked() @ model.weights_).toarray())
+
+
+def test_item_to_item_scores_agree_for_dense_and_sparse_weights() -> None:
+    from recfunnel.features import item_to_item_scores
+
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(30, 30)).astype(np.float32)
+    weights[rng.random((30, 30)) < 0.7] = 0  # a sparse model's zeros
+    liked = sp.csr_matrix((rng.random((5, 30)) < 0.2).astype(np.float64))
+    items = rng.integers(0, 30, 40)
+    dense, inverse = item_to_item_scores(weights, liked, items)
+    sparse, inverse_sparse = item_to_item_scores(sp.csr_matrix(weights), liked, items)
+    assert np.array_equal(inverse, inverse_sparse)
+    np.testing.assert_allclose(sparse, dense, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dense, (liked.toarray() @ weights)[:, np.unique(items)], rtol=1e-5)

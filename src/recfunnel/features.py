@@ -264,14 +264,15 @@ def item_to_item_scores(weights: np.ndarray, liked: sp.csr_matrix, items: np.nda
     matrix; the history is cast to the weights' dtype, since scipy would otherwise upcast
     the whole matrix on every call.
     """
-    liked = liked.astype(weights.dtype).tocsc()
-    history = np.flatnonzero(np.diff(liked.indptr))  # items some request liked
+    liked = liked.astype(weights.dtype)
     columns, inverse = np.unique(items, return_inverse=True)
     if sp.issparse(weights):  # the sparse item x item model of large catalogues (scale.py)
         # A sparse product, densified only at (B, m): the (history x columns) block of a
         # 26k-item model can itself be a few GB when a batch's histories cover the catalogue.
-        product = liked.tocsr() @ weights.tocsc()[:, columns]
+        product = liked @ weights[:, columns]
         return np.asarray(product.toarray(), dtype=np.float64), inverse
+    liked = liked.tocsc()
+    history = np.flatnonzero(np.diff(liked.indptr))  # items some request liked
     block = weights[np.ix_(history, columns)]
     return np.asarray(liked[:, history] @ block, dtype=np.float64), inverse
 

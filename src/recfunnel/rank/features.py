@@ -143,9 +143,18 @@ class RankFeatureSpace:
         the genre rows. Each is computed element by element, so a gather of these rows is
         what `pairs` gives for those positions (the serving fast path reads them once for
         the serving moment). The per-request "affinity" is left to the caller."""
-        positions = np.arange(len(self.column_vocab))
         vocab = self.column_vocab
-        at = np.full(len(positions), min(int(now), self.likes.end), dtype=np.int64)
+        at = np.full(len(vocab), min(int(now), self.likes.end), dtype=np.int64)
+        return {
+            "item": vocab,
+            "year": self.column_year,
+            **self._item_statistics(vocab, at),
+            "genre_norm": np.linalg.norm(self.column_genres, axis=1),
+        }
+
+    def _item_statistics(self, vocab: np.ndarray, at: np.ndarray) -> dict[str, np.ndarray]:
+        """The time-dependent item features (n,) of vocab indices `vocab` at times `at`
+        (already clipped to the end of train): like-share buckets, age bucket, like rate."""
         recent, total = self.likes.buckets(vocab, at)
         _, likes = self.likes.counts(vocab, at)
         _, rated = self.ratings.counts(vocab, at)
@@ -153,15 +162,12 @@ class RankFeatureSpace:
         seen = self.first_seen[vocab] < at
         age = np.where(seen, 1 + np.floor(np.log2(1 + np.maximum(age_days, 0))).astype(np.int64), 0)
         return {
-            "item": vocab,
-            "year": self.column_year,
             "recent": recent,
             "total": total,
             "age": np.clip(age, 0, N_AGE_BUCKETS - 1),
             "item_like_rate": ((likes + 10 * self.mean_like_rate) / (rated + 10)).astype(
                 np.float32
             ),
-            "genre_norm": np.linalg.norm(self.column_genres, axis=1),
         }
 
     def pairs(
@@ -172,12 +178,6 @@ class RankFeatureSpace:
         # Statistics stop at the end of train: a request made later (a test user's) reads
         # them as of that end, where the tables stop, never extrapolated.
         now = np.minimum(req.now[rows], self.likes.end)
-        recent, total = self.likes.buckets(vocab, now)
-        _, likes = self.likes.counts(vocab, now)
-        _, rated = self.ratings.counts(vocab, now)
-        age_days = (now - self.first_seen[vocab]) // DAY
-        seen = self.first_seen[vocab] < now
-        age = np.where(seen, 1 + np.floor(np.log2(1 + np.maximum(age_days, 0))).astype(np.int64), 0)
         genres = self.column_genres[positions]
         norm = np.linalg.norm(req.profile[rows], axis=1) * np.linalg.norm(genres, axis=1)
         affinity = (req.profile[rows] * genres).sum(1) / np.maximum(norm, 1e-9)
@@ -185,11 +185,6 @@ class RankFeatureSpace:
             "item": vocab,
             "genres": genres,
             "year": self.column_year[positions],
-            "recent": recent,
-            "total": total,
-            "age": np.clip(age, 0, N_AGE_BUCKETS - 1),
+            **self._item_statistics(vocab, now),
             "affinity": affinity.astype(np.float32),
-            "item_like_rate": ((likes + 10 * self.mean_like_rate) / (rated + 10)).astype(
-                np.float32
-            ),
         }

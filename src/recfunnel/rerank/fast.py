@@ -10,12 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from recfunnel.errors import ConfigError
 from recfunnel.kernel import Row, UserRequest
-from recfunnel.rerank.dpp import dpp
-from recfunnel.rerank.mmr import mmr_one, relevance_scale
 from recfunnel.types import Candidates
 
 if TYPE_CHECKING:
@@ -51,23 +46,12 @@ class RerankKernel:
     ) -> Row:
         """The first k (N,) -> (k,) after MMR (or DPP) at `lambda_mmr`, as `rerank`."""
         reranker = self.reranker
-        cfg = reranker.config
-        k = k or reranker.default_k
-        lam = cfg.lambda_mmr if lambda_mmr is None else lambda_mmr
-        if lam is None:
-            raise ConfigError(
-                "rerank.lambda_mmr is none and has not been chosen yet: train the funnel "
-                "(it chooses lambda on valid), or pass lambda_mmr or set it"
-            )
-        valid = row.valid[None, :]  # (1, N): the re-rankers' batch shapes, for B = 1
-        score = row.scores["rank.prob" if cfg.relevance == "probability" else "rank"][None, :]
-        relevance = relevance_scale(np.where(valid, score, 0.0), valid, cfg.relevance)
-        safe = np.where(valid, row.items[None, :], 0)
-        if cfg.similarity == "genre":
-            vectors = reranker.genres_[safe]
-        else:
-            if row.embeddings is None:
-                raise ConfigError("rerank.similarity=embedding needs candidates with embeddings")
-            vectors = row.embeddings.items[safe]
-        method = dpp if cfg.method == "dpp" else mmr_one
-        return row.take(method(relevance, vectors, k, lam, valid)[0])
+        order = reranker.order(
+            row.items[None, :],  # (1, N): the batch shapes, for B = 1
+            row.scores[reranker.score_name][None, :],
+            row.valid[None, :],
+            row.embeddings,
+            k=k,
+            lambda_mmr=lambda_mmr,
+        )
+        return row.take(order[0])

@@ -22,7 +22,7 @@ from recfunnel.errors import ConfigError
 from recfunnel.rerank.dpp import dpp
 from recfunnel.rerank.mmr import RELEVANCES, mmr, mmr_one, relevance_scale
 from recfunnel.stage import Component, FitData, Stacked, Validate
-from recfunnel.types import Candidates, Requests
+from recfunnel.types import Candidates, Embeddings, Requests
 
 if TYPE_CHECKING:
     from recfunnel.rerank.fast import RerankKernel
@@ -113,6 +113,34 @@ class MMRReranker(Component):
     ) -> Candidates:
         """The call's work: it reads only the lists, never the requests."""
         self.check_fitted()
+        order = self.order(
+            candidates.items,
+            candidates.scores[self.score_name],
+            candidates.valid,
+            candidates.embeddings,
+            k=k,
+            lambda_mmr=lambda_mmr,
+        )
+        return candidates.reorder(order)
+
+    @property
+    def score_name(self) -> str:
+        """The earlier score the relevance is read from."""
+        return "rank.prob" if self.config.relevance == "probability" else "rank"
+
+    def order(
+        self,
+        items: np.ndarray,
+        score: np.ndarray,
+        valid: np.ndarray,
+        embeddings: Embeddings | None,
+        *,
+        k: int | None = None,
+        lambda_mmr: float | None = None,
+    ) -> np.ndarray:
+        """(B, k) positions into the lists items (B, N) after MMR or DPP at `lambda_mmr`
+        (default the config's), relevance from `score` (B, N): the batch call's and the
+        serving kernel's one arithmetic."""
         k = k or self.default_k
         lam = self.config.lambda_mmr if lambda_mmr is None else lambda_mmr
         if lam is None:
@@ -120,20 +148,17 @@ class MMRReranker(Component):
                 "rerank.lambda_mmr is none and has not been chosen yet: train the funnel "
                 "(it chooses lambda on valid), or pass lambda_mmr or set it"
             )
-        valid = candidates.valid
-        how = self.config.relevance
-        score = candidates.scores["rank.prob" if how == "probability" else "rank"]
-        relevance = relevance_scale(np.where(valid, score, 0.0), valid, how)
-        safe = np.where(valid, candidates.items, 0)
+        relevance = relevance_scale(np.where(valid, score, 0.0), valid, self.config.relevance)
+        safe = np.where(valid, items, 0)
         if self.config.similarity == "genre":
             vectors = self.genres_[safe]
         else:
-            if candidates.embeddings is None:
+            if embeddings is None:
                 raise ConfigError("rerank.similarity=embedding needs candidates with embeddings")
-            vectors = candidates.embeddings.items[safe]
-        one_list = len(candidates) == 1  # a served request: MMR without batch bookkeeping
+            vectors = embeddings.items[safe]
+        one_list = len(items) == 1  # a served request: MMR without batch bookkeeping
         method = dpp if self.config.method == "dpp" else (mmr_one if one_list else mmr)
-        return candidates.reorder(method(relevance, vectors, k, lam, valid))
+        return method(relevance, vectors, k, lam, valid)
 
     def serving_kernel(self) -> RerankKernel:
         """The one-request fast path (`rerank.fast`): the same call, without Requests."""
