@@ -65,7 +65,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "learning_curve_results.json")
     parser.add_argument("--data-dir", default=os.environ.get("RECFUNNEL_DATA_DIR"))
     args = parser.parse_args()
-    fractions = [float(f) for f in args.fractions.split(",") if f]
+    try:
+        fractions = [float(f) for f in args.fractions.split(",") if f]
+    except ValueError:
+        parser.error(f"--fractions takes comma-separated numbers, got {args.fractions!r}")
+    if not fractions or not all(0 < f <= 1 for f in fractions):
+        parser.error(f"--fractions must lie in (0, 1], got {args.fractions!r}")
     ml = load_movielens(args.data_dir, progress=False)
     rows, results = [], []
     for fraction in fractions:
