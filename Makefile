@@ -9,6 +9,7 @@ SPLIT ?= test
 RUN_DIR ?= runs/default
 HOST ?= 127.0.0.1
 PORT ?= 8000
+WORKERS ?= 1
 # The browser test drives the system Chromium (apt-get install chromium); Playwright must
 # never fetch its own browser build.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
@@ -73,9 +74,10 @@ reproduce: $(STAMP)
 	$(BIN)/recfunnel compare runs/reproduce-a runs/reproduce-b
 
 ## serve: the REST service and the funnel page for $(RUN_DIR) on http://$(HOST):$(PORT)/
-## (API docs at /docs; live ratings in $(RUN_DIR)/serving/ratings.sqlite3)
+## (API docs at /docs; live ratings in $(RUN_DIR)/serving/ratings.sqlite3); WORKERS=2 forks
+## two server processes after loading (one per core serves that many requests at once)
 serve: $(STAMP)
-	$(BIN)/recfunnel serve $(RUN_DIR) --host $(HOST) --port $(PORT)
+	$(BIN)/recfunnel serve $(RUN_DIR) --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 ## bench-scale: ML-20M-sized synthetic data through loading, the split and one recall epoch,
 ## the non-learned channels at 27k items, and a cold load of ML-32M-sized data (wall time and
@@ -84,8 +86,9 @@ serve: $(STAMP)
 bench-scale: $(STAMP)
 	$(BIN)/python bench/scale.py
 
-## bench-serve: load test over HTTP (starts and stops its own server on 127.0.0.1; 8 clients,
-## 20,000 requests, at most 300 s) -> bench/serve_results.json
+## bench-serve: load test over HTTP (starts and stops its own server on 127.0.0.1, one worker
+## per core; 8 clients; 20,000 requests in a closed loop, then 20,000 due at 400/s; at most
+## 300 s each) -> bench/serve_results.json
 bench-serve: $(STAMP)
 	$(BIN)/python bench/serve_load.py $(RUN_DIR)
 

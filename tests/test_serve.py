@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -346,12 +347,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start_server(run_dir: Path, data: list[str], db: Path) -> tuple[subprocess.Popen, str]:
-    """`recfunnel serve` in a subprocess on a free 127.0.0.1 port, once /health answers."""
+def _start_server(
+    run_dir: Path, data: list[str], db: Path, extra: Sequence[str] = ()
+) -> tuple[subprocess.Popen, str]:
+    """`recfunnel serve` in a subprocess on a free 127.0.0.1 port, once /health answers;
+    `extra`: more serve options (e.g. --workers 2)."""
     for _ in range(3):  # the free port may be taken between the probe and the bind
         port = _free_port()
         cmd = [sys.executable, "-m", "recfunnel.cli", "serve", str(run_dir), "--port", str(port)]
-        proc = subprocess.Popen([*cmd, "--db", str(db), *data], stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [*cmd, "--db", str(db), *data, *extra], stderr=subprocess.PIPE, text=True
+        )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and proc.poll() is None:

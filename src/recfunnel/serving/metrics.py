@@ -8,17 +8,32 @@ Percentiles come from the last WINDOW observations of each series (a bounded win
 memory stays flat however long the server runs); counts and sums cover every request since
 start. Series are keyed by the route *template* (/users/{user_id}/recommendations), never by
 the raw path, so their number stays bounded too.
+
+With several worker processes (`serving/workers.py`) each has its own Metrics. Given a
+shared `publish_dir`, a background thread in each writes a snapshot of its series there
+every PUBLISH_EVERY_S seconds when something changed (and at once when it renders), and
+`render` merges every worker's latest snapshot: counts and sums add up, and the quantiles
+are over the union of the workers' windows. Another worker's numbers may be up to
+PUBLISH_EVERY_S old.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import threading
+import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
 
 WINDOW = 10_000  # latest observations per series that the percentiles are computed over
 QUANTILES = (0.5, 0.99)
+PUBLISH_EVERY_S = 1.0  # how often a worker writes its snapshot for the others to merge
 
 
 @dataclass
@@ -53,31 +68,116 @@ def _number(value: float) -> str:
     return "NaN" if math.isnan(value) else repr(float(value))
 
 
-class Metrics:
-    """Thread-safe counters and latency windows per endpoint and per funnel stage."""
+Snapshot = tuple[
+    dict[tuple[str, str, int], int],
+    dict[tuple[str, str], tuple[int, float, list[float]]],
+    dict[str, tuple[int, float, list[float]]],
+]
 
-    def __init__(self) -> None:
+
+class Metrics:
+    """Thread-safe counters and latency windows per endpoint and per funnel stage; with a
+    `publish_dir`, merged over every worker process that publishes there."""
+
+    def __init__(self, publish_dir: str | Path | None = None) -> None:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str, int], int] = {}
         self._requests: dict[tuple[str, str], Series] = {}
         self._stages: dict[str, Series] = {}
+        self.publish_dir = None if publish_dir is None else Path(publish_dir)
+        self._dirty = False  # observed since the last snapshot
+        self._publisher = 0  # pid whose publisher thread runs (threads do not survive fork)
+        self._token = uuid.uuid4().hex[:8]  # with the pid, names this series' file
 
     def observe_request(self, method: str, endpoint: str, status: int, seconds: float) -> None:
         with self._lock:
             key = (method, endpoint, status)
             self._counts[key] = self._counts.get(key, 0) + 1
             self._requests.setdefault((method, endpoint), Series()).add(seconds)
+            self._dirty = True
+        if self.publish_dir is not None and self._publisher != os.getpid():
+            self._start_publisher()
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         with self._lock:
             self._stages.setdefault(stage, Series()).add(seconds)
+            self._dirty = True
+
+    def _snapshot(self) -> Snapshot:
+        with self._lock:
+            return (
+                dict(self._counts),
+                {k: (s.count, s.total, list(s.recent)) for k, s in self._requests.items()},
+                {k: (s.count, s.total, list(s.recent)) for k, s in self._stages.items()},
+            )
+
+    def _start_publisher(self) -> None:
+        """A daemon thread of this process that publishes changed series every
+        PUBLISH_EVERY_S (inline writes would land inside a request)."""
+        self._publisher = os.getpid()
+
+        def loop() -> None:
+            while True:
+                time.sleep(PUBLISH_EVERY_S)
+                if self._dirty:
+                    self._publish()
+
+        threading.Thread(target=loop, name="metrics-publisher", daemon=True).start()
+
+    def _publish(self) -> None:
+        """Write this process's snapshot to publish_dir/<pid>-<token>.json, atomically (a reader
+        never sees half a file)."""
+        assert self.publish_dir is not None
+        with self._lock:
+            self._dirty = False
+        counts, requests, stages = self._snapshot()
+        body = orjson.dumps(
+            {
+                "counts": [[*key, n] for key, n in counts.items()],
+                "requests": [[*key, *data] for key, data in requests.items()],
+                "stages": [[key, *data] for key, data in stages.items()],
+            }
+        )
+        target = self.publish_dir / f"{os.getpid()}-{self._token}.json"
+        tmp = target.with_suffix(".tmp")
+        try:
+            tmp.write_bytes(body)
+            tmp.replace(target)
+        except OSError:  # metrics must never fail a request; the next publish retries
+            with self._lock:
+                self._dirty = True
+
+    def _merged(self) -> Snapshot:
+        """This process's series plus every other worker's latest snapshot."""
+        if self.publish_dir is None:
+            return self._snapshot()
+        self._publish()
+        counts: dict[tuple[str, str, int], int] = {}
+        requests: dict[tuple[str, str], tuple[int, float, list[float]]] = {}
+        stages: dict[str, tuple[int, float, list[float]]] = {}
+
+        def add(table: dict[Any, tuple[int, float, list[float]]], key: Any, data: list) -> None:
+            count, total, recent = table.get(key, (0, 0.0, []))
+            table[key] = (count + int(data[0]), total + float(data[1]), recent + list(data[2]))
+
+        for path in sorted(self.publish_dir.glob("*.json")):
+            try:
+                snapshot = orjson.loads(path.read_bytes())
+            except (OSError, orjson.JSONDecodeError):  # a worker that just died mid-write
+                continue
+            for method, endpoint, status, n in snapshot["counts"]:
+                key = (method, endpoint, int(status))
+                counts[key] = counts.get(key, 0) + int(n)
+            for method, endpoint, *data in snapshot["requests"]:
+                add(requests, (method, endpoint), data)
+            for stage, *data in snapshot["stages"]:
+                add(stages, stage, data)
+        return counts, requests, stages
 
     def render(self) -> str:
-        """The Prometheus text exposition (version 0.0.4) of every series."""
-        with self._lock:
-            counts = dict(self._counts)
-            requests = {k: (s.count, s.total, list(s.recent)) for k, s in self._requests.items()}
-            stages = {k: (s.count, s.total, list(s.recent)) for k, s in self._stages.items()}
+        """The Prometheus text exposition (version 0.0.4) of every series (of every worker,
+        given a publish_dir)."""
+        counts, requests, stages = self._merged()
         lines = [
             "# HELP recfunnel_http_requests_total HTTP requests by method, endpoint and status.",
             "# TYPE recfunnel_http_requests_total counter",
@@ -87,7 +187,7 @@ class Metrics:
             lines.append(f"recfunnel_http_requests_total{{{labels}}} {n}")
         lines += [
             "# HELP recfunnel_http_request_duration_seconds Request latency (quantiles over "
-            f"the last {WINDOW} requests of each endpoint).",
+            f"the last {WINDOW} requests of each endpoint in each worker).",
             "# TYPE recfunnel_http_request_duration_seconds summary",
         ]
         for (method, endpoint), data in sorted(requests.items()):
@@ -98,7 +198,7 @@ class Metrics:
             )
         lines += [
             "# HELP recfunnel_stage_duration_seconds Funnel component latency per request "
-            f"(quantiles over the last {WINDOW} calls of each component).",
+            f"(quantiles over the last {WINDOW} calls of each component in each worker).",
             "# TYPE recfunnel_stage_duration_seconds summary",
         ]
         for stage, data in sorted(stages.items()):
@@ -109,7 +209,7 @@ class Metrics:
 def _summary(
     name: str, labels: dict[str, str], count: int, total: float, recent: list[float]
 ) -> list[str]:
-    series = Series(count, total, deque(recent, maxlen=WINDOW))
+    series = Series(count, total, deque(recent))  # merged windows: no cap
     out = [
         f"{name}{{{_labels(**labels, quantile=str(q))}}} {_number(series.quantile(q))}"
         for q in QUANTILES
