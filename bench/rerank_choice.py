@@ -1,8 +1,8 @@
 """The re-ranker's operating point under each method and relevance, by the training rule.
 
-For MMR and DPP, with min-max and probability relevance, sweep lambda over the training
-grid on one part of a run and apply the rule training uses (`rerank.report.operating_point`:
-the most varied final list whose NDCG@20 is within `--max-ndcg-loss` of the rank order's).
+For each method (the ILD greedy, MMR, DPP), with min-max and probability relevance, sweep
+lambda over the training grid on one part of a run and apply the rule training uses
+(`rerank.report.operating_point`: the most varied final list whose NDCG@20 is within `--max-ndcg-loss` of the rank order's).
 Prints the chosen lambda and what it costs and gains. Run it on valid, or on the test part
 of a backtest run (configs/backtest.toml): a choice made here on the real test would leak.
 
@@ -22,6 +22,7 @@ from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.evaluation.protocol import Evaluator
 from recfunnel.evaluation.tables import format_table
 from recfunnel.rerank.report import operating_point
+from recfunnel.rerank.stage import METHODS
 from recfunnel.run import load_run
 
 
@@ -52,7 +53,7 @@ def main() -> int:
     ranked = funnel.run(requests, upto="rank")["rank"]
     rows = []
     for relevance in ("minmax", "probability"):
-        for method in ("mmr", "dpp"):
+        for method in METHODS:
             rerank = funnel["rerank"].with_config(relevance=relevance, method=method)
             lam, at = operating_point(
                 rerank,

@@ -99,10 +99,12 @@ def test_list_sizes_and_lambdas(pipeline: Pipeline, sizes: dict) -> None:
     _compare(pipeline, _users(pipeline)["warm"][:25], **sizes)
 
 
-def test_dpp_re_ranking(pipeline: Pipeline) -> None:
-    _, dpp = pipeline._funnel_for("dpp")
+@pytest.mark.parametrize("method", ["dpp", "ild", "mmr"])
+def test_every_re_rank_method(pipeline: Pipeline, method: str) -> None:
+    _, funnel = pipeline._funnel_for(method)
+    assert funnel["rerank"].config.method == method
     for lam in (0.3, 0.9):
-        _compare(pipeline, _users(pipeline)["warm"][:25], funnel=dpp, lambda_mmr=lam)
+        _compare(pipeline, _users(pipeline)["warm"][:25], funnel=funnel, lambda_mmr=lam)
 
 
 def test_hnsw_index_gives_the_batch_path_lists(pipeline: Pipeline, synthetic_ml) -> None:

@@ -179,9 +179,9 @@ def test_page_shows_the_funnel_and_re_ranks_live(chromium: str, served) -> None:
             page.wait_for_function("document.querySelector('#status').textContent.includes('0.5')")
             ild = page.text_content("#ild")
             assert ild and ild != "–"
-            page.check('input[name="method"][value="mmr"]')  # the run's default, for the shot
+            page.check(f'input[name="method"][value="{rerank.method}"]')  # the run's, for the shot
             _wait_renders(page, 5)
-            assert "MMR" in page.text_content("#status")
+            assert rerank.method.upper() in page.text_content("#status")
             shot = run_dir / "serving" / "serve.png"
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot))

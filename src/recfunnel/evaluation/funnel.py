@@ -31,6 +31,7 @@ from recfunnel.evaluation.protocol import RETURN_GAP_DAYS, Evaluator, EvalUsers,
 from recfunnel.funnel import STAGES, Funnel
 from recfunnel.rank.report import pointwise_scores
 from recfunnel.rerank.report import lambda_sweep
+from recfunnel.rerank.stage import METHODS
 from recfunnel.types import Candidates
 
 LAMBDAS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -129,7 +130,7 @@ def evaluate_funnel(
                     lambdas=lambdas,
                     keys=LIST_KEYS,
                 )
-                for method in ("mmr", "dpp")
+                for method in METHODS
             }
             report["lambda_sweep"] = report["rerank_sweeps"][rerank.config.method]
             report["pointwise"] = _pointwise_report(funnel, split, part, users, requests)

@@ -237,7 +237,8 @@ def _how_to_read(report: Mapping[str, Any]) -> str:
         on += f" (history: {report['history']})"
     if who:
         on += " over " + " and ".join(who)
-    mmr = "MMR"
+    names = {"ild": "the ILD greedy", "mmr": "MMR", "dpp": "a DPP"}
+    mmr = names.get(str(rerank.get("method", "mmr")), str(rerank.get("method")))
     if lam is not None:
         mmr += f" with lambda = {_fmt_lambda(lam)}"
     if "similarity" in rerank:

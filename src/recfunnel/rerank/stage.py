@@ -1,7 +1,9 @@
-"""The re-rank stage: MMR or a DPP over the ranked list, for a more varied final list.
+"""The re-rank stage: MMR, a DPP or the ILD greedy over the ranked list, for a more varied
+final list.
 
     rerank/mmr.py     the MMR algorithm, vectorised in numpy (relevance scaling, cosine)
     rerank/dpp.py     the DPP's fast greedy MAP inference (Chen et al., 2018)
+    rerank/ild.py     the greedy for NDCG-discounted relevance + the list's ILD
     rerank/stage.py   MMRReranker and RerankConfig: the component the funnel chains
 
 Relevance is the rank score brought to [0, 1] per user (min-max, the default) or the rank
@@ -20,6 +22,7 @@ import numpy as np
 from recfunnel.config import param
 from recfunnel.errors import ConfigError
 from recfunnel.rerank.dpp import dpp
+from recfunnel.rerank.ild import ild_greedy
 from recfunnel.rerank.mmr import RELEVANCES, mmr, mmr_one, relevance_scale
 from recfunnel.stage import Component, FitData, Stacked, Validate
 from recfunnel.types import Candidates, Embeddings, Requests
@@ -28,17 +31,18 @@ if TYPE_CHECKING:
     from recfunnel.rerank.fast import RerankKernel
 
 SIMILARITIES = ("genre", "embedding")
-METHODS = ("mmr", "dpp")
+METHODS = ("ild", "mmr", "dpp")
 
 
 @dataclass(frozen=True)
 class RerankConfig:
     """MMR or DPP re-ranking of the ranker's top candidates."""
 
-    method: Literal["mmr", "dpp"] = param(
-        "mmr",
-        "mmr: greedy relevance minus max similarity to the chosen; dpp: greedy MAP of a "
-        "determinantal point process with a quality x similarity kernel",
+    method: Literal["ild", "mmr", "dpp"] = param(
+        "ild",
+        "ild: greedy NDCG-discounted relevance plus mean dissimilarity to the chosen (the "
+        "list's ILD gain); mmr: greedy relevance minus max similarity to the chosen; dpp: "
+        "greedy MAP of a determinantal point process with a quality x similarity kernel",
     )
     lambda_mmr: float | None = param(
         None,
@@ -157,8 +161,11 @@ class MMRReranker(Component):
                 raise ConfigError("rerank.similarity=embedding needs candidates with embeddings")
             vectors = embeddings.items[safe]
         one_list = len(items) == 1  # a served request: MMR without batch bookkeeping
-        method = dpp if self.config.method == "dpp" else (mmr_one if one_list else mmr)
-        return method(relevance, vectors, k, lam, valid)
+        if self.config.method == "dpp":
+            return dpp(relevance, vectors, k, lam, valid)
+        if self.config.method == "ild":
+            return ild_greedy(relevance, vectors, k, lam, valid)
+        return (mmr_one if one_list else mmr)(relevance, vectors, k, lam, valid)
 
     def serving_kernel(self) -> RerankKernel:
         """The one-request fast path (`rerank.fast`): the same call, without Requests."""
@@ -167,7 +174,7 @@ class MMRReranker(Component):
         return RerankKernel(self)
 
     def with_method(self, method: str) -> MMRReranker:
-        """A copy that re-ranks with `method` ("mmr" or "dpp"), everything else the same."""
+        """A copy that re-ranks with `method` (one of METHODS), everything else the same."""
         return self.with_config(method=method)
 
     def with_config(self, **changes: Any) -> MMRReranker:

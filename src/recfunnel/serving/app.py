@@ -60,7 +60,8 @@ Lambda = Annotated[
     ),
 ]
 Method = Annotated[
-    Literal["mmr", "dpp"] | None, Query(description="re-rank method (default: the run's)")
+    Literal["ild", "mmr", "dpp"] | None,
+    Query(description="re-rank method (default: the run's)"),
 ]
 FullTrace = Annotated[
     bool,

@@ -449,7 +449,7 @@ class Pipeline:
         ]
 
     def _funnel_for(self, method: str | None) -> tuple[str, Funnel]:
-        """The run's funnel with re-rank `method` ("mmr" or "dpp"; None: the run's own)."""
+        """The run's funnel with re-rank `method` (one of METHODS; None: the run's own)."""
         method = method or self.run.config.rerank.method
         if method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")

@@ -1,0 +1,73 @@
+"""Re-rank: a greedy list built for the two numbers it is judged by, NDCG and ILD.
+
+Step t fills place t + 1 with the not-yet-chosen valid candidate that maximises
+
+    lambda * rel / log2(t + 2)  +  (1 - lambda) * mean over the chosen of (1 - cosine)
+
+(the second term is 0 while nothing is chosen). Two differences from MMR, each taken from
+the metrics themselves:
+
+- **the diversity term is the candidate's share of the list's ILD.** ILD is the mean
+  pairwise dissimilarity of the list, so what a new item adds to it is its summed (here,
+  mean) dissimilarity to the items already there. MMR's max cosine punishes a candidate for
+  its single nearest chosen item, however different it is from all the others.
+- **relevance carries NDCG's discount of the place being filled.** A swap near the top costs
+  more NDCG than one at place 20, so the greedy keeps the first places for the most relevant
+  items and diversifies mostly the tail.
+
+lambda = 1 keeps the relevance order exactly (the second term is 0.0 times a finite number),
+lambda = 0 seeks only diversity. On ML-1M's valid and backtest holdouts this gives about
+twice MMR's ILD gain at the same NDCG cost (README, "Re-rank").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recfunnel.rerank.mmr import _unit, check_rerank_inputs
+
+__all__ = ["ild_greedy"]
+
+
+def ild_greedy(
+    relevance: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    lambda_mmr: float,
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """Greedy lists for discounted relevance + ILD: (B, k) int64 positions into each user's
+    N candidates, best first; -1 pads a user with fewer than k valid candidates.
+
+    `relevance` (B, N) on [0, 1] (`relevance_scale`); `vectors` (B, N, d) the candidates'
+    feature vectors (genre multi-hot or embeddings); `valid` (B, N) bool, None = all valid.
+    Ties go to the smaller position. The same arithmetic serves one request (B = 1) and a
+    batch, so the fast path's list is the batch path's."""
+    rel, vectors, valid, lam = check_rerank_inputs(relevance, vectors, k, lambda_mmr, valid)
+    n_users, n = rel.shape
+    k = int(k)
+    out = np.full((n_users, k), -1, dtype=np.int64)
+    if n == 0 or n_users == 0:
+        return out
+    unit = _unit(vectors)
+    rows = np.arange(n_users)
+    available = valid.copy()
+    rel = np.where(valid, rel, 0.0)  # padding may hold inf or nan
+    dissimilarity = np.zeros((n_users, n))  # summed (1 - cosine) to the chosen, float64
+    for t in range(min(k, n)):
+        # lam = 1: the relevance itself, so no rounding of the discount can reorder a tie.
+        gain = rel if lam == 1.0 else (lam / np.log2(t + 2.0)) * rel
+        if t:
+            gain = gain + ((1.0 - lam) / t) * dissimilarity
+        objective = np.where(available, gain, -np.inf)
+        pick = np.argmax(objective, axis=1)  # first maximum: ties go to the smaller position
+        has = available[rows, pick]
+        if not has.any():
+            break
+        out[:, t] = np.where(has, pick, -1)
+        available[rows, pick] = False
+        if t + 1 < k:
+            # One similarity row per step, (B, N): memory O(B N), work O(k B N d).
+            sim = np.matmul(unit, unit[rows, pick][:, :, None])[:, :, 0]
+            dissimilarity += 1.0 - sim.astype(np.float64)
+    return out
