@@ -2,9 +2,10 @@
 
 For each method (the ILD greedy, MMR, DPP), with min-max and probability relevance, sweep
 lambda over the training grid on one part of a run and apply the rule training uses
-(`rerank.report.operating_point`: the most varied final list whose NDCG@20 is within `--max-ndcg-loss` of the rank order's).
-Prints the chosen lambda and what it costs and gains. Run it on valid, or on the test part
-of a backtest run (configs/backtest.toml): a choice made here on the real test would leak.
+(`rerank.report.operating_point`: the most varied final list whose NDCG@20 is within
+`--max-ndcg-loss` of the rank order's). Prints the chosen lambda and what it costs and
+gains. Run it on valid, or on the test part of a backtest run (configs/backtest.toml): a
+choice made here on the real test would leak.
 
     .venv/bin/python bench/rerank_choice.py runs/bench --split valid
     .venv/bin/python bench/rerank_choice.py runs/backtest --split test
