@@ -189,13 +189,18 @@ class PreRankStage(Scorer):
         return self
 
     def _choose_prior_weight(self, stacked: Stacked, validate: Validate | None) -> None:
-        """Set `logit_scale_` (the logits' spread on the training candidates) and
-        `prior_weight_`: the config's, or, when it is none, the grid weight with the best
-        valid metric (`blend.choose_weight`; what was tried goes to `prior_choice_`)."""
-        logits = self.score_pairs(stacked.requests, stacked.pairs).scores[self.name]
-        self.logit_scale_ = logit_scale(logits)
+        """Set `prior_weight_`, the config's or, when it is none, the grid weight with the
+        best valid metric (`blend.choose_weight`; what was tried goes to `prior_choice_`),
+        and `logit_scale_`, the logits' spread on the training candidates (measured only
+        when a blend may use it: the cross-fitted models keep w = 0 and score nothing
+        more)."""
         weight = self.config.prior_weight
-        if weight is None and validate is not None:
+        choose = weight is None and validate is not None
+        if choose or weight:
+            logits = self.score_pairs(stacked.requests, stacked.pairs).scores[self.name]
+            self.logit_scale_ = logit_scale(logits)
+        if choose:
+            assert validate is not None
 
             def at(w: float) -> float:
                 self.prior_weight_ = w
