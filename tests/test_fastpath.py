@@ -9,6 +9,7 @@ ML-1M's default run when one is trained (realdata).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from pathlib import Path
@@ -258,6 +259,27 @@ def test_user_request_is_made_after_its_history() -> None:
     assert request.now == 30 and request.known.sum() == 3
     assert UserRequest.build(7, [], [], [], 8, floor=25).now == 25
     assert len(request.requests) == 1 and request.requests.history.ratings.nnz == 3
+
+
+@pytest.mark.parametrize("weight", [1.0, math.inf])
+def test_prerank_blend_gives_the_batch_path_lists(pipeline: Pipeline, weight: float) -> None:
+    """Pre-rank's list shrunk towards recall's order (`recfunnel.blend`) by a weight the
+    smoke run may not have chosen: the kernel blends as the batch call does."""
+    prerank, users = pipeline.funnel["prerank"], _users(pipeline)["warm"][:30]
+    saved = prerank.prior_weight_
+    try:
+        prerank.prior_weight_ = 0.0
+        prerank.forget_kernel()
+        requests = pipeline.requests(users)
+        by_logit = pipeline.funnel.run(requests, upto="prerank")["prerank"].items
+        prerank.prior_weight_ = weight
+        prerank.forget_kernel()  # the kernel reads the weight when it is built
+        blended = pipeline.funnel.run(requests, upto="prerank")["prerank"].items
+        assert (blended != by_logit).any()  # else a kernel without the blend would pass
+        _compare(pipeline, users)
+    finally:
+        prerank.prior_weight_ = saved
+        prerank.forget_kernel()
 
 
 @pytest.mark.realdata

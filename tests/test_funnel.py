@@ -111,6 +111,19 @@ def test_training_chose_lambda_on_valid(trained, pipeline):
         pipeline.funnel["rerank"].with_config(lambda_mmr=None)(requests, ranked, k=5)
 
 
+def test_training_chose_the_prerank_prior_weight_on_valid(trained, pipeline):
+    out, _ = trained
+    manifest = json.loads((out / "manifest.json").read_text())
+    chosen = manifest["chosen_on_holdout"]["prerank.prior_weight"]
+    assert list(chosen["grid"]) == ["0", "0.25", "0.5", "1", "2", "4", "inf"]
+    assert chosen["grid"][chosen["weight"]] == max(chosen["grid"].values())
+    assert chosen["holdout"] == "valid, warm users" and chosen["users"] > 0
+    saved = json.loads((out / "prerank" / "state.json").read_text())
+    weight = pipeline.funnel["prerank"].prior_weight_
+    assert saved["prior_weight"] == (chosen["weight"] if weight == float("inf") else weight)
+    assert chosen["weight"] == ("inf" if weight == float("inf") else f"{weight:g}")
+
+
 def test_training_calibrated_the_like_head(trained, pipeline):
     out, _ = trained
     manifest = json.loads((out / "manifest.json").read_text())

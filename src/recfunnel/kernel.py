@@ -177,8 +177,12 @@ class Row:
     def top(self, name: str, k: int) -> Row:
         """`Candidates.top` for one row: the k best by scores[name], ties to the earlier
         column, padding last (as -1)."""
+        return self.top_by(self.scores[name], k)
+
+    def top_by(self, key: np.ndarray, k: int) -> Row:
+        """`Candidates.top_by` for one row: the k best by `key` (N,)."""
         valid = self.valid
-        score = np.where(valid, self.scores[name], -np.inf)
+        score = np.where(valid, key, -np.inf)
         order = np.argsort(-score, kind="stable")[:k]
         return self.take(np.where(valid[order], order, -1))
 

@@ -229,7 +229,12 @@ class Candidates:
 
     def top(self, stage: str, k: int) -> Candidates:
         """The k best of each row by `stage`'s score (ties: the earlier column first)."""
-        score = np.where(self.valid, self.scores[stage], -np.inf)
+        return self.top_by(self.scores[stage], k)
+
+    def top_by(self, key: np.ndarray, k: int) -> Candidates:
+        """The k best of each row by `key` (B, N), e.g. a blend of scores (ties: the earlier
+        column first; padding last whatever its key)."""
+        score = np.where(self.valid, key, -np.inf)
         order = np.argsort(-score, axis=1, kind="stable")[:, :k]
         order = np.where(np.take_along_axis(self.valid, order, axis=1), order, -1)
         return self.reorder(order)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recfunnel.blend import blend_key
 from recfunnel.errors import ConfigError
 from recfunnel.kernel import Row, UserRequest, dense_layers, run_layers
 from recfunnel.types import Candidates
@@ -39,6 +40,8 @@ class PreRankKernel:
         self.scalars = stage.scalars  # the scores it reads, fixed once fitted
         self.mean = np.asarray(stage.scalar_mean_)
         self.std = np.asarray(stage.scalar_std_)
+        # The kept list's order: the same blend with the incoming order as `select`'s.
+        self.prior_weight, self.logit_scale = stage.prior_weight_, stage.logit_scale_
         self._items: np.ndarray | None = None  # the item vectors the table was built from
         self._item_part: np.ndarray | None = None  # (n_items, hidden): Wv v per item
 
@@ -55,7 +58,8 @@ class PreRankKernel:
         return self.row(request, Row.of(candidates), keep=keep).candidates()
 
     def row(self, request: UserRequest, row: Row, *, keep: int | None = None, **_: Any) -> Row:
-        """Every candidate's logit as scores["prerank"], then the best `keep` (N,) -> (keep,)."""
+        """Every candidate's logit as scores["prerank"], then the best `keep` (N,) -> (keep,)
+        by the logit blended with the incoming order (`PreRankStage.select`)."""
         emb = row.embeddings
         if emb is None:
             raise ConfigError("prerank reads the recall embeddings: the candidates carry none")
@@ -74,5 +78,7 @@ class PreRankKernel:
         if self.relu:
             np.maximum(hidden, 0, out=hidden)
         logits = run_layers(self.rest, hidden)[:, 0]
-        scored = row.with_score(self.stage.name, logits.astype(np.float64), valid)
-        return scored.top(self.stage.name, keep or self.stage.config.keep)
+        name = self.stage.name
+        scored = row.with_score(name, logits.astype(np.float64), valid)
+        key = blend_key(scored.scores[name], self.prior_weight, self.logit_scale)
+        return scored.top_by(key, keep or self.stage.config.keep)

@@ -15,6 +15,12 @@ did not): the pre-ranker learns how much to trust each channel, instead of a fix
 u and v are the recall towers' outputs, already computed for retrieval, so scoring 200
 candidates costs one small matrix product. It learns what the dot product alone cannot, e.g.
 that the recall logit means more for some kinds of users or items than for others.
+
+Trained on a few hundred replayed requests, its own order can be worse than the list it is
+handed, so the kept candidates are the best by the logit shrunk towards the incoming order
+(`recfunnel.blend`): logit / scale + w * prior(position), w chosen on valid after the MLP is
+fitted (config `prior_weight = none`), from 0 (the MLP's order) to inf (recall's order cut
+to `keep`). scores["prerank"] stays the MLP's logit: the rank stage reads it as an input.
 """
 
 from __future__ import annotations
@@ -30,6 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from recfunnel.artifacts import RunFileError, load_weights, read_json, require_keys
+from recfunnel.blend import (
+    blend_key,
+    choose_weight,
+    logit_scale,
+    weight_from_json,
+    weight_label,
+    weight_to_json,
+)
 from recfunnel.config import param
 from recfunnel.device import cpu_state, to_device, to_numpy
 from recfunnel.errors import ConfigError
@@ -60,6 +74,12 @@ class PreRankConfig:
     lr: float = param(2e-3, "Adam learning rate")
     weight_decay: float = param(0.0, "Adam weight decay")
     valid_metric: str = param("recall@100", "valid metric of its output list (warm users)")
+    prior_weight: float | None = param(
+        None,
+        "w in the kept list's order logit / scale + w * -log(1 + incoming position): 0 is "
+        "the MLP's order, a large w (e.g. 1e6) recall's; none: chosen on valid from "
+        "0, 0.25, 0.5, 1, 2, 4, inf after training (0 when fit has no valid metric)",
+    )
     seed: int = param(0, "seed for weights and shuffling")
 
     def validate(self) -> None:
@@ -68,13 +88,19 @@ class PreRankConfig:
         if self.lr <= 0 or self.weight_decay < 0 or any(h <= 0 for h in self.hidden):
             raise ConfigError("prerank lr must be > 0, weight_decay >= 0, hidden sizes > 0")
         metric_cutoff(self.valid_metric, "prerank.valid_metric")
+        if self.prior_weight is not None and not 0 <= self.prior_weight < float("inf"):
+            raise ConfigError(
+                f"prerank.prior_weight must be a finite number >= 0 or none, got "
+                f"{self.prior_weight}"
+            )
 
 
 class PreRankStage(Scorer):
     """Train and serve the pre-rank MLP. Learned attributes end with `_`.
 
     It reads the pairs' recall embeddings and the scores named in `scalars`; it scores every
-    candidate and keeps the best `keep`.
+    candidate and keeps the best `keep` by the logit blended with the incoming order
+    (`prior_weight_`, `logit_scale_`; see `recfunnel.blend`).
     """
 
     name = "prerank"
@@ -102,7 +128,8 @@ class PreRankStage(Scorer):
         float` early-stops on valid; without it the model trains for `epochs` (default
         config.epochs) and keeps the last epoch. `device` (default data.device, else the
         CPU) is where it trains and scores."""
-        pairs = require_stacked(stacked, self.name).pairs
+        stacked = require_stacked(stacked, self.name)
+        pairs = stacked.pairs
         if pairs.embeddings is None:
             raise ConfigError("prerank reads the recall embeddings: the pairs carry none")
         cfg = self.config
@@ -117,6 +144,9 @@ class PreRankStage(Scorer):
         self.dim_ = int(pairs.embeddings.users.shape[1])
         self.device_ = torch.device(device or (data.device if data is not None else "cpu"))
         self.model_ = PreRankMLP(self.dim_, cfg.hidden, len(self.scalars)).to(self.device_)
+        # While the MLP trains, valid (early stopping) sees its own order: w = 0.
+        self.prior_weight_, self.logit_scale_ = 0.0, 1.0
+        self.prior_choice_: dict[str, Any] | None = None
         # The whole training set moves once; batches are index tensors into it.
         user_t, item_t, scalar_t, rows_t, pos_t, labels_t = to_device(
             (
@@ -154,8 +184,37 @@ class PreRankStage(Scorer):
             progress=data.progress if data is not None else False,
             description="pre-rank",
         )
+        self._choose_prior_weight(stacked, validate)
         self._fitted()
         return self
+
+    def _choose_prior_weight(self, stacked: Stacked, validate: Validate | None) -> None:
+        """Set `prior_weight_`, the config's or, when it is none, the grid weight with the
+        best valid metric (`blend.choose_weight`; what was tried goes to `prior_choice_`),
+        and `logit_scale_`, the logits' spread on the training candidates (measured only
+        when a blend may use it: the cross-fitted models keep w = 0 and score nothing
+        more)."""
+        weight = self.config.prior_weight
+        choose = weight is None and validate is not None
+        if choose or weight:
+            logits = self.score_pairs(stacked.requests, stacked.pairs).scores[self.name]
+            self.logit_scale_ = logit_scale(logits)
+        if choose:
+            assert validate is not None
+
+            def at(w: float) -> float:
+                self.prior_weight_ = w
+                return validate(self)
+
+            weight, grid = choose_weight(at)
+            self.prior_choice_ = {
+                "weight": weight_label(weight),
+                "metric": self.config.valid_metric,
+                "holdout": "valid, warm users",
+                "grid": grid,
+                "logit_scale": self.logit_scale_,
+            }
+        self.prior_weight_ = float(weight) if weight is not None else 0.0
 
     def score_pairs(self, requests: Requests, pairs: Pairs, batch_size: int = 1 << 20) -> Pairs:
         """scores["prerank"] (n,): the logit of each pair, `batch_size` pairs at a time (the
@@ -179,8 +238,10 @@ class PreRankStage(Scorer):
         return pairs.with_scores(self.name, logits)
 
     def select(self, candidates: Candidates, *, keep: int | None = None, **_: Any) -> Candidates:
-        """The best `keep` (default config.keep) of each list by the pre-rank logit."""
-        return candidates.top(self.name, keep or self.config.keep)
+        """The best `keep` (default config.keep) of each list by the pre-rank logit blended
+        with the incoming order (`blend.blend_key`; w = 0: by the logit alone)."""
+        key = blend_key(candidates.scores[self.name], self.prior_weight_, self.logit_scale_)
+        return candidates.top_by(key, keep or self.config.keep)
 
     def serving_kernel(self) -> PreRankKernel:
         """The one-request fast path (`prerank.fast`)."""
@@ -204,6 +265,8 @@ class PreRankStage(Scorer):
             "std": self.scalar_std_,
             "dim": self.dim_,
             "channel_features": list(self.channel_features_),
+            "prior_weight": weight_to_json(self.prior_weight_),
+            "logit_scale": self.logit_scale_,
         }
         (directory / "state.json").write_text(json.dumps(state, indent=2))
         (directory / "train_log.json").write_text(json.dumps(self.log_.to_dict(), indent=2))
@@ -218,6 +281,16 @@ class PreRankStage(Scorer):
             raise RunFileError(f"{path}: expected {n} means and stds and a positive dim")
         self.scalar_mean_, self.scalar_std_ = state["mean"], state["std"]
         self.dim_ = state["dim"]
+        # A run saved before the blend existed kept the best by the logit alone: w = 0.
+        self.prior_weight_, self.logit_scale_ = 0.0, 1.0
+        if "prior_weight" in state:
+            require_keys(state, path, logit_scale=(int, float))
+            weight = weight_from_json(state["prior_weight"])
+            if weight is None or not state["logit_scale"] > 0:
+                raise RunFileError(
+                    f'{path}: expected a prior_weight >= 0 (or "inf") and a positive logit_scale'
+                )
+            self.prior_weight_, self.logit_scale_ = weight, float(state["logit_scale"])
         self.model_ = PreRankMLP(self.dim_, self.config.hidden, n)
         load_weights(
             self.model_, directory / "model.pt", built_from=(path, directory / "config.json")

@@ -9,7 +9,9 @@ Reading `train_funnel` top to bottom is the recipe:
   3. refit the channels that allow it and the item-to-item model on all of train for
      serving (`stacking.refit`), and move recall's serving state (popularity inputs, the
      index) to the end of train;
-  4. train pre-rank (early stopping on valid), then cross-fit it to get out-of-fold logits;
+  4. train pre-rank (early stopping on valid), choose on valid how far its kept list is
+     shrunk towards recall's order (`prerank.prior_weight = none`), then cross-fit it to get
+     out-of-fold logits;
   5. train rank on the same examples with those logits (early stopping on valid), then
      choose its like head's temperature on valid's rated pairs (`rank.calibrate`);
   6. choose the re-ranker's operating point (lambda) on valid (`rerank.lambda_mmr = none`,
@@ -180,6 +182,11 @@ def train_funnel(
         stacked.subset(examples.candidate),
         valid_metric("prerank", prerank_config.valid_metric),
     )
+    if funnel["prerank"].prior_choice_ is not None:  # w chosen on valid (prior_weight none)
+        report.choices["prerank.prior_weight"] = {
+            **funnel["prerank"].prior_choice_,
+            "users": len(valid_users.user_ids),
+        }
     oof = cross_fit_prerank(
         prerank_config,
         stacked,
