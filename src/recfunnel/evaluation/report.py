@@ -463,7 +463,7 @@ def _plot_funnel(report: Mapping[str, Any]) -> Figure:
 
 def _plot_lambda_sweep(report: Mapping[str, Any]) -> Figure:
     """NDCG@20 (y) against ILD@20 (x) per lambda of the configured re-ranker, the default
-    starred, and the other method's curve when the report has it ("rerank_sweeps")."""
+    starred, and the other methods' curves when the report has them ("rerank_sweeps")."""
     points = _sweep_points(report)
     default = _default_lambda(report)
     lams = [_number(p["lambda"]) for p in points]
@@ -475,10 +475,12 @@ def _plot_lambda_sweep(report: Mapping[str, Any]) -> Figure:
     # Points are sorted by lambda, so the line traces the accuracy/diversity trade-off.
     method = str(_mapping(report.get("rerank")).get("method", "mmr"))
     ax.plot(ild, ndcg, "o-", color="tab:blue", alpha=0.8, label=f"{method.upper()} (configured)")
-    # The other method's curve, when the report has both: one Pareto plot of the two.
+    # The other methods' curves, when the report has them: one Pareto plot of all.
+    styles = iter([("tab:green", "s--"), ("tab:orange", "^:"), ("tab:purple", "d-.")])
     for other, sweep in _mapping(report.get("rerank_sweeps")).items():
         if other == method or not isinstance(sweep, Sequence):
             continue
+        color, marker = next(styles, ("tab:gray", "x--"))
         rows = sorted(
             (r for r in sweep if isinstance(r, Mapping) and _number(r.get("lambda")) is not None),
             key=lambda r: _number(r["lambda"]),
@@ -486,8 +488,8 @@ def _plot_lambda_sweep(report: Mapping[str, Any]) -> Figure:
         ax.plot(
             [_nan(_number(r.get("ild@20"))) for r in rows],
             [_nan(_number(r.get("ndcg@20"))) for r in rows],
-            "s--",
-            color="tab:green",
+            marker,
+            color=color,
             alpha=0.8,
             label=str(other).upper(),
         )
