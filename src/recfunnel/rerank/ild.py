@@ -50,6 +50,8 @@ def ild_greedy(
     if n == 0 or n_users == 0:
         return out
     unit = _unit(vectors)
+    if n_users == 1:
+        return _one(rel, unit, valid, k, lam, out)
     rows = np.arange(n_users)
     available = valid.copy()
     rel = np.where(valid, rel, 0.0)  # padding may hold inf or nan
@@ -69,5 +71,27 @@ def ild_greedy(
         if t + 1 < k:
             # One similarity row per step, (B, N): memory O(B N), work O(k B N d).
             sim = np.matmul(unit, unit[rows, pick][:, :, None])[:, :, 0]
+            dissimilarity += 1.0 - sim.astype(np.float64)
+    return out
+
+
+def _one(
+    rel: np.ndarray, unit: np.ndarray, valid: np.ndarray, k: int, lam: float, out: np.ndarray
+) -> np.ndarray:
+    """`ild_greedy` for one list (the serving fast path): the same arithmetic in the same
+    order and the batch's matmul shapes, (1, N, d) @ (1, d, 1), for identical rounding;
+    only the per-step bookkeeping is scalar. rel (1, N), unit (1, N, d), valid (1, N)."""
+    available = valid[0].copy()
+    rel_row = np.where(valid[0], rel[0], 0.0)
+    dissimilarity = np.zeros(rel.shape[1])
+    for t in range(min(k, int(available.sum()))):
+        gain = rel_row if lam == 1.0 else (lam / np.log2(t + 2.0)) * rel_row
+        if t:
+            gain = gain + ((1.0 - lam) / t) * dissimilarity
+        pick = int(np.argmax(np.where(available, gain, -np.inf)))  # ties: smaller position
+        out[0, t] = pick
+        available[pick] = False
+        if t + 1 < k:
+            sim = np.matmul(unit, unit[:, pick][:, :, None])[0, :, 0]
             dissimilarity += 1.0 - sim.astype(np.float64)
     return out
