@@ -581,15 +581,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         timeout_graceful_shutdown=5,
     )
-    if args.workers == 1:
-        # Loaded objects out of the collector's reach: a full collection over the ~800 MB
-        # of loaded state no longer lands inside a request (the worst call: 24 -> 6 ms).
-        import gc
-
-        gc.collect()
-        gc.freeze()
-        uvicorn.Server(config).run(sockets=[sock])
-        return 0
 
     def worker() -> None:
         # A fresh fork's first calls copy the shared pages they write to (object reference
@@ -603,7 +594,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         return run_workers(worker, args.workers, _log)
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
