@@ -27,7 +27,7 @@
 # | **recall** | 3,706 movies -> 200 | 4 channels (two-tower + ANN, ...), merged | a dot product |
 # | **pre-rank** | 200 -> 100 | small MLP on what recall computed | a tiny MLP |
 # | **rank** | 100, re-sorted | deep CTR model (DIN + DCN-v2) | all features, attention |
-# | **re-rank** | 100 -> 20 | MMR or DPP (diversity) | similarities within the list |
+# | **re-rank** | 100 -> 20 | ILD greedy, MMR or DPP (diversity) | similarities within the list |
 #
 # The cost of scoring one candidate grows at each step, and the number of candidates shrinks
 # faster. A ranker that takes a millisecond per item could never see a million items, but it
@@ -688,15 +688,20 @@ print("temperature:", choices.get("rank.temperature"))
 # *In industry* the last stage turns a ranked list into a page: diversity, freshness,
 # business rules. Twenty near-identical sequels are accurate and useless.
 #
-# *Here* **MMR** (Maximal Marginal Relevance) builds the list one pick at a time, choosing
+# *Here* the default, the **ILD greedy**, builds the list one place at a time: place t + 1
+# gets the movie maximising
 #
-#     lambda * relevance - (1 - lambda) * max similarity to the movies already picked
+#     lambda * relevance / log2(t + 2) + (1 - lambda) * mean dissimilarity to those picked
 #
-# (relevance: the ranker's score scaled to [0, 1] per user; similarity: cosine of genre
-# vectors). **DPP** (`rerank.method=dpp`, the fast greedy MAP of Chen et al., 2018) picks
-# the set whose kernel `quality x similarity x quality` has the largest determinant. lambda
-# is not chosen by hand: `choose_operating_point` sweeps it on valid and keeps the most
-# varied list within 2 % of the rank order's NDCG@20. Test is never looked at.
+# (relevance: the ranker's score scaled to [0, 1] per user; dissimilarity: 1 - cosine of
+# genre vectors). The first term is NDCG's discounted gain of that place, the second what
+# the movie adds to the list's ILD, the two numbers the list is judged by. **MMR** (Maximal
+# Marginal Relevance, `rerank.method=mmr`) maximises `lambda * relevance - (1 - lambda) *
+# max similarity to the movies already picked`. **DPP** (`rerank.method=dpp`, the fast
+# greedy MAP of Chen et al., 2018) picks the set whose kernel `quality x similarity x
+# quality` has the largest determinant. lambda is not chosen by hand:
+# `choose_operating_point` sweeps it on valid and keeps the most varied list within 2 % of
+# the rank order's NDCG@20. Test is never looked at.
 
 # %%
 from recfunnel.training.recipe import choose_operating_point
@@ -724,7 +729,7 @@ for stage, cands in lists.items():
 # chain, each stage's output list scored *as if it were the final recommendation*, the
 # baselines (popularity, EASE, each channel alone, and the training-free RRF fusion) on the
 # same users, paired bootstrap 95 % intervals over users (1,000 seeded draws), the rated
-# pairs' AUC / GAUC / LogLoss / ECE, and the lambda sweeps of MMR and DPP.
+# pairs' AUC / GAUC / LogLoss / ECE, and the lambda sweeps of every re-rank method.
 
 # %%
 from recfunnel.evaluation.funnel import evaluate_funnel
@@ -767,15 +772,17 @@ for path in plots:
         display(Image(filename=str(path)))
 
 # %% [markdown]
-# > **Interview corner: why does MMR cost accuracy?** The rank order is, by construction,
-# > the model's best guess of relevance; any re-ordering for variety moves a less likely
-# > movie up. MMR pays in NDCG for ILD. The question is the exchange rate, which the sweep
-# > above shows: near lambda = 1 a little variety is cheap, further out it is expensive.
+# > **Interview corner: why does re-ranking cost accuracy?** The rank order is, by
+# > construction, the model's best guess of relevance; any re-ordering for variety moves a
+# > less likely movie up. Every re-ranker pays in NDCG for ILD. The question is the exchange
+# > rate, which the sweep above shows: near lambda = 1 a little variety is cheap, further
+# > out it is expensive.
 #
-# **Change one field, rerun one stage.** The re-ranker holds no weights, so swapping MMR for
-# DPP is a new component fed the rank stage's lists; nothing before it is retrained
-# (`funnel.run(requests, resume=("rank", lists))` does the same inside the chain). Both use
-# the lambda chosen for MMR here; DPP's own operating point would come from its own sweep.
+# **Change one field, rerun one stage.** The re-ranker holds no weights, so swapping the ILD
+# greedy for MMR or DPP is a new component fed the rank stage's lists; nothing before it is
+# retrained (`funnel.run(requests, resume=("rank", lists))` does the same inside the chain).
+# All use the lambda chosen for the ILD greedy here; the others' own operating points would
+# come from their own sweeps.
 
 # %%
 import dataclasses
@@ -784,7 +791,7 @@ test_funnel_requests = funnel.requests(test_eval.users("test", "warm"))
 ranked = funnel.run(test_funnel_requests, upto="rank")
 ild_eval = Evaluator(split, items, ks=(20,), history="known", item_features=genres, ild_ks=(20,))
 compare = {}
-for method in ("mmr", "dpp"):
+for method in ("ild", "mmr", "dpp"):
     rerank = MMRReranker(dataclasses.replace(funnel["rerank"].config, method=method)).fit(data)
     final = rerank(test_funnel_requests, ranked["rank"], k=config.funnel.topk_final)
     row = ild_eval.list_metrics(final.items, test_eval.users("test", "warm"))
