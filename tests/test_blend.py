@@ -143,6 +143,30 @@ def test_a_fixed_weight_is_not_chosen_and_no_holdout_means_zero() -> None:
             _config(prior_weight=bad).validate()
 
 
+def test_the_weight_is_chosen_by_its_own_metric_not_the_early_stopping_one() -> None:
+    """`choose` (prior_metric) decides w; `validate` only early-stops. Here the early-stopping
+    callback prefers the MLP's order and the choosing one the incoming order."""
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(N_ITEMS, DIM)).astype(np.float32)
+    train, train_labels = _lists(300, "scalar", rng, items)
+    valid, valid_labels = _lists(200, "scalar", rng, items)
+
+    def prefers_incoming(stage: PreRankStage) -> float:
+        return float(math.isinf(stage.prior_weight_))
+
+    stage = PreRankStage(_config(prior_metric="recall@10")).fit(
+        None,
+        _stacked(train, train_labels),
+        lambda s: _recall_at_keep(s, valid, valid_labels),  # type: ignore[arg-type]
+        choose=prefers_incoming,  # type: ignore[arg-type]
+    )
+    choice = stage.prior_choice_
+    assert choice is not None and choice["weight"] == "inf" and choice["metric"] == "recall@10"
+    assert stage.prior_weight_ == math.inf
+    with pytest.raises(ConfigError, match="prior_metric"):
+        _config(prior_metric="ndcg").validate()
+
+
 def _one(cands: Candidates, r: int) -> Row:
     """List r of `cands` as the kernel's one-request Row."""
     assert cands.embeddings is not None

@@ -78,7 +78,13 @@ class PreRankConfig:
         None,
         "w in the kept list's order logit / scale + w * -log(1 + incoming position): 0 is "
         "the MLP's order, a large w (e.g. 1e6) recall's; none: chosen on valid from "
-        "0, 0.25, 0.5, 1, 2, 4, inf after training (0 when fit has no valid metric)",
+        "0, 0.25, 0.5, 1, 2, 4, inf after training, by prior_metric (0 when fit has no "
+        "valid metric)",
+    )
+    prior_metric: str = param(
+        "ndcg@20",
+        "prior_weight none: the valid metric of the kept list that chooses w (the report "
+        "judges every stage's list by NDCG@20; early stopping keeps valid_metric)",
     )
     seed: int = param(0, "seed for weights and shuffling")
 
@@ -88,6 +94,7 @@ class PreRankConfig:
         if self.lr <= 0 or self.weight_decay < 0 or any(h <= 0 for h in self.hidden):
             raise ConfigError("prerank lr must be > 0, weight_decay >= 0, hidden sizes > 0")
         metric_cutoff(self.valid_metric, "prerank.valid_metric")
+        metric_cutoff(self.prior_metric, "prerank.prior_metric")
         if self.prior_weight is not None and not 0 <= self.prior_weight < float("inf"):
             raise ConfigError(
                 f"prerank.prior_weight must be a finite number >= 0 or none, got "
@@ -121,13 +128,15 @@ class PreRankStage(Scorer):
         stacked: Stacked | None = None,
         validate: Validate | None = None,
         *,
+        choose: Validate | None = None,
         epochs: int | None = None,
         device: str | None = None,
     ) -> PreRankStage:
         """Train on the stacked pairs (labels (n,) float32 in {0, 1}). `validate(stage) ->
         float` early-stops on valid; without it the model trains for `epochs` (default
-        config.epochs) and keeps the last epoch. `device` (default data.device, else the
-        CPU) is where it trains and scores."""
+        config.epochs) and keeps the last epoch. `choose(stage) -> float` (config
+        prior_metric on valid; default `validate`) chooses the blend weight. `device`
+        (default data.device, else the CPU) is where it trains and scores."""
         stacked = require_stacked(stacked, self.name)
         pairs = stacked.pairs
         if pairs.embeddings is None:
@@ -184,13 +193,19 @@ class PreRankStage(Scorer):
             progress=data.progress if data is not None else False,
             description="pre-rank",
         )
-        self._choose_prior_weight(stacked, validate)
+        self._choose_prior_weight(
+            stacked,
+            choose or validate,
+            self.config.prior_metric if choose is not None else self.config.valid_metric,
+        )
         self._fitted()
         return self
 
-    def _choose_prior_weight(self, stacked: Stacked, validate: Validate | None) -> None:
+    def _choose_prior_weight(
+        self, stacked: Stacked, validate: Validate | None, metric: str
+    ) -> None:
         """Set `prior_weight_`, the config's or, when it is none, the grid weight with the
-        best valid metric (`blend.choose_weight`; what was tried goes to `prior_choice_`),
+        best valid `metric` (`blend.choose_weight`; what was tried goes to `prior_choice_`),
         and `logit_scale_`, the logits' spread on the training candidates (measured only
         when a blend may use it: the cross-fitted models keep w = 0 and score nothing
         more)."""
@@ -209,7 +224,7 @@ class PreRankStage(Scorer):
             weight, grid = choose_weight(at)
             self.prior_choice_ = {
                 "weight": weight_label(weight),
-                "metric": self.config.valid_metric,
+                "metric": metric,
                 "holdout": "valid, warm users",
                 "grid": grid,
                 "logit_scale": self.logit_scale_,

@@ -10,8 +10,8 @@ Reading `train_funnel` top to bottom is the recipe:
      serving (`stacking.refit`), and move recall's serving state (popularity inputs, the
      index) to the end of train;
   4. train pre-rank (early stopping on valid), choose on valid how far its kept list is
-     shrunk towards recall's order (`prerank.prior_weight = none`), then cross-fit it to get
-     out-of-fold logits;
+     shrunk towards recall's order (`prerank.prior_weight = none`, by the kept list's
+     `prerank.prior_metric`, NDCG@20), then cross-fit it to get out-of-fold logits;
   5. train rank on the same examples with those logits (early stopping on valid), then
      choose its like head's temperature on valid's rated pairs (`rank.calibrate`);
   6. choose the re-ranker's operating point (lambda) on valid (`rerank.lambda_mmr = none`,
@@ -157,6 +157,7 @@ def train_funnel(
         prerank_config.keep,
         funnel_config.topk_recall,
         metric_cutoff(prerank_config.valid_metric, "prerank.valid_metric"),
+        metric_cutoff(prerank_config.prior_metric, "prerank.prior_metric"),
         metric_cutoff(rank_config.valid_metric, "rank.valid_metric"),
     }
     evaluator = Evaluator(split, item_ids, ks=sorted(ks))
@@ -181,6 +182,7 @@ def train_funnel(
         data,
         stacked.subset(examples.candidate),
         valid_metric("prerank", prerank_config.valid_metric),
+        choose=valid_metric("prerank", prerank_config.prior_metric),
     )
     if funnel["prerank"].prior_choice_ is not None:  # w chosen on valid (prior_weight none)
         report.choices["prerank.prior_weight"] = {
