@@ -158,7 +158,7 @@ class TwoTowerKernel:
         history = self.column_vocab[cols]
         n = len(history)
         pooled = self.item_table[history].sum(0) * np.float32(1 / np.sqrt(max(n, 1)))
-        features = self.channel.space_.user_features(np.array([request.user_id]))
+        features = self.channel.space_.user_features_one(request.user_id)
         bucket = min(n.bit_length(), N_HISTORY_BUCKETS - 1)  # 1 + floor(log2 n), 0 for none
         parts = [
             pooled.astype(np.float32),
