@@ -241,16 +241,28 @@ def test_mmr_one_is_mmr_for_one_user() -> None:
         )
 
 
-def test_liked_sum_is_the_sparse_product_bit_for_bit() -> None:
+@pytest.mark.parametrize("path", ["scipy kernel", "numpy reduction"])
+def test_liked_sum_is_the_sparse_product_bit_for_bit(path: str, monkeypatch) -> None:
+    """Both ways `liked_sum` adds the rows (scipy's CSR kernel called directly, or the
+    numpy reduction where that is missing or the weights are not C-contiguous)."""
     import scipy.sparse as sp
 
+    from recfunnel import kernel
+
+    if path == "numpy reduction":
+        monkeypatch.setattr(kernel, "_csr_matvecs", None)
+    else:
+        assert kernel._csr_matvecs is not None
     rng = np.random.default_rng(1)
-    weights = rng.normal(size=(400, 300)).astype(np.float32)
-    for size in (0, 1, 17, 150, 400):
-        liked = np.sort(rng.choice(400, size, replace=False))
-        row = sp.csr_matrix((np.ones(size, np.float32), liked, [0, size]), shape=(1, 400))
-        expected = np.asarray(row @ weights)[0].astype(np.float64)
-        np.testing.assert_array_equal(liked_sum(weights, liked), expected)
+    for dtype in (np.float32, np.float64):
+        weights = rng.normal(size=(400, 300)).astype(dtype)
+        for size in (0, 1, 17, 150, 400):
+            liked = np.sort(rng.choice(400, size, replace=False))
+            row = sp.csr_matrix((np.ones(size, dtype), liked, [0, size]), shape=(1, 400))
+            expected = np.asarray(row @ weights)[0].astype(np.float64)
+            np.testing.assert_array_equal(liked_sum(weights, liked), expected)
+            fortran = np.asfortranarray(weights)  # not C-contiguous: the reduction
+            np.testing.assert_array_equal(liked_sum(fortran, liked), expected)
 
 
 def test_user_request_is_made_after_its_history() -> None:
