@@ -518,6 +518,24 @@ def test_ild_greedy_matches_the_reference(seed: int, lam: float):
         ).tolist() == [out[u].tolist()]
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_one_list_ild_greedy_is_the_batch_one_on_ties(seed: int):
+    """The one-list path (precomputed discounts, an additive -inf mask) picks what the
+    batch loop picks, on inputs full of exact ties, both dtypes, every kind of lambda."""
+    rng = np.random.default_rng(seed)
+    for case in range(200):
+        n, d, k = int(rng.integers(1, 40)), int(rng.integers(1, 6)), int(rng.integers(1, 25))
+        dtype = np.float32 if case % 2 else np.float64
+        vectors = (rng.random((3, n, d)) < 0.4).astype(dtype)
+        rel = rng.integers(0, 4, (3, n)) / 3.0  # many exact ties
+        valid = rng.random((3, n)) < 0.8
+        lam = [0.0, 1.0, 0.5, 0.84, float(rng.random())][case % 5]
+        batch = ild_greedy(rel, vectors, k, lam, valid)
+        for u in range(3):
+            one = ild_greedy(rel[u : u + 1], vectors[u : u + 1], k, lam, valid[u : u + 1])
+            assert one.tolist() == [batch[u].tolist()], (case, u)
+
+
 def test_ild_greedy_lambda_one_is_the_stable_relevance_order():
     rel = np.array([[0.5, 0.9, 0.5, 0.1, 0.9]])
     vectors = np.eye(5)[None]
