@@ -92,7 +92,8 @@ class _TwoTowerScores:
             # of the same float32 vectors, ties to the smaller position (= movie id), as the
             # exact index orders them.
             vectors = kernel.items if index is None or not index.built else index.embeddings_
-            scores = (self.user[None, :] @ vectors.T).astype(np.float64)[0]
+            # float32 as computed: the order of exactly these values is the same in float64.
+            scores = (self.user[None, :] @ vectors.T)[0]
             return top_unknown(scores, self.request.known, k)
         # An ANN index (HNSW, IVF) is searched as the batch path searches it, so the list is
         # the batch path's: exact search would be faster at ML-1M's size (3,706 items: one
