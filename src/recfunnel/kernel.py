@@ -157,8 +157,11 @@ class Row:
     def with_score(self, name: str, values: np.ndarray, valid: np.ndarray) -> Row:
         """A Row with scores[name] (N,) float64: `values` (n,) on the `valid` slots (the
         Row's own `valid`, passed in to save recomputing it), NaN on the padding."""
-        full = np.full(len(self.items), np.nan)
-        full[valid] = values
+        if len(values) == len(self.items):  # no padding: `values` fills every slot
+            full = np.asarray(values, dtype=np.float64)
+        else:
+            full = np.full(len(self.items), np.nan)
+            full[valid] = values
         return Row(self.items, {**self.scores, name: full}, self.channels, self.embeddings)
 
     def take(self, order: np.ndarray) -> Row:
@@ -167,15 +170,15 @@ class Row:
         if not pad.any():
             return Row(
                 self.items[order],
-                {name: s[order] for name, s in self.scores.items()},
-                {name: r[order] for name, r in self.channels.items()},
+                _each_once(self.scores, lambda s: s[order]),
+                _each_once(self.channels, lambda r: r[order]),
                 self.embeddings,
             )
         safe = np.where(pad, 0, order)
         return Row(
             np.where(pad, -1, self.items[safe]),
-            {name: np.where(pad, np.nan, s[safe]) for name, s in self.scores.items()},
-            {name: np.where(pad, 0, r[safe]) for name, r in self.channels.items()},
+            _each_once(self.scores, lambda s: np.where(pad, np.nan, s[safe])),
+            _each_once(self.channels, lambda r: np.where(pad, 0, r[safe])),
             self.embeddings,
         )
 
@@ -190,6 +193,20 @@ class Row:
         score = np.where(valid, key, -np.inf)
         order = np.argsort(-score, kind="stable")[:k]
         return self.take(np.where(valid[order], order, -1))
+
+
+def _each_once(arrays: dict[str, np.ndarray], fn: Any) -> dict[str, np.ndarray]:
+    """{name: fn(array)}, calling fn once per distinct array: a Row's names often share one
+    (recall's own score is a channel's, a channel feature is the channel's score), and a
+    stage never writes into a Row's arrays, so the results may be shared the same way."""
+    done: dict[int, np.ndarray] = {}
+    out = {}
+    for name, array in arrays.items():
+        key = id(array)
+        if key not in done:
+            done[key] = fn(array)
+        out[name] = done[key]
+    return out
 
 
 class Kernel(Protocol):
