@@ -237,7 +237,8 @@ class RankKernel:
             request.user_id, request.items, request.ratings, request.timestamps, request.now
         )
         valid = row.valid
-        items = row.items[valid]
+        full = bool(valid.all())  # no padding: read the arrays without boolean copies
+        items = row.items if full else row.items[valid]
         n = len(items)
         side = self._items_at(request.now, items)
         # `pairs`' affinity, computed the same way: cosine of the profile and each genre row.
@@ -251,7 +252,8 @@ class RankKernel:
         }
         for name in self.dense_names:
             if name in _SCORE_OF or name.startswith("recall."):
-                score = row.scores[_SCORE_OF.get(name, name)][valid]
+                score = row.scores[_SCORE_OF.get(name, name)]
+                score = score if full else score[valid]
                 table[name] = np.asarray(score, dtype=np.float32)
         # The batch path's expression and dtypes: (float32 - mean) / std in float32.
         raw = np.empty((n, len(self.dense_names)), dtype=np.float32)
