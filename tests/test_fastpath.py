@@ -241,16 +241,28 @@ def test_mmr_one_is_mmr_for_one_user() -> None:
         )
 
 
-def test_liked_sum_is_the_sparse_product_bit_for_bit() -> None:
+@pytest.mark.parametrize("path", ["scipy kernel", "numpy reduction"])
+def test_liked_sum_is_the_sparse_product_bit_for_bit(path: str, monkeypatch) -> None:
+    """Both ways `liked_sum` adds the rows (scipy's CSR kernel called directly, or the
+    numpy reduction where that is missing or the weights are not C-contiguous)."""
     import scipy.sparse as sp
 
+    from recfunnel import kernel
+
+    if path == "numpy reduction":
+        monkeypatch.setattr(kernel, "_csr_matvecs", None)
+    else:
+        assert kernel._csr_matvecs is not None
     rng = np.random.default_rng(1)
-    weights = rng.normal(size=(400, 300)).astype(np.float32)
-    for size in (0, 1, 17, 150, 400):
-        liked = np.sort(rng.choice(400, size, replace=False))
-        row = sp.csr_matrix((np.ones(size, np.float32), liked, [0, size]), shape=(1, 400))
-        expected = np.asarray(row @ weights)[0].astype(np.float64)
-        np.testing.assert_array_equal(liked_sum(weights, liked), expected)
+    for dtype in (np.float32, np.float64):
+        weights = rng.normal(size=(400, 300)).astype(dtype)
+        for size in (0, 1, 17, 150, 400):
+            liked = np.sort(rng.choice(400, size, replace=False))
+            row = sp.csr_matrix((np.ones(size, dtype), liked, [0, size]), shape=(1, 400))
+            expected = np.asarray(row @ weights)[0].astype(np.float64)
+            np.testing.assert_array_equal(liked_sum(weights, liked), expected)
+            fortran = np.asfortranarray(weights)  # not C-contiguous: the reduction
+            np.testing.assert_array_equal(liked_sum(fortran, liked), expected)
 
 
 def test_user_request_is_made_after_its_history() -> None:
@@ -422,3 +434,35 @@ def test_one_list_ild_is_ild_at_k(pipeline: Pipeline) -> None:
         want = ild_at_k(np.arange(len(real))[None, :], pipeline._genres[real])[0]
         got = pipeline._ild(positions)
         assert (np.isnan(got) and np.isnan(want)) or got == want
+
+
+def test_one_user_features_are_user_features(pipeline: Pipeline) -> None:
+    """`FeatureSpace.user_features_one` (dict lookups, the fast path's) gives
+    `user_features`' values and dtypes for train users, users.dat-only users, visitors and
+    unknown ids, as read-only arrays."""
+    space = pipeline.funnel["rank"].features_.space
+    ids = [0, -5, 10**9, *pipeline.user_ids[:50].tolist(), *space.user_table.index[:20].tolist()]
+    for raw in ids:
+        want = space.user_features(np.array([raw]))
+        got = space.user_features_one(int(raw))
+        assert set(got) == set(want)
+        for name, values in want.items():
+            assert got[name].dtype == values.dtype and got[name].shape == (1,), name
+            np.testing.assert_array_equal(got[name], values, err_msg=f"{raw} {name}")
+            assert not got[name].flags.writeable
+
+
+def test_din_key_blocks_table_is_the_per_request_blocks(pipeline: Pipeline) -> None:
+    """The rank kernel's precomputed (V, h, d + 1) key blocks equal the ones it builds per
+    request for a vocabulary too large for the table, bit for bit, and so the interest."""
+    kernel = pipeline.funnel["rank"].kernel()
+    assert kernel.att_key_block is not None  # the synthetic vocabulary is small
+    keys = np.arange(1, len(kernel.item_table))
+    np.testing.assert_array_equal(kernel.att_key_block[keys], kernel._key_blocks(keys))
+    targets, sequence = keys[:7], np.r_[keys[::3][:9], [0, 0]]
+    with_table = kernel._interest(targets, sequence)
+    table, kernel.att_key_block = kernel.att_key_block, None
+    try:
+        np.testing.assert_array_equal(kernel._interest(targets, sequence), with_table)
+    finally:
+        kernel.att_key_block = table

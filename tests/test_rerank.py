@@ -241,6 +241,24 @@ def test_mmr_rejects_bad_shapes():
 # ----------------------------------------------------------------------------- relevance_scale
 
 
+def test_minmax_of_one_unpadded_list_is_the_batch_arithmetic():
+    """The one-list shortcut (a served request) gives the masked batch path's values bit
+    for bit: alone, inside a batch, and beside a padding slot; a flat list is all 1.0."""
+    rng = np.random.default_rng(9)
+    for case in range(300):
+        n = int(rng.integers(1, 40))
+        scores = rng.standard_normal((1, n)) * 10.0 ** int(rng.integers(-3, 4))
+        if case % 4 == 0:
+            scores = np.round(scores)  # ties
+        if case % 7 == 0:
+            scores[:] = 1.5  # no spread
+        one = relevance_scale(scores, np.ones((1, n), bool))
+        batch = relevance_scale(np.r_[scores, scores], np.ones((2, n), bool))[0]
+        padded = relevance_scale(np.c_[scores, [[0.0]]], np.c_[np.ones((1, n), bool), [[False]]])
+        np.testing.assert_array_equal(one[0], batch)
+        np.testing.assert_array_equal(one[0], padded[0, :n])
+
+
 def test_minmax_by_hand():
     # Valid scores 2, 4, 3: min 2, span 2 -> 0, 1, .5; the padding slot gets 0.
     scores = np.array([[2.0, 4.0, 3.0, -np.inf]])
@@ -516,6 +534,24 @@ def test_ild_greedy_matches_the_reference(seed: int, lam: float):
         assert ild_greedy(
             rel[u : u + 1], vectors[u : u + 1], 6, lam, valid[u : u + 1]
         ).tolist() == [out[u].tolist()]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_list_ild_greedy_is_the_batch_one_on_ties(seed: int):
+    """The one-list path (precomputed discounts, an additive -inf mask) picks what the
+    batch loop picks, on inputs full of exact ties, both dtypes, every kind of lambda."""
+    rng = np.random.default_rng(seed)
+    for case in range(200):
+        n, d, k = int(rng.integers(1, 40)), int(rng.integers(1, 6)), int(rng.integers(1, 25))
+        dtype = np.float32 if case % 2 else np.float64
+        vectors = (rng.random((3, n, d)) < 0.4).astype(dtype)
+        rel = rng.integers(0, 4, (3, n)) / 3.0  # many exact ties
+        valid = rng.random((3, n)) < 0.8
+        lam = [0.0, 1.0, 0.5, 0.84, float(rng.random())][case % 5]
+        batch = ild_greedy(rel, vectors, k, lam, valid)
+        for u in range(3):
+            one = ild_greedy(rel[u : u + 1], vectors[u : u + 1], k, lam, valid[u : u + 1])
+            assert one.tolist() == [batch[u].tolist()], (case, u)
 
 
 def test_ild_greedy_lambda_one_is_the_stable_relevance_order():

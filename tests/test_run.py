@@ -228,3 +228,40 @@ def test_summaries_refuse_reports_that_do_not_match():
         summarize_reports({"a": one, "b": {**one, "stages": {"recall": {"ndcg@20": 0.2}}}})
     single = summarize_reports({"a": one})["lists"]["rank"]["ndcg@20"]
     assert single["mean"] == 0.2 and single["sd"] == 0.0
+
+
+def test_auto_index_is_exact_up_to_its_catalogue_size():
+    """`index.backend = "auto"` (the default) searches exactly for a catalogue of at most
+    `index.exact_max_items` items and builds HNSW beyond; a named backend is kept as it is."""
+    from recfunnel.recall.index import ExactIndex, HNSWIndex, IVFIndex
+    from recfunnel.run import AUTO_EXACT_MAX_ITEMS, IndexConfig, PipelineConfig
+
+    auto = PipelineConfig().index
+    assert auto.backend == "auto" and auto.exact_max_items == AUTO_EXACT_MAX_ITEMS
+    assert isinstance(auto.build(3_706), ExactIndex)  # ML-1M
+    assert isinstance(auto.build(AUTO_EXACT_MAX_ITEMS), ExactIndex)
+    assert isinstance(auto.build(AUTO_EXACT_MAX_ITEMS + 1), HNSWIndex)
+    assert isinstance(auto.build(), HNSWIndex)  # size unknown: the ANN index
+    small = IndexConfig(exact_max_items=10)
+    assert small.resolved(10) == "exact" and small.resolved(11) == "hnsw"
+    assert isinstance(IndexConfig(backend="hnsw").build(3_706), HNSWIndex)
+    assert isinstance(IndexConfig(backend="ivf").build(3_706), IVFIndex)
+    assert isinstance(IndexConfig(backend="exact").build(10**7), ExactIndex)
+    with pytest.raises(RecfunnelError, match="exact_max_items"):
+        IndexConfig(exact_max_items=-1).build(5)
+
+
+def test_default_config_trains_an_exact_index(synthetic_dir, synthetic_ml, tmp_path):
+    """The smoke config with the default (auto) backend: the run's index is exact, the
+    one the batch and the serving paths both search."""
+    from recfunnel.recall.index import ExactIndex
+
+    smoke = [arg for arg in SMOKE_OVERRIDES if not arg.startswith("--index.backend")]
+    data = ["--data-dir", str(synthetic_dir), "--cache-dir", str(tmp_path / "c"), "--no-progress"]
+    out = tmp_path / "run"
+    assert main(["train", *data, "--out", str(out), *smoke, "--recall.two_tower.epochs=1"]) == 0
+    meta = json.loads((out / "recall/two_tower/index/index.json").read_text())
+    assert meta["backend"] == "exact"
+    assert json.loads((out / "config.json").read_text())["index"]["backend"] == "auto"
+    run = load_run(out, synthetic_ml)
+    assert isinstance(run.funnel["recall"].channels["two_tower"].index, ExactIndex)

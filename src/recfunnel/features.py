@@ -83,6 +83,36 @@ class FeatureSpace:
         out["user"] = self.users.index(raw)
         return out
 
+    def user_features_one(self, raw_user_id: int) -> dict[str, np.ndarray]:
+        """`user_features` of one raw id as (1,) arrays, read through dicts built once: the
+        serving fast path asks for it twice a request (two-tower and rank), where the
+        array lookups cost ~10 us each. The arrays are read-only views of shared tables."""
+        rows, users, columns, zeros = self._one_user_lookup
+        row = rows.get(raw_user_id)
+        out = {
+            name: column[row : row + 1] if row is not None else zeros
+            for name, column in columns.items()
+        }
+        out["user"] = users.get(raw_user_id, zeros)
+        return out
+
+    @cached_property
+    def _one_user_lookup(
+        self,
+    ) -> tuple[dict[int, int], dict[int, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+        """users.dat id -> row of `_user_lookup`'s columns, train user id -> its (1,) vocab
+        index, the columns (read-only), and the (1,) zero (unknown) of a missing id."""
+        ids, table = self._user_lookup
+        columns = {name: column.astype(np.int64) for name, column in table.items()}
+        for column in columns.values():
+            column.flags.writeable = False
+        index = self.users.index(self.users.ids)
+        index.flags.writeable = False
+        users = {int(raw): index[i : i + 1] for i, raw in enumerate(self.users.ids.tolist())}
+        zeros = np.zeros(1, dtype=np.int64)
+        zeros.flags.writeable = False
+        return {int(raw): i for i, raw in enumerate(ids.tolist())}, users, columns, zeros
+
     @cached_property
     def _user_lookup(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         # Computed once for every user of users.dat: serving one user is then an array read

@@ -36,6 +36,11 @@ from torch import nn
 from recfunnel.data.schema import LIKE_THRESHOLD
 from recfunnel.types import Candidates, Embeddings, History, Requests
 
+try:  # scipy's CSR x dense kernel (what `csr_matrix @ ndarray` calls): see `liked_sum`
+    from scipy.sparse._sparsetools import csr_matvecs as _csr_matvecs
+except ImportError:  # a scipy that moved it: the numpy reduction, the same sums
+    _csr_matvecs = None
+
 
 @dataclass(frozen=True)
 class UserRequest:
@@ -152,8 +157,11 @@ class Row:
     def with_score(self, name: str, values: np.ndarray, valid: np.ndarray) -> Row:
         """A Row with scores[name] (N,) float64: `values` (n,) on the `valid` slots (the
         Row's own `valid`, passed in to save recomputing it), NaN on the padding."""
-        full = np.full(len(self.items), np.nan)
-        full[valid] = values
+        if len(values) == len(self.items):  # no padding: `values` fills every slot
+            full = np.asarray(values, dtype=np.float64)
+        else:
+            full = np.full(len(self.items), np.nan)
+            full[valid] = values
         return Row(self.items, {**self.scores, name: full}, self.channels, self.embeddings)
 
     def take(self, order: np.ndarray) -> Row:
@@ -162,15 +170,15 @@ class Row:
         if not pad.any():
             return Row(
                 self.items[order],
-                {name: s[order] for name, s in self.scores.items()},
-                {name: r[order] for name, r in self.channels.items()},
+                _each_once(self.scores, lambda s: s[order]),
+                _each_once(self.channels, lambda r: r[order]),
                 self.embeddings,
             )
         safe = np.where(pad, 0, order)
         return Row(
             np.where(pad, -1, self.items[safe]),
-            {name: np.where(pad, np.nan, s[safe]) for name, s in self.scores.items()},
-            {name: np.where(pad, 0, r[safe]) for name, r in self.channels.items()},
+            _each_once(self.scores, lambda s: np.where(pad, np.nan, s[safe])),
+            _each_once(self.channels, lambda r: np.where(pad, 0, r[safe])),
             self.embeddings,
         )
 
@@ -185,6 +193,20 @@ class Row:
         score = np.where(valid, key, -np.inf)
         order = np.argsort(-score, kind="stable")[:k]
         return self.take(np.where(valid[order], order, -1))
+
+
+def _each_once(arrays: dict[str, np.ndarray], fn: Any) -> dict[str, np.ndarray]:
+    """{name: fn(array)}, calling fn once per distinct array: a Row's names often share one
+    (recall's own score is a channel's, a channel feature is the channel's score), and a
+    stage never writes into a Row's arrays, so the results may be shared the same way."""
+    done: dict[int, np.ndarray] = {}
+    out = {}
+    for name, array in arrays.items():
+        key = id(array)
+        if key not in done:
+            done[key] = fn(array)
+        out[name] = done[key]
+    return out
 
 
 class Kernel(Protocol):
@@ -220,6 +242,16 @@ def liked_sum(weights: np.ndarray, liked: np.ndarray) -> np.ndarray:
     scores are bit-identical to it (a different summation order could flip exact ties)."""
     if not len(liked):
         return np.zeros(weights.shape[1])
+    if _csr_matvecs is not None and weights.flags.c_contiguous:
+        # That product's own C loop (y += 1 * weights[h] for each h), called directly: one
+        # pass over the liked rows, without the (l, n) gathered copy a numpy reduction
+        # needs (1.5 x faster at 100 likes, 2.5 x at 600) or a csr_matrix per request.
+        out = np.zeros(weights.shape[1], dtype=weights.dtype)
+        rows = np.ascontiguousarray(liked, dtype=np.int64)
+        indptr = np.array([0, len(rows)], dtype=np.int64)
+        ones = np.ones(len(rows), dtype=weights.dtype)
+        _csr_matvecs(1, weights.shape[0], weights.shape[1], indptr, rows, ones, weights, out)
+        return out.astype(np.float64)
     # A reduction over axis 0 of a C-contiguous block adds whole rows in order (numpy's
     # pairwise summation applies only along the contiguous axis): one call, not ~100.
     return np.add.reduce(weights[liked], axis=0).astype(np.float64)
@@ -315,20 +347,20 @@ def top_unknown(scores: np.ndarray, known: np.ndarray, k: int) -> np.ndarray:
     `evaluation.protocol.top_k` (a stable sort of -score), from a partition instead of a
     full sort."""
     masked = np.where(known, -np.inf, scores)
-    n_left = int(len(scores) - known.sum())
+    n_left = len(scores) - np.count_nonzero(known)
     take = min(k, n_left)
     out = np.full(k, -1, dtype=np.int64)
     if take <= 0:
         return out
     if take < len(masked):
         cut = np.partition(masked, len(masked) - take)[len(masked) - take]
-        above = np.flatnonzero(masked > cut)
-        tied = np.flatnonzero(masked == cut)[: take - len(above)]  # ascending: smaller first
-        chosen = np.concatenate([above, tied])
+        # Everything above the cut and every tie at it; the sort below puts the ties in
+        # ascending position, so the first `take` keep the smaller tied positions.
+        chosen = np.flatnonzero(masked >= cut)
     else:
         chosen = np.arange(len(masked))
-    order = np.lexsort((chosen, -masked[chosen]))
-    out[:take] = chosen[order][:take]
+    order = np.lexsort((chosen, -masked[chosen]))[:take]
+    out[:take] = chosen[order]
     return out
 
 

@@ -114,19 +114,46 @@ SMOKE_OVERRIDES: tuple[str, ...] = (
 )
 
 
+# `index.backend = "auto"` searches exactly up to this many catalogue items. One query's
+# exact search is a (1, d) @ (d, n) product, linear in n: ~0.03 ms at ML-1M's 3,706 items
+# (HNSW: ~0.2 ms for the same list, approximately) and ~3.8 ms at 1M items (`make bench-ann`:
+# 266 one-thread queries/s), so about 0.4 ms at 100,000, where an HNSW or IVF search of a
+# few hundred candidates costs about as much; beyond it an ANN index is the faster one.
+AUTO_EXACT_MAX_ITEMS = 100_000
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """The top-K index that serves the recall stage's item vectors."""
 
-    backend: Literal["exact", "hnsw", "ivf"] = param("hnsw", "exact, hnsw or ivf (FAISS)")
+    backend: Literal["auto", "exact", "hnsw", "ivf"] = param(
+        "auto",
+        "exact, hnsw or ivf (FAISS); auto: exact search for a catalogue of at most "
+        "index.exact_max_items items (the faster one there, and the exact list), hnsw beyond",
+    )
+    exact_max_items: int = param(
+        AUTO_EXACT_MAX_ITEMS, "auto: the largest catalogue searched exactly"
+    )
     hnsw_m: int = param(32, "HNSW: neighbours per node")
     ef_construction: int = param(200, "HNSW: candidate list size while building")
     ef_search: int = param(256, "HNSW: candidate list size while searching")
     ivf_nlist: int | None = param(None, "IVF: number of clusters (none: about sqrt(n_items))")
     ivf_nprobe: int = param(16, "IVF: clusters visited per query")
 
-    def build(self) -> ItemIndex:
-        """An unbuilt index of the configured backend."""
+    def resolved(self, n_items: int | None) -> str:
+        """The backend for a catalogue of `n_items` items: `backend` itself unless it is
+        "auto": exact up to `exact_max_items` items, hnsw beyond or when the size is unknown."""
+        if self.backend != "auto":
+            return self.backend
+        return "exact" if n_items is not None and n_items <= self.exact_max_items else "hnsw"
+
+    def build(self, n_items: int | None = None) -> ItemIndex:
+        """An unbuilt index of the configured backend for a catalogue of `n_items` items
+        (which "auto" reads; the batch and serving paths both search the index built here,
+        so their lists stay equal)."""
+        if self.exact_max_items < 0:
+            raise ConfigError(f"index.exact_max_items must be >= 0, got {self.exact_max_items}")
+        backend = self.resolved(n_items)
         params: dict[str, Any] = {
             "exact": {},
             "hnsw": {
@@ -135,8 +162,8 @@ class IndexConfig:
                 "ef_search": self.ef_search,
             },
             "ivf": {"nlist": self.ivf_nlist, "nprobe": self.ivf_nprobe},
-        }[self.backend]
-        return make_index(self.backend, **params)
+        }[backend]
+        return make_index(backend, **params)
 
 
 @dataclass(frozen=True)

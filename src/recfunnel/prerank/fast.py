@@ -64,11 +64,14 @@ class PreRankKernel:
         if emb is None:
             raise ConfigError("prerank reads the recall embeddings: the candidates carry none")
         valid = row.valid
-        items = row.items[valid]
+        full = bool(valid.all())  # no padding: read the arrays without boolean copies
+        items = row.items if full else row.items[valid]
         user = emb.users[0]
         vectors = emb.items[items]  # (n, d)
         names = self.scalars
-        columns = [np.asarray(row.scores[n][valid], np.float64) for n in names]
+        columns = [
+            np.asarray(row.scores[n] if full else row.scores[n][valid], np.float64) for n in names
+        ]
         raw = np.stack(columns, 1) if columns else np.zeros((len(items), 0))
         scalars = ((raw - self.mean) / self.std).astype(np.float32)
         hidden = self._item_table(emb.items)[items]

@@ -45,6 +45,10 @@ _SCORE_OF = {"recall": "recall", "prerank": "prerank", "cf": "item_to_item"}
 _USER_FIELDS = {"gender": "gender", "age_group": "age", "occupation": "occupation", "zip": "zip"}
 
 
+# The largest (V, h, d + 1) table of DIN's key blocks kept per vocabulary (ML-1M's: ~8 MB).
+_KEY_BLOCK_BYTES = 64 * 2**20
+
+
 def _np(tensor: Any) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().numpy(), dtype=np.float32)
 
@@ -124,10 +128,23 @@ class RankKernel:
             (att1, att2) = dense_layers(model.attention.mlp)
             w = att1.weight  # (4d, h) rows by blocks [k, q, k - q, k * q]
             wk, wq, wd, wp = w[:d], w[d : 2 * d], w[2 * d : 3 * d], w[3 * d :]
-            self.att_key = self.item_table @ (wk + wd) + att1.bias  # (V, h), bias folded in
-            # The target's term, transposed (h, V) for the (L, h, n) layout of _interest.
-            self.att_query_t = np.ascontiguousarray((self.item_table @ (wq - wd)).T)
+            att_key = self.item_table @ (wk + wd) + att1.bias  # (V, h), bias folded in
+            # The target's term (V, h); _interest gathers its rows and transposes them to the
+            # (h, n) blocks of its (L, h, n) layout (a gather of columns of an (h, V) table
+            # cost ~40 us a request, a third of the attention).
+            self.att_query = np.ascontiguousarray(self.item_table @ (wq - wd))
+            # Each vocab item as a key: row (j, :) holds k * Wp[:, j] and the key's own term,
+            # the (h, d + 1) block _interest's product reads, (V, h, d + 1) float32 (~8 MB
+            # for ML-1M). The same single float32 product per element as computing it per
+            # request, so the interest is unchanged; a request gathers its L keys' blocks.
+            # A larger vocabulary keeps the (V, h) key term and builds its L blocks per request.
             self.att_pair_t = np.ascontiguousarray(wp.T)  # (h, d)
+            self.att_key = att_key
+            self.att_key_block = (
+                self._key_blocks(np.arange(len(self.item_table)))
+                if len(self.item_table) * att_key.shape[1] * (d + 1) * 4 <= _KEY_BLOCK_BYTES
+                else None
+            )
             self.att_out_half = att2.weight[:, 0] * np.float32(0.5)  # (h,), see _interest
             self.att_out_bias = float(att2.bias[0])
         self.objective = stage.config.objective
@@ -160,6 +177,15 @@ class RankKernel:
         names = [*_USER_FIELDS, "history_length"]
         return names + (["user"] if self.user_table is not None else [])
 
+    def _key_blocks(self, keys: np.ndarray) -> np.ndarray:
+        """(L, h, d + 1) float32 for vocab slots `keys` (L,): [k * Wp[:, j] | the key's own
+        term] per hidden unit j, the rows of _interest's product."""
+        d = self.dim
+        blocks = np.empty((len(keys), self.att_pair_t.shape[0], d + 1), dtype=np.float32)
+        blocks[:, :, :d] = self.item_table[keys][:, None, :] * self.att_pair_t[None, :, :]
+        blocks[:, :, d] = self.att_key[keys]
+        return blocks
+
     def _interest(self, targets: np.ndarray, sequence: np.ndarray) -> np.ndarray:
         """DIN's pooled interest (n, d) of target vocab slots (n,) over the request's
         sequence (L,) of vocab slots (0 = padding, masked out as in TargetAttention)."""
@@ -171,16 +197,16 @@ class RankKernel:
         hidden = self.att_pair_t.shape[0]
         # The attention MLP's first layer for every (key l, unit j, target q), (L, h, n), as
         # ONE product (L * h, d + 1) @ (d + 1, n): row (l, j) holds k_l * Wp[:, j] and the
-        # key's own term, column q holds the target's vector and a 1. Keys first, so the
-        # target's own term (h, n) is added to contiguous (h, n) blocks.
-        per_key = np.empty((n_keys, hidden, d + 1), dtype=np.float32)
-        per_key[:, :, :d] = key_vectors[:, None, :] * self.att_pair_t[None, :, :]
-        per_key[:, :, d] = self.att_key[keys]
+        # key's own term (precomputed per vocab item), column q holds the target's vector
+        # and a 1. Keys first, so the target's own term (h, n) is added to contiguous
+        # (h, n) blocks.
+        blocks = self.att_key_block
+        per_key = blocks[keys] if blocks is not None else self._key_blocks(keys)  # (L, h, d + 1)
         queries = np.empty((d + 1, n), dtype=np.float32)
         queries[:d] = self.item_table[targets].T
         queries[d] = 1.0
         product = (per_key.reshape(n_keys * hidden, d + 1) @ queries).reshape(n_keys, hidden, n)
-        product += self.att_query_t[:, targets][None, :, :]
+        product += np.ascontiguousarray(self.att_query[targets].T)[None, :, :]
         # ReLU as x + |x| = 2 relu(x), exactly (a power of two), against half the output
         # weights: np.maximum is ~4x slower than abs + add on this (L, h, n) block.
         product += np.abs(product)
@@ -211,7 +237,8 @@ class RankKernel:
             request.user_id, request.items, request.ratings, request.timestamps, request.now
         )
         valid = row.valid
-        items = row.items[valid]
+        full = bool(valid.all())  # no padding: read the arrays without boolean copies
+        items = row.items if full else row.items[valid]
         n = len(items)
         side = self._items_at(request.now, items)
         # `pairs`' affinity, computed the same way: cosine of the profile and each genre row.
@@ -225,7 +252,8 @@ class RankKernel:
         }
         for name in self.dense_names:
             if name in _SCORE_OF or name.startswith("recall."):
-                score = row.scores[_SCORE_OF.get(name, name)][valid]
+                score = row.scores[_SCORE_OF.get(name, name)]
+                score = score if full else score[valid]
                 table[name] = np.asarray(score, dtype=np.float32)
         # The batch path's expression and dtypes: (float32 - mean) / std in float32.
         raw = np.empty((n, len(self.dense_names)), dtype=np.float32)

@@ -95,7 +95,13 @@ class RankFeatureSpace:
         n_liked = np.array([self._history_row(cols, vals, ts, sequence[0], profile[0])])
         lengths = np.array([len(cols)])
         return self._request_features(
-            np.array([user_id]), sequence, lengths, n_liked, profile, np.array([now])
+            np.array([user_id]),
+            sequence,
+            lengths,
+            n_liked,
+            profile,
+            np.array([now]),
+            user=self.space.user_features_one(int(user_id)),
         )
 
     def _history_row(
@@ -124,11 +130,13 @@ class RankFeatureSpace:
         n_liked: np.ndarray,
         profile: np.ndarray,
         now: np.ndarray,
+        user: dict[str, np.ndarray] | None = None,
     ) -> RequestFeatures:
+        """`user`: the users' `user_features` when the caller has them already."""
         # Smoothed towards the global like rate, so a 2-rating user is not at 0 or 1.
         like_rate = (n_liked + 5 * self.mean_like_rate) / (lengths + 5)
         return RequestFeatures(
-            user=self.space.user_features(user_ids),
+            user=self.space.user_features(user_ids) if user is None else user,
             sequence=sequence,
             lengths=lengths.astype(np.int64),
             like_rate=like_rate.astype(np.float32),

@@ -92,7 +92,8 @@ class _TwoTowerScores:
             # of the same float32 vectors, ties to the smaller position (= movie id), as the
             # exact index orders them.
             vectors = kernel.items if index is None or not index.built else index.embeddings_
-            scores = (self.user[None, :] @ vectors.T).astype(np.float64)[0]
+            # float32 as computed: the order of exactly these values is the same in float64.
+            scores = (self.user[None, :] @ vectors.T)[0]
             return top_unknown(scores, self.request.known, k)
         # An ANN index (HNSW, IVF) is searched as the batch path searches it, so the list is
         # the batch path's: exact search would be faster at ML-1M's size (3,706 items: one
@@ -158,7 +159,7 @@ class TwoTowerKernel:
         history = self.column_vocab[cols]
         n = len(history)
         pooled = self.item_table[history].sum(0) * np.float32(1 / np.sqrt(max(n, 1)))
-        features = self.channel.space_.user_features(np.array([request.user_id]))
+        features = self.channel.space_.user_features_one(request.user_id)
         bucket = min(n.bit_length(), N_HISTORY_BUCKETS - 1)  # 1 + floor(log2 n), 0 for none
         parts = [
             pooled.astype(np.float32),
@@ -212,29 +213,30 @@ def _channel_kernel(channel: Channel) -> Any:
     return lambda request: _BatchChannelScores(channel, request)
 
 
-def _rrf_one(tops: dict[str, np.ndarray], k: int, rrf_k: int) -> tuple[np.ndarray, np.ndarray]:
+def _rrf_one(
+    tops: dict[str, np.ndarray], k: int, rrf_k: int, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
     """`merge_lists(how="rrf")` for one request, on the channels' top lists (k_c,) (-1
-    pads): the same fused sums (added in the same order: channel by channel, best first)
-    and the same order (fused score desc, position asc), without the batch bookkeeping.
-    Returns the merged positions (k,) (-1 pads) and each channel's 1-based rank of them,
-    (n_channels, k) int64 (0: not proposed by that channel)."""
-    items, ranks, owner = [], [], []
+    pads) of a catalogue of `n_items`: the same fused sums (added in the same order: from
+    0.0, channel by channel, as `np.bincount` adds them there) and the same order (fused
+    score desc, position asc), without the batch bookkeeping. Returns the merged positions
+    (k,) (-1 pads) and each channel's 1-based rank of them, (n_channels, k) int64 (0: not
+    proposed by that channel). Dense (n_items,) sums instead of `np.unique` over the
+    proposals: the catalogue's ascending positions are the sorted unique items."""
+    fused = np.zeros(n_items)
+    # rank_of[c, i]: channel c's rank of item i (a channel proposes an item once).
+    rank_of = np.zeros((len(tops), n_items), dtype=np.int64)
     for c, row in enumerate(tops.values()):
         real = np.flatnonzero(row >= 0)
-        items.append(row[real])
-        ranks.append(real + 1)
-        owner.append(np.full(len(real), c))
-    item, rank, channel = np.concatenate(items), np.concatenate(ranks), np.concatenate(owner)
-    unique, inverse = np.unique(item, return_inverse=True)
-    fused = np.bincount(inverse, weights=1.0 / (rrf_k + rank))
-    order = np.lexsort((unique, -fused))[:k]
+        item, rank = row[real], real + 1
+        fused[item] += 1.0 / (rrf_k + rank)
+        rank_of[c, item] = rank
+    proposed = np.flatnonzero(fused > 0)  # every proposal adds a positive share
+    order = np.lexsort((proposed, -fused[proposed]))[:k]
     merged = np.full(k, -1, dtype=np.int64)
-    merged[: len(order)] = unique[order]
-    # rank_of[c, u]: channel c's rank of unique item u (a channel proposes an item once).
-    rank_of = np.zeros((len(tops), len(unique)), dtype=np.int64)
-    rank_of[channel, inverse] = rank
+    merged[: len(order)] = proposed[order]
     channel_ranks = np.zeros((len(tops), k), dtype=np.int64)
-    channel_ranks[:, : len(order)] = rank_of[:, order]
+    channel_ranks[:, : len(order)] = rank_of[:, merged[: len(order)]]
     return merged, channel_ranks
 
 
@@ -260,7 +262,7 @@ class RecallKernel:
         answers: dict[str, Any] = {name: kernel(request) for name, kernel in self.channels.items()}
         tops = {name: answer.top(k) for name, answer in answers.items()}
         if cfg.merge == "rrf" and len(tops) > 1:
-            items, ranks = _rrf_one(tops, k, cfg.rrf_k)
+            items, ranks = _rrf_one(tops, k, cfg.rrf_k, request.n_items)
             channels = dict(zip(tops, ranks, strict=True))
         else:  # round robin, quotas or one channel: the batch merge on one-row lists
             merged = merge_lists(
@@ -273,12 +275,16 @@ class RecallKernel:
             items = merged.items[0]
             channels = {name: r[0] for name, r in merged.channels.items()}
         valid = items >= 0
-        real = items[valid]
+        full = bool(valid.all())  # the usual case: no padding, so no NaN-filled copies
+        real = items if full else items[valid]
         scores = {}
         for name, answer in answers.items():  # every channel's score of every candidate
-            values = np.full(len(items), np.nan)
-            values[valid] = answer.at(real)
-            scores[name] = values
+            if full:
+                scores[name] = answer.at(real)
+            else:
+                values = np.full(len(items), np.nan)
+                values[valid] = answer.at(real)
+                scores[name] = values
         scores[stage.name] = scores[cfg.score_by]
         features = self.features
         for name in stage.channels:
@@ -287,7 +293,7 @@ class RecallKernel:
             if f"recall.{name}.rrf" in features:
                 rank = channels[name]
                 rrf = np.where(rank > 0, 1.0 / (cfg.rrf_k + rank), 0.0)
-                scores[f"recall.{name}.rrf"] = np.where(valid, rrf, np.nan)
+                scores[f"recall.{name}.rrf"] = rrf if full else np.where(valid, rrf, np.nan)
         embeddings = None
         two_tower = next((a for a in answers.values() if isinstance(a, _TwoTowerScores)), None)
         if two_tower is not None:

@@ -81,17 +81,34 @@ def _one(
     """`ild_greedy` for one list (the serving fast path): the same arithmetic in the same
     order and the batch's matmul shapes, (1, N, d) @ (1, d, 1), for identical rounding;
     only the per-step bookkeeping is scalar. rel (1, N), unit (1, N, d), valid (1, N)."""
-    available = valid[0].copy()
-    rel_row = np.where(valid[0], rel[0], 0.0)
+    available = valid[0]
+    rel_row = np.where(available, rel[0], 0.0)
+    steps = min(k, int(available.sum()))
+    if steps == 0:
+        return out
+    # Every step's discounted relevance at once, (steps, N): the same one multiplication
+    # per element as the batch loop's `(lam / log2(t + 2)) * rel`.
+    if lam == 1.0:
+        gains = np.broadcast_to(rel_row, (steps, len(rel_row)))
+    else:
+        coefs = np.array([lam / np.log2(t + 2.0) for t in range(steps)])
+        gains = coefs[:, None] * rel_row[None, :]
+    # 0 where a candidate may still be chosen, -inf where not: x + 0.0 is x and x + -inf
+    # is -inf for the finite gains, so adding it is the batch loop's np.where.
+    penalty = np.where(available, 0.0, -np.inf)
     dissimilarity = np.zeros(rel.shape[1])
-    for t in range(min(k, int(available.sum()))):
-        gain = rel_row if lam == 1.0 else (lam / np.log2(t + 2.0)) * rel_row
+    for t in range(steps):
         if t:
-            gain = gain + ((1.0 - lam) / t) * dissimilarity
-        pick = int(np.argmax(np.where(available, gain, -np.inf)))  # ties: smaller position
+            objective = ((1.0 - lam) / t) * dissimilarity  # + gains[t]: a + b is b + a
+            objective += gains[t]
+            objective += penalty
+        else:
+            objective = gains[0] + penalty
+        pick = int(np.argmax(objective))  # the first maximum: ties go to the smaller position
         out[0, t] = pick
-        available[pick] = False
+        penalty[pick] = -np.inf
         if t + 1 < k:
             sim = np.matmul(unit, unit[:, pick][:, :, None])[0, :, 0]
-            dissimilarity += 1.0 - sim.astype(np.float64)
+            # 1 - sim in float64 (sim cast exactly, as `1.0 - sim.astype(float64)`).
+            dissimilarity += np.subtract(1.0, sim, dtype=np.float64)
     return out

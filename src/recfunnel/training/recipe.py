@@ -73,12 +73,13 @@ def train_funnel(
     recall_config, stacking = config.recall, config.stacking
     item_to_item_config, prerank_config = config.item_to_item, config.prerank
     rank_config, rerank_config, funnel_config = config.rank, config.rerank, config.funnel
-    index = config.index.build()  # unbuilt: recall searches exactly until step 3
     for cfg in (stacking, item_to_item_config, prerank_config, rank_config, rerank_config):
         cfg.validate()
     funnel_config.validate()
     report = TrainReport()
     item_ids = catalogue(ml.ratings)
+    # Unbuilt: recall searches exactly until step 3. "auto" picks by the catalogue's size.
+    index = config.index.build(len(item_ids))
     device = str(resolve_device(config.device))
     data = FitData(ml, split, item_ids, progress, device=device, scale=config.scale)
     report.trained_on = {"device": device, "processes": distributed.world().size}
