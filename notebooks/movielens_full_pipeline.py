@@ -595,6 +595,7 @@ ks = {
     config.prerank.keep,
     K_RECALL,
     metric_cutoff(config.prerank.valid_metric, "prerank.valid_metric"),
+    metric_cutoff(config.prerank.prior_metric, "prerank.prior_metric"),
     metric_cutoff(config.rank.valid_metric, "rank.valid_metric"),
 }
 evaluator = Evaluator(split, items, ks=sorted(ks))
@@ -614,12 +615,16 @@ def valid_metric(stage_name: str, metric: str):
     return validate
 
 
+# `choose`: after training, the kept list is blended with recall's order (`recfunnel.blend`),
+# the weight chosen on valid by the kept list's NDCG@20 (`prerank.prior_metric`).
 funnel["prerank"].fit(
     data,
     stacked.subset(examples.candidate),
     valid_metric("prerank", config.prerank.valid_metric),
+    choose=valid_metric("prerank", config.prerank.prior_metric),
 )
 print(funnel["prerank"].model_)
+print("blend weight chosen on valid:", funnel["prerank"].prior_choice_)
 print("inputs:", funnel["prerank"].scalars)
 
 # %% [markdown]
