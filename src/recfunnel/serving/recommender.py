@@ -115,6 +115,13 @@ class Pipeline:
         movies = ml.items.set_index(ITEM).reindex(self.funnel.item_ids)
         self._titles = movies["title"].astype(str).to_numpy()
         self._genre_text = movies["genres"].astype(str).to_numpy()
+        # The same per position as Python objects, so an answer's 20 items read list
+        # entries instead of converting numpy scalars one by one.
+        self._item_text = (
+            self.funnel.item_ids.tolist(),
+            [str(title) for title in self._titles],
+            [str(text) for text in self._genre_text],
+        )
         self._popular = Popularity().fit(run.split.train, self.funnel.item_ids)
         self._genres = ml.genre_matrix(self.funnel.item_ids).astype(np.float32)  # for ILD
         self.catalogue = Catalogue(
@@ -309,11 +316,12 @@ class Pipeline:
     def _item(
         self, rank: int, position: int, scores: dict[str, float], positions: dict[str, int]
     ) -> RecommendedItem:
+        movie_ids, titles, genres = self._item_text
         return RecommendedItem(
             rank=rank,
-            movie_id=int(self.funnel.item_ids[position]),
-            title=str(self._titles[position]),
-            genres=str(self._genre_text[position]),
+            movie_id=movie_ids[position],
+            title=titles[position],
+            genres=genres[position],
             scores=scores,
             positions=positions,
         )
