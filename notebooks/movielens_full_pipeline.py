@@ -491,7 +491,7 @@ rng = np.random.default_rng(config.prerank.seed)  # draws the examples' negative
 # Step 1: recall and item-to-item on the early part of train.
 recall_split, late = time_slice(split, stacking.slice_fraction)
 early = data.with_split(recall_split)
-recall = RecallStage(config.recall, index=config.index.build()).fit(early)
+recall = RecallStage(config.recall, index=config.index.build(len(data.item_ids))).fit(early)
 item_to_item = ItemToItem(config.item_to_item).fit(early)
 
 # Step 2: replay the slice users' requests through the early models; label the candidates.

@@ -241,7 +241,7 @@ def test_auto_index_is_exact_up_to_its_catalogue_size():
     assert isinstance(auto.build(3_706), ExactIndex)  # ML-1M
     assert isinstance(auto.build(AUTO_EXACT_MAX_ITEMS), ExactIndex)
     assert isinstance(auto.build(AUTO_EXACT_MAX_ITEMS + 1), HNSWIndex)
-    assert isinstance(auto.build(), HNSWIndex)  # size unknown: the ANN index
+    assert isinstance(auto.build(None), HNSWIndex)  # size unknown: the ANN index
     small = IndexConfig(exact_max_items=10)
     assert small.resolved(10) == "exact" and small.resolved(11) == "hnsw"
     assert isinstance(IndexConfig(backend="hnsw").build(3_706), HNSWIndex)

@@ -147,10 +147,10 @@ class IndexConfig:
             return self.backend
         return "exact" if n_items is not None and n_items <= self.exact_max_items else "hnsw"
 
-    def build(self, n_items: int | None = None) -> ItemIndex:
+    def build(self, n_items: int | None) -> ItemIndex:
         """An unbuilt index of the configured backend for a catalogue of `n_items` items
-        (which "auto" reads; the batch and serving paths both search the index built here,
-        so their lists stay equal)."""
+        (which "auto" reads, so it is asked for: None, unknown, means hnsw). The batch and
+        serving paths both search the index built here, so their lists stay equal."""
         if self.exact_max_items < 0:
             raise ConfigError(f"index.exact_max_items must be >= 0, got {self.exact_max_items}")
         backend = self.resolved(n_items)

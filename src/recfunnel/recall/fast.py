@@ -3,8 +3,10 @@
 Built once from the fitted stage (`RecallStage.serving_kernel`):
 - two-tower: the catalogue's item vectors (n_items, d) float32, contiguous, and the user
   tower as numpy layers; the user's vector is one small MLP, the search goes through the
-  run's own index (so the list is the batch path's; exact search when the run has none);
-- EASE / RP3beta: their weight matrices; a request's score row is the sum of its liked rows;
+  run's own index (so the list is the batch path's): exact search, a product, when the run's
+  index is exact (the default up to 100,000 items) or it has none;
+- EASE / RP3beta: their weight matrices; a request's score row is the sum of its liked rows
+  (`kernel.liked_sum`, scipy's CSR kernel: the batch path's product, bit for bit);
 - trending: the shares and their order, computed once (the same for every user);
 - any other channel: its own batch call on a one-row `Requests` (correct, not fast).
 
@@ -95,10 +97,10 @@ class _TwoTowerScores:
             # float32 as computed: the order of exactly these values is the same in float64.
             scores = (self.user[None, :] @ vectors.T)[0]
             return top_unknown(scores, self.request.known, k)
-        # An ANN index (HNSW, IVF) is searched as the batch path searches it, so the list is
-        # the batch path's: exact search would be faster at ML-1M's size (3,706 items: one
-        # 0.1 ms product) but could give another list than the approximate one `Funnel.run`
-        # serves. `search_one` skips `search`'s validation and sparse exclusion matrices.
+        # An ANN index (HNSW, IVF: `--index.backend=hnsw`, or a catalogue larger than
+        # index.exact_max_items) is searched as the batch path searches it, so the list is
+        # the batch path's approximate one, not the exact top k the product above gives.
+        # `search_one` skips `search`'s validation and sparse exclusion matrices.
         if kernel.same_order:  # build positions = catalogue positions: the mask as it is
             ids = index.search_one(self.user, k, self.request.known)
         else:
