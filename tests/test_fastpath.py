@@ -265,6 +265,31 @@ def test_liked_sum_is_the_sparse_product_bit_for_bit(path: str, monkeypatch) -> 
             np.testing.assert_array_equal(liked_sum(fortran, liked), expected)
 
 
+def test_padded_rows_sum_like_the_dense_product_bit_for_bit() -> None:
+    """A mostly-zero matrix (RP3beta's pruned neighbours) summed from its padded nonzeros
+    gives the dense sum's bits, rows with no nonzero and exact ties included."""
+    import scipy.sparse as sp
+
+    from recfunnel.kernel import PaddedRows, summable
+
+    rng = np.random.default_rng(2)
+    for dtype in (np.float32, np.float64):
+        weights = np.zeros((400, 320), dtype=dtype)
+        for h in range(400):
+            if h % 7:  # every seventh row stays all zero
+                cols = rng.choice(320, int(rng.integers(1, 40)), replace=False)
+                weights[h, cols] = rng.choice([0.25, 0.5, 1.0, 1 / 3, 0.1], len(cols))
+        assert PaddedRows.worth_it(weights) and not PaddedRows.worth_it(np.ones((8, 8)))
+        padded = summable(weights)
+        assert isinstance(padded, PaddedRows) and summable(weights.copy()) is padded
+        for size in (0, 1, 17, 150, 400):
+            liked = np.sort(rng.choice(400, size, replace=False))
+            row = sp.csr_matrix((np.ones(size, dtype), liked, [0, size]), shape=(1, 400))
+            expected = np.asarray(row @ weights)[0].astype(np.float64)
+            np.testing.assert_array_equal(liked_sum(padded, liked), expected)
+            np.testing.assert_array_equal(liked_sum(weights, liked), expected)
+
+
 def test_user_request_is_made_after_its_history() -> None:
     request = UserRequest.build(7, [5, 1, 3], [4.0, 2.0, 5.0], [30, 10, 20], 8, floor=25)
     assert request.items.tolist() == [1, 3, 5] and request.liked.tolist() == [3, 5]

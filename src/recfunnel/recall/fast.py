@@ -27,7 +27,7 @@ from recfunnel.kernel import (
     UserRequest,
     dense_layers,
     run_layers,
-    shared,
+    summable,
     top_unknown,
 )
 from recfunnel.nn import N_HISTORY_BUCKETS
@@ -206,7 +206,8 @@ def _channel_kernel(channel: Channel) -> Any:
     if isinstance(channel, EASEChannel | RP3betaChannel) and isinstance(
         channel.weights_, np.ndarray
     ):
-        weights = shared(channel.weights_)  # EASE's is the item-to-item score's too
+        # EASE's matrix is the item-to-item score's too (one sum); RP3beta's is mostly zeros.
+        weights = summable(channel.weights_)
         return lambda request: _Row(request.liked_sum_of(weights), request.known)
     if isinstance(channel, TrendingChannel):
         shares = np.asarray(channel.shares_, dtype=np.float64)
