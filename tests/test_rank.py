@@ -47,6 +47,20 @@ def test_cross_layer_is_x0_times_linear_plus_residual():
     assert net(x0).tolist() == [[7.0, 21.0]]
 
 
+def test_low_rank_cross_layer_is_x0_times_u_v_plus_residual():
+    net = CrossNetwork(width=2, layers=1, rank=1)
+    with torch.no_grad():
+        net.layers[0].v.weight.copy_(torch.tensor([[1.0, 1.0]]))  # V^T (1, 2)
+        net.layers[0].u.weight.copy_(torch.tensor([[1.0], [2.0]]))  # U (2, 1)
+        net.layers[0].u.bias.copy_(torch.tensor([0.5, 0.0]))
+    x0 = torch.tensor([[2.0, 3.0]])
+    # V^T x0 = 5, U 5 + b = [5.5, 10]: x1 = [2 * 5.5 + 2, 3 * 10 + 3] = [13, 33]
+    assert net(x0).tolist() == [[13.0, 33.0]]
+    # 2 r width weights a layer (and the bias) instead of width^2
+    wide = CrossNetwork(width=100, layers=2, rank=8)
+    assert sum(p.numel() for p in wide.parameters()) == 2 * (2 * 8 * 100 + 100)
+
+
 def _batch(n: int, seq: int = 5) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     batch = {
@@ -327,6 +341,17 @@ def test_rank_interest_config_errors(overrides, message):
 
     with pytest.raises(ConfigError, match=message):
         load_config(PipelineConfig, None, overrides)
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_rank_cross_rank_must_be_positive(value):
+    from recfunnel.config import load_config
+    from recfunnel.run import PipelineConfig
+
+    with pytest.raises(ConfigError, match="cross_rank"):
+        load_config(PipelineConfig, None, [f"--rank.cross_rank={value}"])
+    assert load_config(PipelineConfig, None, ["--rank.cross_rank=32"]).rank.cross_rank == 32
+    assert load_config(PipelineConfig, None, []).rank.cross_rank is None  # full-rank default
 
 
 def test_the_default_is_din_and_the_other_settings_validate():

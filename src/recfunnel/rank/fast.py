@@ -22,7 +22,15 @@ Two rewrites make one request cheap (n candidates, L liked items, d = rank.dim):
   A request at an earlier moment computes them for its candidates.
 
 The later cross layer, the rest of the MLP and the heads are plain products of (n, width).
-DCN-v2 stays full-rank: the trained model is, and a low-rank one would be another model.
+
+- **Low-rank cross layers** (rank.cross_rank = r, W = U V^T): a later layer is the two thin
+  products (x @ V) @ U^T, 2 r width multiply-adds a pair instead of width^2 (the largest
+  single cost of a request when full-rank). The first layer is composed back into its full
+  (width, width) matrix U V^T when the kernel is built and stacked as before: the item part
+  of x0 @ W^T is a table either way, and what a pair still multiplies, its interest and
+  dense columns (d + m rows), costs (d + m) width through the composed matrix against
+  (d + m) r + r width through the factors (precomputing only V^T x0's item part would
+  leave the r width product of U per pair, the larger term).
 DIEN reads the sequence through GRUs; its kernel is the batch call (`BatchKernel`).
 """
 
@@ -55,6 +63,32 @@ def _np(tensor: Any) -> np.ndarray:
 
 def _logsigmoid(x: np.ndarray) -> np.ndarray:
     return -np.logaddexp(np.float32(0), -x)
+
+
+@dataclass(frozen=True)
+class _LowRank:
+    """A low-rank cross map x -> (x @ v) @ u + bias: v (width, r), u (r, width) float32
+    C-contiguous, bias (width,), the transposes of `LowRankCross`'s V^T and U."""
+
+    v: np.ndarray
+    u: np.ndarray
+    bias: np.ndarray
+
+    @classmethod
+    def of(cls, layer: Any) -> _LowRank:
+        return cls(_np(layer.v.weight).T.copy(), _np(layer.u.weight).T.copy(), _np(layer.u.bias))
+
+    def composed(self) -> Dense:
+        """The same map as one (width, width) `Dense`, V U^T summed in float64 and rounded
+        once (the first layer's stacked tables need the full matrix)."""
+        weight = (self.v.astype(np.float64) @ self.u.astype(np.float64)).astype(np.float32)
+        return Dense(weight, self.bias, relu=False)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """x (n, width) -> (n, width)."""
+        y = (x @ self.v) @ self.u
+        y += self.bias
+        return y
 
 
 class RankKernel:
@@ -94,12 +128,18 @@ class RankKernel:
         dense_cols = slice(len(order) * d, self.width)
 
         # The first layers, stacked side by side: x0 @ first = [cross_0 pre | deep_0 pre].
-        self.cross: list[Dense] = [
+        # A low-rank first cross layer enters as its composed full matrix (module docstring).
+        self.cross: list[Dense | _LowRank] = [
             Dense(_np(layer.weight).T.copy(), _np(layer.bias), relu=False)
+            if model.cross.rank is None
+            else _LowRank.of(layer)
             for layer in model.cross.layers
         ]
         self.deep = dense_layers(model.deep) if len(model.deep) else []
-        firsts = ([self.cross[0]] if self.cross else []) + ([self.deep[0]] if self.deep else [])
+        cross_first = self.cross[:1]
+        if cross_first and isinstance(cross_first[0], _LowRank):
+            cross_first = [cross_first[0].composed()]
+        firsts = cross_first + ([self.deep[0]] if self.deep else [])
         first = np.concatenate([f.weight for f in firsts], axis=1)  # (width, out)
         self.first_bias = np.concatenate([f.bias for f in firsts])
         self.n_cross_out = self.width if self.cross else 0
