@@ -156,6 +156,28 @@ class RankKernel:
             *(np.arange(self.block[n].start, self.block[n].stop) for n in self._user_blocks)
         ]
         self.first_user = np.ascontiguousarray(first[self.first_user_rows])
+        # The user blocks are neighbours in x0 (gender .. history_length [, user]): one
+        # slice to write a request's user fields, not a fancy-indexed scatter.
+        rows = self.first_user_rows
+        contiguous = np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows)))
+        self.user_cols = slice(rows[0], rows[0] + len(rows)) if contiguous else rows
+        # A request's user fields: (table, user-feature name) in _user_blocks order, the
+        # history length's bucket table last but one (or last, without the user id).
+        self.user_tables = [(self.tables[n], f) for n, f in _USER_FIELDS.items()]
+        # Where each dense input comes from: the earlier stages' scores (by their names in
+        # the Row), or a column of the request / item side (written by `row` itself).
+        self.dense_scores = [
+            (column, _SCORE_OF.get(name, name))
+            for column, name in enumerate(self.dense_names)
+            if name in _SCORE_OF or name.startswith("recall.")
+        ]
+        self.dense_own = {
+            name: column
+            for column, name in enumerate(self.dense_names)
+            if name in ("item_like_rate", "affinity", "user_like_rate")
+        }
+        if len(self.dense_scores) + len(self.dense_own) != len(self.dense_names):
+            raise ValueError(f"RankKernel cannot read every dense input of {self.dense_names}")
         self.first_interest = (
             np.ascontiguousarray(first[self.block["interest"]])
             if "interest" in self.block
@@ -285,26 +307,27 @@ class RankKernel:
         profile = req.profile[:1]  # (1, 18)
         norm = np.linalg.norm(profile, axis=1) * side.genre_norm
         affinity = (profile * side.genres).sum(1) / np.maximum(norm, 1e-9)
-        table = {
-            "item_like_rate": side.like_rate,
-            "affinity": affinity.astype(np.float32),
-            "user_like_rate": np.full(n, req.like_rate[0], dtype=np.float32),
-        }
-        for name in self.dense_names:
-            if name in _SCORE_OF or name.startswith("recall."):
-                score = row.scores[_SCORE_OF.get(name, name)]
-                score = score if full else score[valid]
-                table[name] = np.asarray(score, dtype=np.float32)
-        # The batch path's expression and dtypes: (float32 - mean) / std in float32.
+        # The dense inputs (n, m), written column by column straight from their sources:
+        # assigning a float64 score into the float32 block rounds it as `astype` does, so
+        # the values are the batch path's float32 columns without a copy of each.
         raw = np.empty((n, len(self.dense_names)), dtype=np.float32)
-        for column, name in enumerate(self.dense_names):
-            raw[:, column] = table[name]
+        for column, score in self.dense_scores:
+            raw[:, column] = row.scores[score] if full else row.scores[score][valid]
+        own = self.dense_own
+        if "item_like_rate" in own:
+            raw[:, own["item_like_rate"]] = side.like_rate
+        if "affinity" in own:
+            raw[:, own["affinity"]] = affinity
+        if "user_like_rate" in own:
+            raw[:, own["user_like_rate"]] = req.like_rate[0]
+        # The batch path's expression and dtypes: (float32 - mean) / std in float32.
         dense = (raw - self.dense_mean) / self.dense_std
         bucket = min(int(req.lengths[0]).bit_length(), N_HISTORY_BUCKETS - 1)
-        user_parts = [self.tables[n][req.user[f][0]] for n, f in _USER_FIELDS.items()]
+        user_fields = req.user
+        user_parts = [table[user_fields[f][0]] for table, f in self.user_tables]
         user_parts.append(self.tables["history_length"][bucket])
         if self.user_table is not None:
-            user_parts.append(self.user_table[req.user["user"][0]])
+            user_parts.append(self.user_table[user_fields["user"][0]])
         user = np.concatenate(user_parts)  # (5d or 6d,) in _user_blocks order
 
         # x0 @ first, from the precomputed tables (see the module docstring).
@@ -320,7 +343,7 @@ class RankKernel:
         if self.cross:  # x0 itself is read by every cross layer
             x0 = np.empty((n, self.width), dtype=np.float32)
             x0[:, : self.block["age"].stop] = side.fields
-            x0[:, self.first_user_rows] = user
+            x0[:, self.user_cols] = user
             if interest is not None:
                 x0[:, self.block["interest"]] = interest
             x0[:, self.width - dense.shape[1] :] = dense
@@ -346,6 +369,10 @@ class RankKernel:
         scored = row.with_score(stage.name, rank, valid).with_score(
             f"{stage.name}.prob", prob, valid
         )
+        if full:
+            # `Row.top` of an unpadded list, without its padding masks: the same stable
+            # descending order of the rank score, so the same permutation.
+            return scored.take(np.argsort(-rank, kind="stable"))
         return scored.top(stage.name, len(scored.items))  # `RankStage.select`: re-sorted
 
 
