@@ -360,3 +360,26 @@ def test_the_default_is_din_and_the_other_settings_validate():
     assert RankConfig().interest == "din" and RankConfig().use_din
     RankConfig(use_din=False).validate()  # no sequence field at all, as before DIEN
     RankConfig(interest="dien", aux_loss_weight=0.0).validate()  # DIEN without its aux loss
+
+
+def test_history_row_keeps_the_newest_liked_items_ties_by_position():
+    """The newest `max_sequence` liked items, ties in time by catalogue position: chosen by
+    a partition before the sort, they are the full sort's first ones, tied times included."""
+    from recfunnel.data.schema import LIKE_THRESHOLD
+    from recfunnel.rank.features import RankFeatureSpace
+
+    rng = np.random.default_rng(4)
+    space = object.__new__(RankFeatureSpace)
+    space.max_sequence = 5
+    space.column_genres = rng.random((40, 18)).astype(np.float32)
+    space.column_vocab = np.arange(1, 41)
+    for size in (0, 1, 4, 5, 6, 12, 40):
+        cols = np.sort(rng.choice(40, size, replace=False))
+        vals = rng.integers(1, 6, size).astype(np.float64)
+        ts = rng.integers(0, 4, size)  # few distinct times: many ties at the cut
+        sequence, profile = np.zeros(5, np.int64), np.zeros(18, np.float32)
+        n_liked = space._history_row(cols, vals, ts, sequence, profile)
+        like = vals >= LIKE_THRESHOLD
+        newest = cols[like][np.lexsort((cols[like], -ts[like]))][:5]
+        assert n_liked == like.sum()
+        np.testing.assert_array_equal(sequence, np.r_[newest + 1, np.zeros(5 - len(newest))])
