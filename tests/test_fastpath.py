@@ -491,3 +491,37 @@ def test_din_key_blocks_table_is_the_per_request_blocks(pipeline: Pipeline) -> N
         np.testing.assert_array_equal(kernel._interest(targets, sequence), with_table)
     finally:
         kernel.att_key_block = table
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_low_rank_cross_layers_give_the_batch_path_lists(pipeline: Pipeline, rank: int) -> None:
+    """rank.cross_rank: the kernel's composed first cross layer and factored later ones
+    give the batch path's lists. The model is the trained one with each cross matrix cut to
+    its best rank-r approximation (an SVD), so the scores are a trained model's, not the
+    near-ties of fresh weights."""
+    import dataclasses
+
+    import torch
+
+    from recfunnel.rank.fast import _LowRank
+
+    stage = pipeline.funnel["rank"]
+    saved_model, saved_config = stage.model_, stage.config
+    assert saved_config.cross_layers >= 2  # a first and a later layer
+    try:
+        stage.config = dataclasses.replace(saved_config, cross_rank=rank)
+        model = stage._build_model()
+        state = {k: v for k, v in saved_model.state_dict().items() if not k.startswith("cross.")}
+        for i, layer in enumerate(saved_model.cross.layers):
+            u, s, vt = torch.linalg.svd(layer.weight.detach())
+            state[f"cross.layers.{i}.u.weight"] = u[:, :rank] * s[:rank]
+            state[f"cross.layers.{i}.u.bias"] = layer.bias.detach()
+            state[f"cross.layers.{i}.v.weight"] = vt[:rank]
+        model.load_state_dict(state)
+        stage.model_ = model.eval()
+        stage.forget_kernel()
+        assert all(isinstance(layer, _LowRank) for layer in stage.kernel().cross)
+        _compare(pipeline, _users(pipeline)["warm"][:40])
+    finally:
+        stage.model_, stage.config = saved_model, saved_config
+        stage.forget_kernel()

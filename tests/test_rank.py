@@ -47,6 +47,20 @@ def test_cross_layer_is_x0_times_linear_plus_residual():
     assert net(x0).tolist() == [[7.0, 21.0]]
 
 
+def test_low_rank_cross_layer_is_x0_times_u_v_plus_residual():
+    net = CrossNetwork(width=2, layers=1, rank=1)
+    with torch.no_grad():
+        net.layers[0].v.weight.copy_(torch.tensor([[1.0, 1.0]]))  # V^T (1, 2)
+        net.layers[0].u.weight.copy_(torch.tensor([[1.0], [2.0]]))  # U (2, 1)
+        net.layers[0].u.bias.copy_(torch.tensor([0.5, 0.0]))
+    x0 = torch.tensor([[2.0, 3.0]])
+    # V^T x0 = 5, U 5 + b = [5.5, 10]: x1 = [2 * 5.5 + 2, 3 * 10 + 3] = [13, 33]
+    assert net(x0).tolist() == [[13.0, 33.0]]
+    # 2 r width weights a layer (and the bias) instead of width^2
+    wide = CrossNetwork(width=100, layers=2, rank=8)
+    assert sum(p.numel() for p in wide.parameters()) == 2 * (2 * 8 * 100 + 100)
+
+
 def _batch(n: int, seq: int = 5) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     batch = {
@@ -329,9 +343,43 @@ def test_rank_interest_config_errors(overrides, message):
         load_config(PipelineConfig, None, overrides)
 
 
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_rank_cross_rank_must_be_positive(value):
+    from recfunnel.config import load_config
+    from recfunnel.run import PipelineConfig
+
+    with pytest.raises(ConfigError, match="cross_rank"):
+        load_config(PipelineConfig, None, [f"--rank.cross_rank={value}"])
+    assert load_config(PipelineConfig, None, ["--rank.cross_rank=32"]).rank.cross_rank == 32
+    assert load_config(PipelineConfig, None, []).rank.cross_rank is None  # full-rank default
+
+
 def test_the_default_is_din_and_the_other_settings_validate():
     from recfunnel.rank import RankConfig
 
     assert RankConfig().interest == "din" and RankConfig().use_din
     RankConfig(use_din=False).validate()  # no sequence field at all, as before DIEN
     RankConfig(interest="dien", aux_loss_weight=0.0).validate()  # DIEN without its aux loss
+
+
+def test_history_row_keeps_the_newest_liked_items_ties_by_position():
+    """The newest `max_sequence` liked items, ties in time by catalogue position: chosen by
+    a partition before the sort, they are the full sort's first ones, tied times included."""
+    from recfunnel.data.schema import LIKE_THRESHOLD
+    from recfunnel.rank.features import RankFeatureSpace
+
+    rng = np.random.default_rng(4)
+    space = object.__new__(RankFeatureSpace)
+    space.max_sequence = 5
+    space.column_genres = rng.random((40, 18)).astype(np.float32)
+    space.column_vocab = np.arange(1, 41)
+    for size in (0, 1, 4, 5, 6, 12, 40):
+        cols = np.sort(rng.choice(40, size, replace=False))
+        vals = rng.integers(1, 6, size).astype(np.float64)
+        ts = rng.integers(0, 4, size)  # few distinct times: many ties at the cut
+        sequence, profile = np.zeros(5, np.int64), np.zeros(18, np.float32)
+        n_liked = space._history_row(cols, vals, ts, sequence, profile)
+        like = vals >= LIKE_THRESHOLD
+        newest = cols[like][np.lexsort((cols[like], -ts[like]))][:5]
+        assert n_liked == like.sum()
+        np.testing.assert_array_equal(sequence, np.r_[newest + 1, np.zeros(5 - len(newest))])

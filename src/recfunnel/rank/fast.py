@@ -22,7 +22,15 @@ Two rewrites make one request cheap (n candidates, L liked items, d = rank.dim):
   A request at an earlier moment computes them for its candidates.
 
 The later cross layer, the rest of the MLP and the heads are plain products of (n, width).
-DCN-v2 stays full-rank: the trained model is, and a low-rank one would be another model.
+
+- **Low-rank cross layers** (rank.cross_rank = r, W = U V^T): a later layer is the two thin
+  products (x @ V) @ U^T, 2 r width multiply-adds a pair instead of width^2 (the largest
+  single cost of a request when full-rank). The first layer is composed back into its full
+  (width, width) matrix U V^T when the kernel is built and stacked as before: the item part
+  of x0 @ W^T is a table either way, and what a pair still multiplies, its interest and
+  dense columns (d + m rows), costs (d + m) width through the composed matrix against
+  (d + m) r + r width through the factors (precomputing only V^T x0's item part would
+  leave the r width product of U per pair, the larger term).
 DIEN reads the sequence through GRUs; its kernel is the batch call (`BatchKernel`).
 """
 
@@ -55,6 +63,32 @@ def _np(tensor: Any) -> np.ndarray:
 
 def _logsigmoid(x: np.ndarray) -> np.ndarray:
     return -np.logaddexp(np.float32(0), -x)
+
+
+@dataclass(frozen=True)
+class _LowRank:
+    """A low-rank cross map x -> (x @ v) @ u + bias: v (width, r), u (r, width) float32
+    C-contiguous, bias (width,), the transposes of `LowRankCross`'s V^T and U."""
+
+    v: np.ndarray
+    u: np.ndarray
+    bias: np.ndarray
+
+    @classmethod
+    def of(cls, layer: Any) -> _LowRank:
+        return cls(_np(layer.v.weight).T.copy(), _np(layer.u.weight).T.copy(), _np(layer.u.bias))
+
+    def composed(self) -> Dense:
+        """The same map as one (width, width) `Dense`, V U^T summed in float64 and rounded
+        once (the first layer's stacked tables need the full matrix)."""
+        weight = (self.v.astype(np.float64) @ self.u.astype(np.float64)).astype(np.float32)
+        return Dense(weight, self.bias, relu=False)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """x (n, width) -> (n, width)."""
+        y = (x @ self.v) @ self.u
+        y += self.bias
+        return y
 
 
 class RankKernel:
@@ -94,12 +128,18 @@ class RankKernel:
         dense_cols = slice(len(order) * d, self.width)
 
         # The first layers, stacked side by side: x0 @ first = [cross_0 pre | deep_0 pre].
-        self.cross: list[Dense] = [
+        # A low-rank first cross layer enters as its composed full matrix (module docstring).
+        self.cross: list[Dense | _LowRank] = [
             Dense(_np(layer.weight).T.copy(), _np(layer.bias), relu=False)
+            if model.cross.rank is None
+            else _LowRank.of(layer)
             for layer in model.cross.layers
         ]
         self.deep = dense_layers(model.deep) if len(model.deep) else []
-        firsts = ([self.cross[0]] if self.cross else []) + ([self.deep[0]] if self.deep else [])
+        cross_first = self.cross[:1]
+        if cross_first and isinstance(cross_first[0], _LowRank):
+            cross_first = [cross_first[0].composed()]
+        firsts = cross_first + ([self.deep[0]] if self.deep else [])
         first = np.concatenate([f.weight for f in firsts], axis=1)  # (width, out)
         self.first_bias = np.concatenate([f.bias for f in firsts])
         self.n_cross_out = self.width if self.cross else 0
@@ -116,6 +156,28 @@ class RankKernel:
             *(np.arange(self.block[n].start, self.block[n].stop) for n in self._user_blocks)
         ]
         self.first_user = np.ascontiguousarray(first[self.first_user_rows])
+        # The user blocks are neighbours in x0 (gender .. history_length [, user]): one
+        # slice to write a request's user fields, not a fancy-indexed scatter.
+        rows = self.first_user_rows
+        contiguous = np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows)))
+        self.user_cols = slice(rows[0], rows[0] + len(rows)) if contiguous else rows
+        # A request's user fields: (table, user-feature name) in _user_blocks order, the
+        # history length's bucket table last but one (or last, without the user id).
+        self.user_tables = [(self.tables[n], f) for n, f in _USER_FIELDS.items()]
+        # Where each dense input comes from: the earlier stages' scores (by their names in
+        # the Row), or a column of the request / item side (written by `row` itself).
+        self.dense_scores = [
+            (column, _SCORE_OF.get(name, name))
+            for column, name in enumerate(self.dense_names)
+            if name in _SCORE_OF or name.startswith("recall.")
+        ]
+        self.dense_own = {
+            name: column
+            for column, name in enumerate(self.dense_names)
+            if name in ("item_like_rate", "affinity", "user_like_rate")
+        }
+        if len(self.dense_scores) + len(self.dense_own) != len(self.dense_names):
+            raise ValueError(f"RankKernel cannot read every dense input of {self.dense_names}")
         self.first_interest = (
             np.ascontiguousarray(first[self.block["interest"]])
             if "interest" in self.block
@@ -245,26 +307,27 @@ class RankKernel:
         profile = req.profile[:1]  # (1, 18)
         norm = np.linalg.norm(profile, axis=1) * side.genre_norm
         affinity = (profile * side.genres).sum(1) / np.maximum(norm, 1e-9)
-        table = {
-            "item_like_rate": side.like_rate,
-            "affinity": affinity.astype(np.float32),
-            "user_like_rate": np.full(n, req.like_rate[0], dtype=np.float32),
-        }
-        for name in self.dense_names:
-            if name in _SCORE_OF or name.startswith("recall."):
-                score = row.scores[_SCORE_OF.get(name, name)]
-                score = score if full else score[valid]
-                table[name] = np.asarray(score, dtype=np.float32)
-        # The batch path's expression and dtypes: (float32 - mean) / std in float32.
+        # The dense inputs (n, m), written column by column straight from their sources:
+        # assigning a float64 score into the float32 block rounds it as `astype` does, so
+        # the values are the batch path's float32 columns without a copy of each.
         raw = np.empty((n, len(self.dense_names)), dtype=np.float32)
-        for column, name in enumerate(self.dense_names):
-            raw[:, column] = table[name]
+        for column, score in self.dense_scores:
+            raw[:, column] = row.scores[score] if full else row.scores[score][valid]
+        own = self.dense_own
+        if "item_like_rate" in own:
+            raw[:, own["item_like_rate"]] = side.like_rate
+        if "affinity" in own:
+            raw[:, own["affinity"]] = affinity
+        if "user_like_rate" in own:
+            raw[:, own["user_like_rate"]] = req.like_rate[0]
+        # The batch path's expression and dtypes: (float32 - mean) / std in float32.
         dense = (raw - self.dense_mean) / self.dense_std
         bucket = min(int(req.lengths[0]).bit_length(), N_HISTORY_BUCKETS - 1)
-        user_parts = [self.tables[n][req.user[f][0]] for n, f in _USER_FIELDS.items()]
+        user_fields = req.user
+        user_parts = [table[user_fields[f][0]] for table, f in self.user_tables]
         user_parts.append(self.tables["history_length"][bucket])
         if self.user_table is not None:
-            user_parts.append(self.user_table[req.user["user"][0]])
+            user_parts.append(self.user_table[user_fields["user"][0]])
         user = np.concatenate(user_parts)  # (5d or 6d,) in _user_blocks order
 
         # x0 @ first, from the precomputed tables (see the module docstring).
@@ -280,7 +343,7 @@ class RankKernel:
         if self.cross:  # x0 itself is read by every cross layer
             x0 = np.empty((n, self.width), dtype=np.float32)
             x0[:, : self.block["age"].stop] = side.fields
-            x0[:, self.first_user_rows] = user
+            x0[:, self.user_cols] = user
             if interest is not None:
                 x0[:, self.block["interest"]] = interest
             x0[:, self.width - dense.shape[1] :] = dense
@@ -306,6 +369,10 @@ class RankKernel:
         scored = row.with_score(stage.name, rank, valid).with_score(
             f"{stage.name}.prob", prob, valid
         )
+        if full:
+            # `Row.top` of an unpadded list, without its padding masks: the same stable
+            # descending order of the rank score, so the same permutation.
+            return scored.take(np.argsort(-rank, kind="stable"))
         return scored.top(stage.name, len(scored.items))  # `RankStage.select`: re-sorted
 
 

@@ -89,20 +89,28 @@ class RankFeatureSpace:
         self, user_id: int, cols: np.ndarray, vals: np.ndarray, ts: np.ndarray, now: int
     ) -> RequestFeatures:
         """`requests` for one request given as arrays: rated catalogue positions (h,)
-        ascending, their ratings and times (the serving fast path; the same row code)."""
+        ascending, their ratings and times (the serving fast path; the same row code and
+        the same like-rate expression, on Python scalars: a handful of (1,)-array ufuncs
+        cost more than the arithmetic)."""
         sequence = np.zeros((1, self.max_sequence), dtype=np.int64)
         profile = np.zeros((1, self.column_genres.shape[1]), dtype=np.float32)
-        n_liked = np.array([self._history_row(cols, vals, ts, sequence[0], profile[0])])
-        lengths = np.array([len(cols)])
-        return self._request_features(
-            np.array([user_id]),
-            sequence,
-            lengths,
-            n_liked,
-            profile,
-            np.array([now]),
+        n_liked = self._history_row(cols, vals, ts, sequence[0], profile[0])
+        return RequestFeatures(
             user=self.space.user_features_one(int(user_id)),
+            sequence=sequence,
+            lengths=np.array([len(cols)], dtype=np.int64),
+            like_rate=np.array([self._like_rate(n_liked, len(cols))], dtype=np.float32),
+            profile=profile,
+            now=np.array([now], dtype=np.int64),
         )
+
+    def _like_rate(
+        self, n_liked: np.ndarray | int, lengths: np.ndarray | int
+    ) -> np.ndarray | float:
+        """Smoothed towards the global like rate, so a 2-rating user is not at 0 or 1: the
+        float64 (n_liked + 5 m) / (lengths + 5), for (B,) int arrays or Python ints alike
+        (the same IEEE operations either way)."""
+        return (n_liked + 5 * self.mean_like_rate) / (lengths + 5)
 
     def _history_row(
         self,
@@ -116,11 +124,19 @@ class RankFeatureSpace:
         ascending); returns its number of liked items."""
         like = vals >= LIKE_THRESHOLD
         cols, ts = cols[like], ts[like]
-        if len(cols):
+        n_liked, keep = len(cols), self.max_sequence
+        if n_liked:
             profile[:] = self.column_genres[cols].mean(0)
-            recent = cols[np.lexsort((cols, -ts))][: self.max_sequence]  # newest first
+            if n_liked > keep:
+                # Only the `keep` newest are read: every one of them is at or after the
+                # keep-th latest time, so sorting those (ties included) gives the same
+                # first `keep` as sorting the whole history, in O(h) instead of O(h log h).
+                latest = np.partition(ts, n_liked - keep)[n_liked - keep]
+                recent = ts >= latest
+                cols, ts = cols[recent], ts[recent]
+            recent = cols[np.lexsort((cols, -ts))][:keep]  # newest first, ties by position
             sequence[: len(recent)] = self.column_vocab[recent]
-        return len(cols)
+        return n_liked
 
     def _request_features(
         self,
@@ -133,8 +149,7 @@ class RankFeatureSpace:
         user: dict[str, np.ndarray] | None = None,
     ) -> RequestFeatures:
         """`user`: the users' `user_features` when the caller has them already."""
-        # Smoothed towards the global like rate, so a 2-rating user is not at 0 or 1.
-        like_rate = (n_liked + 5 * self.mean_like_rate) / (lengths + 5)
+        like_rate = self._like_rate(n_liked, lengths)
         return RequestFeatures(
             user=self.space.user_features(user_ids) if user is None else user,
             sequence=sequence,

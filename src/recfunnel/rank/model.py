@@ -9,6 +9,7 @@
            | [each recall channel's score and reciprocal rank, with several channels]
     x0 = [fields | dense]
     cross (DCN-v2):  x_{l+1} = x0 * (W_l x_l + b_l) + x_l        explicit feature crosses
+                     (W_l = U_l V_l^T of rank rank.cross_rank when it is set)
     deep:            MLP(x0)                                      implicit interactions
     logits = W . [x_L | deep] + b       one per head (see RankConfig.objective)
 
@@ -168,14 +169,37 @@ def next_behaviour_loss(
     return loss / pos.numel()
 
 
-class CrossNetwork(nn.Module):
-    """DCN-v2's full-rank cross layers: x_{l+1} = x0 * (W_l x_l + b_l) + x_l."""
+class LowRankCross(nn.Module):
+    """DCN-v2's low-rank cross map: x -> U (V^T x) + b, W = U V^T of rank r.
 
-    def __init__(self, width: int, layers: int) -> None:
+    (width, width) weights become (width, r) + (r, width), so a pair costs 2 r width
+    multiply-adds instead of width^2; the paper finds r around width / 4 keeps the full-rank
+    accuracy (the learned full-rank matrices are numerically low-rank)."""
+
+    def __init__(self, width: int, rank: int) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(layers))
+        self.v = nn.Linear(width, rank, bias=False)  # V^T: (r, width)
+        self.u = nn.Linear(rank, width)  # U: (width, r), and the layer's bias b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (n, width) -> U V^T x + b (n, width)."""
+        return self.u(self.v(x))
+
+
+class CrossNetwork(nn.Module):
+    """DCN-v2's cross layers: x_{l+1} = x0 * (W_l x_l + b_l) + x_l, with W_l full-rank
+    (width, width), or U_l V_l^T of rank `rank` (`LowRankCross`) when it is set."""
+
+    def __init__(self, width: int, layers: int, rank: int | None = None) -> None:
+        super().__init__()
+        self.rank = rank
+        self.layers = nn.ModuleList(
+            nn.Linear(width, width) if rank is None else LowRankCross(width, rank)
+            for _ in range(layers)
+        )
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0 (n, width) -> x_L (n, width)."""
         x = x0
         for layer in self.layers:
             x = x0 * layer(x) + x
@@ -192,6 +216,7 @@ class RankModel(nn.Module):
         dim: int = 16,
         deep: tuple[int, ...] = (256, 128),
         cross_layers: int = 2,
+        cross_rank: int | None = None,
         attention_hidden: int = 32,
         interest: Literal["din", "dien"] | None = "din",
         use_user_id: bool = False,
@@ -222,7 +247,7 @@ class RankModel(nn.Module):
         self.evolution = InterestEvolution(dim) if interest == "dien" else None
         n_fields = 2 + len(self.categorical) + int(interest is not None) + int(use_user_id)
         width = n_fields * dim + len(dense)
-        self.cross = CrossNetwork(width, cross_layers)
+        self.cross = CrossNetwork(width, cross_layers, cross_rank)
         self.deep = mlp([width, *deep], dropout, last_activation=True)
         self.out = nn.Linear(width + (deep[-1] if deep else 0), heads)
         init_embeddings(self, std=0.05)

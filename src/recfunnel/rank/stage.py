@@ -41,6 +41,11 @@ class RankConfig:
     dim: int = param(16, "embedding size of every field")
     deep: tuple[int, ...] = param((256, 128), "hidden sizes of the deep (MLP) part")
     cross_layers: int = param(2, "DCN-v2 cross layers (0: no explicit crosses)")
+    cross_rank: int | None = param(
+        None,
+        "rank r of DCN-v2's low-rank cross layers, W = U V^T (2 r width multiply-adds a pair "
+        "instead of width^2; none: full-rank)",
+    )
     attention_hidden: int = param(32, "hidden size of DIN's attention unit")
     use_din: bool = param(
         True, "read the liked-items sequence, through rank.interest (false: no sequence field)"
@@ -83,6 +88,8 @@ class RankConfig:
             raise ConfigError("rank sizes, batch_size, epochs and patience must be > 0")
         if self.cross_layers < 0 or any(h <= 0 for h in self.deep):
             raise ConfigError("rank.cross_layers must be >= 0 and rank.deep sizes > 0")
+        if self.cross_rank is not None and self.cross_rank < 1:
+            raise ConfigError(f"rank.cross_rank must be >= 1 (or none), got {self.cross_rank}")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
             raise ConfigError("rank.lr must be > 0, weight_decay >= 0, 0 <= dropout < 1")
         if not self.use_din and self.interest != "din":
@@ -243,6 +250,7 @@ class RankStage(Scorer):
             dim=cfg.dim,
             deep=cfg.deep,
             cross_layers=cfg.cross_layers,
+            cross_rank=cfg.cross_rank,
             attention_hidden=cfg.attention_hidden,
             interest=cfg.interest if cfg.use_din else None,
             use_user_id=cfg.use_user_id,
