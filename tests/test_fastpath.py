@@ -493,12 +493,15 @@ def test_din_key_blocks_table_is_the_per_request_blocks(pipeline: Pipeline) -> N
         kernel.att_key_block = table
 
 
-@pytest.mark.parametrize("rank", [1, 3])
-def test_low_rank_cross_layers_give_the_batch_path_lists(pipeline: Pipeline, rank: int) -> None:
+@pytest.mark.parametrize("rank", [None, 1, 3])
+def test_low_rank_cross_layers_give_the_batch_path_lists(
+    pipeline: Pipeline, rank: int | None
+) -> None:
     """rank.cross_rank: the kernel's composed first cross layer and factored later ones
-    give the batch path's lists. The model is the trained one with each cross matrix cut to
-    its best rank-r approximation (an SVD), so the scores are a trained model's, not the
-    near-ties of fresh weights."""
+    give the batch path's lists, and so do full-rank layers (rank None). The model is the
+    trained one with each cross matrix W (U V^T when it was trained low-rank) cut to its best
+    rank-r approximation (an SVD) or kept whole, so the scores are a trained model's, not
+    the near-ties of fresh weights."""
     import dataclasses
 
     import torch
@@ -513,14 +516,23 @@ def test_low_rank_cross_layers_give_the_batch_path_lists(pipeline: Pipeline, ran
         model = stage._build_model()
         state = {k: v for k, v in saved_model.state_dict().items() if not k.startswith("cross.")}
         for i, layer in enumerate(saved_model.cross.layers):
-            u, s, vt = torch.linalg.svd(layer.weight.detach())
+            if isinstance(layer, torch.nn.Linear):  # trained full-rank
+                weight, bias = layer.weight.detach(), layer.bias.detach()
+            else:  # trained low-rank: W = U V^T
+                weight, bias = layer.u.weight.detach() @ layer.v.weight.detach(), layer.u.bias
+            if rank is None:
+                state[f"cross.layers.{i}.weight"] = weight
+                state[f"cross.layers.{i}.bias"] = bias.detach()
+                continue
+            u, s, vt = torch.linalg.svd(weight)
             state[f"cross.layers.{i}.u.weight"] = u[:, :rank] * s[:rank]
-            state[f"cross.layers.{i}.u.bias"] = layer.bias.detach()
+            state[f"cross.layers.{i}.u.bias"] = bias.detach()
             state[f"cross.layers.{i}.v.weight"] = vt[:rank]
         model.load_state_dict(state)
         stage.model_ = model.eval()
         stage.forget_kernel()
-        assert all(isinstance(layer, _LowRank) for layer in stage.kernel().cross)
+        low = [isinstance(layer, _LowRank) for layer in stage.kernel().cross[1:]]
+        assert all(low) if rank is not None else not any(low)
         _compare(pipeline, _users(pipeline)["warm"][:40])
     finally:
         stage.model_, stage.config = saved_model, saved_config

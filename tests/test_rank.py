@@ -351,7 +351,8 @@ def test_rank_cross_rank_must_be_positive(value):
     with pytest.raises(ConfigError, match="cross_rank"):
         load_config(PipelineConfig, None, [f"--rank.cross_rank={value}"])
     assert load_config(PipelineConfig, None, ["--rank.cross_rank=32"]).rank.cross_rank == 32
-    assert load_config(PipelineConfig, None, []).rank.cross_rank is None  # full-rank default
+    assert load_config(PipelineConfig, None, []).rank.cross_rank == 32  # chosen on valid
+    assert load_config(PipelineConfig, None, ["--rank.cross_rank=none"]).rank.cross_rank is None
 
 
 def test_the_default_is_din_and_the_other_settings_validate():
