@@ -539,7 +539,7 @@ def test_ild_greedy_matches_the_reference(seed: int, lam: float):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_one_list_ild_greedy_is_the_batch_one_on_ties(seed: int):
-    """The one-list path (precomputed discounts, an additive -inf mask) picks what the
+    """The one-list path (precomputed discounts, a -inf mask in the gains) picks what the
     batch loop picks, on inputs full of exact ties, both dtypes, every kind of lambda."""
     rng = np.random.default_rng(seed)
     for case in range(200):

@@ -93,7 +93,8 @@ class MMRReranker(Component):
     def fit(
         self, data: FitData, stacked: Stacked | None = None, validate: Validate | None = None
     ) -> MMRReranker:
-        """Nothing to learn: keep the catalogue's genre vectors (n_items, 18) float32."""
+        """Nothing to learn: keep the catalogue's genre vectors (n_items, 18) float32 (and
+        their unit rows, `_keep_genres`)."""
         self.config.validate()
         self._keep_genres(data.ml.genre_matrix(data.item_ids).astype(np.float32))
         self._fitted()
