@@ -13,7 +13,8 @@ from recfunnel.errors import ConfigError
 from recfunnel.evaluation.metrics import ild_at_k
 from recfunnel.rerank import RerankConfig, cosine_similarity, mmr, relevance_scale
 from recfunnel.rerank.dpp import RIDGE, dpp
-from recfunnel.rerank.ild import ild_greedy
+from recfunnel.rerank.ild import _dissimilarity_rows, ild_greedy
+from recfunnel.rerank.mmr import _unit
 from recfunnel.rerank.report import choose_lambda
 
 # ----------------------------------------------------------------------------- reference
@@ -538,7 +539,7 @@ def test_ild_greedy_matches_the_reference(seed: int, lam: float):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_one_list_ild_greedy_is_the_batch_one_on_ties(seed: int):
-    """The one-list path (precomputed discounts, an additive -inf mask) picks what the
+    """The one-list path (precomputed discounts, a -inf mask in the gains) picks what the
     batch loop picks, on inputs full of exact ties, both dtypes, every kind of lambda."""
     rng = np.random.default_rng(seed)
     for case in range(200):
@@ -552,6 +553,47 @@ def test_one_list_ild_greedy_is_the_batch_one_on_ties(seed: int):
         for u in range(3):
             one = ild_greedy(rel[u : u + 1], vectors[u : u + 1], k, lam, valid[u : u + 1])
             assert one.tolist() == [batch[u].tolist()], (case, u)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_one_list_ild_greedy_on_genre_rows_is_the_batch_one(seed: int):
+    """Genre-like rows (18-d multi-hot with 0-6 ones: cosines whose float32 rounding
+    depends on the order of the sum, which a (N, d) @ (d, N) product may change) in long
+    lists: the one-list path, whether it precomputes the (N, N) dissimilarities or makes
+    them step by step, and with the unit rows gathered from a table normalised once
+    (`normalised=True`), picks what the batch loop picks."""
+    rng = np.random.default_rng(seed)
+    # Few distinct genre sets, so that equal rows (equal objectives: ties) abound.
+    sets = np.zeros((12, 18), dtype=np.float32)
+    for row, count in enumerate(rng.choice([0, 1, 3, 5, 6], size=len(sets))):
+        sets[row, rng.choice(18, size=count, replace=False)] = 1.0
+    catalogue = sets[rng.integers(0, len(sets), 300)]
+    unit_catalogue = _unit(catalogue)
+    for case in range(60):
+        n = [100, 150, 40][case % 3]
+        k = [20, 3, 1, 12][case % 4]  # 150 candidates, 3 picks: the rows step by step
+        items = np.stack([rng.choice(len(catalogue), n, replace=False) for _ in range(3)])
+        rel = rng.integers(0, 6, (3, n)) / 5.0  # many exact ties
+        valid = rng.random((3, n)) < 0.9
+        lam = [0.0, 1.0, 0.5, 0.84, float(rng.random())][case % 5]
+        batch = ild_greedy(rel, catalogue[items], k, lam, valid)
+        gathered = unit_catalogue[items]
+        assert np.array_equal(gathered, _unit(catalogue[items]))  # bit for bit
+        for u in range(3):
+            one = ild_greedy(rel[u : u + 1], catalogue[items[u : u + 1]], k, lam, valid[u : u + 1])
+            assert one.tolist() == [batch[u].tolist()], (case, u)
+            one = ild_greedy(
+                rel[u : u + 1], gathered[u : u + 1], k, lam, valid[u : u + 1], normalised=True
+            )
+            assert one.tolist() == [batch[u].tolist()], (case, u)
+    # Each dissimilarity row is bit for bit the batch step's `1 - unit @ unit[pick]` (a
+    # (N, d) @ (d, N) product instead would round some of these cosines differently).
+    unit = gathered[:1]
+    for steps in (100, 2):  # the whole (N, N) at once; one row per step
+        row = _dissimilarity_rows(unit, steps)
+        for pick in range(unit.shape[1]):
+            sim = np.matmul(unit, unit[:, pick][:, :, None])[0, :, 0]
+            assert np.array_equal(row(pick), 1.0 - sim.astype(np.float64)), (steps, pick)
 
 
 def test_ild_greedy_lambda_one_is_the_stable_relevance_order():

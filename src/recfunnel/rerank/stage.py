@@ -23,7 +23,7 @@ from recfunnel.config import param
 from recfunnel.errors import ConfigError
 from recfunnel.rerank.dpp import dpp
 from recfunnel.rerank.ild import ild_greedy
-from recfunnel.rerank.mmr import RELEVANCES, mmr, mmr_one, relevance_scale
+from recfunnel.rerank.mmr import RELEVANCES, _unit, mmr, mmr_one, relevance_scale
 from recfunnel.stage import Component, FitData, Stacked, Validate
 from recfunnel.types import Candidates, Embeddings, Requests
 
@@ -93,9 +93,10 @@ class MMRReranker(Component):
     def fit(
         self, data: FitData, stacked: Stacked | None = None, validate: Validate | None = None
     ) -> MMRReranker:
-        """Nothing to learn: keep the catalogue's genre vectors (n_items, 18) float32."""
+        """Nothing to learn: keep the catalogue's genre vectors (n_items, 18) float32 (and
+        their unit rows, `_keep_genres`)."""
         self.config.validate()
-        self.genres_ = data.ml.genre_matrix(data.item_ids).astype(np.float32)
+        self._keep_genres(data.ml.genre_matrix(data.item_ids).astype(np.float32))
         self._fitted()
         return self
 
@@ -154,8 +155,11 @@ class MMRReranker(Component):
             )
         relevance = relevance_scale(np.where(valid, score, 0.0), valid, self.config.relevance)
         safe = np.where(valid, items, 0)
+        normalised = False  # whether `vectors` are unit rows already
         if self.config.similarity == "genre":
-            vectors = self.genres_[safe]
+            # The ILD greedy reads unit vectors: gather those normalised once (`_keep_genres`).
+            normalised = self.config.method == "ild"
+            vectors = (self.unit_genres_ if normalised else self.genres_)[safe]
         else:
             if embeddings is None:
                 raise ConfigError("rerank.similarity=embedding needs candidates with embeddings")
@@ -164,7 +168,7 @@ class MMRReranker(Component):
         if self.config.method == "dpp":
             return dpp(relevance, vectors, k, lam, valid)
         if self.config.method == "ild":
-            return ild_greedy(relevance, vectors, k, lam, valid)
+            return ild_greedy(relevance, vectors, k, lam, valid, normalised=normalised)
         return (mmr_one if one_list else mmr)(relevance, vectors, k, lam, valid)
 
     def serving_kernel(self) -> RerankKernel:
@@ -182,9 +186,17 @@ class MMRReranker(Component):
         self.check_fitted()
         other = MMRReranker(replace(self.config, **changes))
         other.config.validate()
-        other.genres_ = self.genres_
+        other._keep_genres(self.genres_)
         other._fitted()
         return other
 
     def _load(self, directory: Path, data: FitData) -> None:
-        self.genres_ = data.ml.genre_matrix(data.item_ids).astype(np.float32)
+        self._keep_genres(data.ml.genre_matrix(data.item_ids).astype(np.float32))
+
+    def _keep_genres(self, genres: np.ndarray) -> None:
+        """The catalogue's genre multi-hot rows (n_items, 18) float32, and the same as unit
+        vectors for the ILD greedy, normalised once rather than per call. A row's norm is
+        the square root of its genre count, an integer summed exactly in any order, so a
+        gathered unit row is bit for bit what normalising the gathered row gives."""
+        self.genres_ = genres
+        self.unit_genres_ = _unit(genres)

@@ -284,27 +284,39 @@ class Pipeline:
         cold = len(request.items) == 0
         final = rows["rerank"].items
         final = final[final >= 0]  # padding is always last
-        # Each earlier stage's place (column) and score of every final item: one (k, N)
-        # comparison per stage instead of a {position: place} dict over all N candidates.
-        found = {}
+        # Each earlier stage's place (1-based; 0: not in its list) and score of every final
+        # item: the stage's places scattered over the catalogue, then read at the k items,
+        # instead of a (k, N) comparison. The array has one slot more than the catalogue:
+        # padding's -1 writes that last slot, which no final item reads. A list holds an
+        # item at most once, so each item has one place.
+        n_items = len(self.funnel.item_ids)
+        found = []
         for stage in ("recall", "prerank", "rank"):
             row = rows[stage]
-            hits = final[:, None] == row.items[None, :]  # (k, N); at most one hit per item
-            seen = hits.any(axis=1)
-            column = hits.argmax(axis=1)
-            found[stage] = (
-                seen.tolist(),
-                (column + 1).tolist(),
-                row.scores[stage][column].tolist(),
-            )
+            place_of = np.zeros(n_items + 1, dtype=np.int64)
+            place_of[row.items] = np.arange(1, len(row.items) + 1)
+            places = place_of[final]
+            # (places - 1 is -1 for an item not in the list: a value that is never read.)
+            found.append((stage, places.tolist(), row.scores[stage][places - 1].tolist()))
+        movie_ids, titles, genres = self._item_text
         items = []
-        for place, position in enumerate(final.tolist()):
+        for index, position in enumerate(final.tolist()):
             scores, positions = {}, {}
-            for stage, (seen, columns, values) in found.items():
-                if seen[place]:
-                    positions[stage], scores[stage] = columns[place], values[place]
-            positions["rerank"] = place + 1
-            items.append(self._item(place + 1, position, scores, positions))
+            for stage, places, values in found:
+                if places[index]:
+                    positions[stage] = places[index]
+                    scores[stage] = values[index]
+            positions["rerank"] = index + 1
+            items.append(
+                RecommendedItem(
+                    index + 1,  # `_item`'s fields, without a call per item
+                    movie_ids[position],
+                    titles[position],
+                    genres[position],
+                    scores,
+                    positions,
+                )
+            )
         return Recommendation(
             user_id=user_id,
             path="cold" if cold else "funnel",
