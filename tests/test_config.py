@@ -379,3 +379,19 @@ def test_every_stage_checks_its_valid_metric(key):
 
     with pytest.raises(ConfigError, match=f"{key}.valid_metric"):
         load_config(PipelineConfig, None, [f"--{key}.valid_metric=auc@20"])
+
+
+def test_a_saved_config_without_a_newer_field_reads_the_value_it_meant(tmp_path) -> None:
+    """rank.cross_rank came after runs were saved full-rank: a saved config without the key
+    reads None (how it was trained), a new config gets the default, 32."""
+    from recfunnel.run import PipelineConfig
+
+    saved = to_dict(PipelineConfig())
+    del saved["rank"]["cross_rank"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(saved))
+    assert config_from_json(PipelineConfig, path).rank.cross_rank is None
+    assert PipelineConfig().rank.cross_rank == 32
+    saved["rank"]["cross_rank"] = 16  # a saved value is kept
+    path.write_text(json.dumps(saved))
+    assert config_from_json(PipelineConfig, path).rank.cross_rank == 16

@@ -70,9 +70,20 @@ def require_positive(**values: float) -> None:
             raise ConfigError(f"{name} must be > 0, got {value}")
 
 
-def param(default: Any, help: str) -> Any:
-    """A config field with a default and a one-line doc (shown by `describe`)."""
-    return dataclasses.field(default=default, metadata={"help": help})
+_ABSENT = object()
+
+
+def param(default: Any, help: str, *, saved_without: Any = _ABSENT) -> Any:
+    """A config field with a default and a one-line doc (shown by `describe`).
+
+    `saved_without`: for a field added after runs were saved, the value a saved config
+    without it meant (what the code did before the field existed); `config_from_json`
+    reads it there, so an older run directory loads as it was trained, while new configs
+    get `default`."""
+    metadata = {"help": help}
+    if saved_without is not _ABSENT:
+        metadata["saved_without"] = saved_without
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def section(cls: type, help: str = "") -> Any:
@@ -189,9 +200,24 @@ def config_from_json(cls: type[C], path: str | Path) -> C:
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     try:
-        return from_dict(cls, data)
+        return from_dict(cls, _fill_saved_without(cls, data))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def _fill_saved_without(cls: type, data: Any) -> Any:
+    """`data` with each absent field that declares `saved_without` set to that value, in
+    `cls` and its sections (see `param`)."""
+    if not isinstance(data, dict) or not dataclasses.is_dataclass(cls):
+        return data
+    data = dict(data)
+    for f in dataclasses.fields(cls):
+        factory = f.default_factory
+        if f.name in data and dataclasses.is_dataclass(factory):
+            data[f.name] = _fill_saved_without(factory, data[f.name])
+        elif f.name not in data and "saved_without" in f.metadata:
+            data[f.name] = f.metadata["saved_without"]
+    return data
 
 
 # --- documentation -------------------------------------------------------------------------

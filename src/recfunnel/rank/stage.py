@@ -46,6 +46,7 @@ class RankConfig:
         "rank r of DCN-v2's low-rank cross layers, W = U V^T (2 r width multiply-adds a pair "
         "instead of width^2; none: full-rank). 32 was chosen on valid over none and 64 "
         "(three seeds each; README, 'Low-rank crosses')",
+        saved_without=None,  # runs saved before the field were trained full-rank
     )
     attention_hidden: int = param(32, "hidden size of DIN's attention unit")
     use_din: bool = param(
