@@ -733,7 +733,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="S1,S2,...",
         help="train one run per seed into OUT/seed-<s> (the top-level seed feeds every stage); "
-        "then evaluate each and `recfunnel summarize OUT/seed-*` for mean and spread",
+        "it only trains: evaluate each run with `recfunnel evaluate`, then `recfunnel "
+        "summarize OUT/seed-*` gives mean and spread (`make seeds` does all three)",
     )
     train.set_defaults(func=cmd_train)
 
