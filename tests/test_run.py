@@ -249,6 +249,10 @@ def test_auto_index_is_exact_up_to_its_catalogue_size():
     assert isinstance(IndexConfig(backend="exact").build(10**7), ExactIndex)
     with pytest.raises(RecfunnelError, match="exact_max_items"):
         IndexConfig(exact_max_items=-1).build(5)
+    from recfunnel.config import load_config
+
+    with pytest.raises(RecfunnelError, match="exact_max_items"):  # when the config is read
+        load_config(PipelineConfig, None, ["--index.exact_max_items=-1"])
 
 
 def test_default_config_trains_an_exact_index(synthetic_dir, synthetic_ml, tmp_path):

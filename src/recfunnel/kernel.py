@@ -298,21 +298,22 @@ def liked_sum(weights: np.ndarray | PaddedRows, liked: np.ndarray) -> np.ndarray
 _SHARED: list[weakref.ref] = []  # weight matrices handed to kernels so far
 
 
-_PADDED: dict[int, tuple[weakref.ref, PaddedRows]] = {}  # id(weights) -> its padded rows
+# id(weights) -> (weights, its padded rows, or None when the dense rows are kept)
+_PADDED: dict[int, tuple[weakref.ref, PaddedRows | None]] = {}
 
 
 def summable(weights: np.ndarray) -> np.ndarray | PaddedRows:
     """What a kernel sums liked rows of (`liked_sum`): the `shared` matrix, or its
-    `PaddedRows` (built once per matrix) when it is mostly zeros."""
+    `PaddedRows` when it is mostly zeros; decided and built once per matrix (the default
+    funnel's EASE matrix is asked for twice, and counting its nonzeros takes ~15 ms)."""
     weights = shared(weights)
-    if not PaddedRows.worth_it(weights):
-        return weights
     for key in [k for k, (ref, _) in _PADDED.items() if ref() is None]:
         del _PADDED[key]
     hit = _PADDED.get(id(weights))
     if hit is None or hit[0]() is not weights:
-        hit = _PADDED[id(weights)] = (weakref.ref(weights), PaddedRows(weights))
-    return hit[1]
+        padded = PaddedRows(weights) if PaddedRows.worth_it(weights) else None
+        hit = _PADDED[id(weights)] = (weakref.ref(weights), padded)
+    return weights if hit[1] is None else hit[1]
 
 
 def shared(weights: np.ndarray) -> np.ndarray:

@@ -140,6 +140,10 @@ class IndexConfig:
     ivf_nlist: int | None = param(None, "IVF: number of clusters (none: about sqrt(n_items))")
     ivf_nprobe: int = param(16, "IVF: clusters visited per query")
 
+    def validate(self) -> None:
+        if self.exact_max_items < 0:
+            raise ConfigError(f"index.exact_max_items must be >= 0, got {self.exact_max_items}")
+
     def resolved(self, n_items: int | None) -> str:
         """The backend for a catalogue of `n_items` items: `backend` itself unless it is
         "auto": exact up to `exact_max_items` items, hnsw beyond or when the size is unknown."""
@@ -151,8 +155,7 @@ class IndexConfig:
         """An unbuilt index of the configured backend for a catalogue of `n_items` items
         (which "auto" reads, so it is asked for: None, unknown, means hnsw). The batch and
         serving paths both search the index built here, so their lists stay equal."""
-        if self.exact_max_items < 0:
-            raise ConfigError(f"index.exact_max_items must be >= 0, got {self.exact_max_items}")
+        self.validate()  # a config built in code has not been through load_config's checks
         backend = self.resolved(n_items)
         params: dict[str, Any] = {
             "exact": {},

@@ -44,7 +44,7 @@ class RankConfig:
     cross_rank: int | None = param(
         32,
         "rank r of DCN-v2's low-rank cross layers, W = U V^T (2 r width multiply-adds a pair "
-        "instead of width^2; none: full-rank). 32 was chosen on valid over none and 64 "
+        "instead of width^2; none: full-rank). 32 was chosen on valid over none, 64 and 16 "
         "(three seeds each; README, 'Low-rank crosses')",
         saved_without=None,  # runs saved before the field were trained full-rank
     )

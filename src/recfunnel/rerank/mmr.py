@@ -113,12 +113,12 @@ def relevance_scale(
         raise ValueError(f"how must be one of {RELEVANCES}, got {how!r}")
     scores, valid = _check_scores(scores, valid, "scores")
     n_users, n = scores.shape
-    if how == "minmax" and n_users == 1 and n and valid.all():
-        # One served list without padding (the fast path): the same float64 arithmetic as
-        # below, (s - min) / (max - min), without the masks a batch with padding needs.
-        lo, hi = scores.min(), scores.max()
-        span = hi - lo
-        return (scores - lo) / span if span > 0 else np.ones(scores.shape)
+    if how == "minmax" and n and valid.all():
+        # No padding (every served list, and most batches): the same float64 arithmetic as
+        # below, (s - min) / (max - min) per row, without the masks padding needs.
+        lo = scores.min(axis=1, keepdims=True)
+        span = scores.max(axis=1, keepdims=True) - lo
+        return np.divide(scores - lo, span, out=np.ones(scores.shape), where=span > 0)
     out = np.zeros(scores.shape)
     if how == "probability":
         if np.any(valid & ((scores < 0) | (scores > 1))):

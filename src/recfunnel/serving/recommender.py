@@ -298,7 +298,6 @@ class Pipeline:
             places = place_of[final]
             # (places - 1 is -1 for an item not in the list: a value that is never read.)
             found.append((stage, places.tolist(), row.scores[stage][places - 1].tolist()))
-        movie_ids, titles, genres = self._item_text
         items = []
         for index, position in enumerate(final.tolist()):
             scores, positions = {}, {}
@@ -307,16 +306,7 @@ class Pipeline:
                     positions[stage] = places[index]
                     scores[stage] = values[index]
             positions["rerank"] = index + 1
-            items.append(
-                RecommendedItem(
-                    index + 1,  # `_item`'s fields, without a call per item
-                    movie_ids[position],
-                    titles[position],
-                    genres[position],
-                    scores,
-                    positions,
-                )
-            )
+            items.append(self._item(index + 1, position, scores, positions))
         return Recommendation(
             user_id=user_id,
             path="cold" if cold else "funnel",
