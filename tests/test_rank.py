@@ -305,7 +305,8 @@ def test_a_dien_rank_stage_trains_and_round_trips(dien_funnel, tmp_path):
     empty = History(sp.csr_matrix((1, n)), sp.csr_matrix((1, n)))
     cold = Requests(np.array([10**6]), empty, np.full(1, funnel.now))
     pairs = Pairs(np.zeros(5, dtype=np.int64), np.arange(5))
-    for name in ("recall", "prerank", "item_to_item", *rank.channel_features_):
+    read = ("recall", "prerank", "item_to_item", "item_to_item.rating")
+    for name in (*read, *rank.channel_features_):
         pairs = pairs.with_scores(name, np.zeros(5))
     scored = rank.score_pairs(cold, pairs)
     assert np.isfinite(scored.scores["rank"]).all()

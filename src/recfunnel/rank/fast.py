@@ -43,13 +43,12 @@ import numpy as np
 
 from recfunnel.kernel import Dense, Row, UserRequest, dense_layers, run_layers
 from recfunnel.nn import N_HISTORY_BUCKETS
+from recfunnel.rank.features import SCORE_OF
 from recfunnel.types import Candidates
 
 if TYPE_CHECKING:
     from recfunnel.rank.stage import RankStage
 
-# Score names of the earlier stages under the rank model's names for its dense inputs.
-_SCORE_OF = {"recall": "recall", "prerank": "prerank", "cf": "item_to_item"}
 _USER_FIELDS = {"gender": "gender", "age_group": "age", "occupation": "occupation", "zip": "zip"}
 
 
@@ -167,9 +166,9 @@ class RankKernel:
         # Where each dense input comes from: the earlier stages' scores (by their names in
         # the Row), or a column of the request / item side (written by `row` itself).
         self.dense_scores = [
-            (column, _SCORE_OF.get(name, name))
+            (column, SCORE_OF.get(name, name))
             for column, name in enumerate(self.dense_names)
-            if name in _SCORE_OF or name.startswith("recall.")
+            if name in SCORE_OF or name.startswith("recall.")
         ]
         self.dense_own = {
             name: column

@@ -24,7 +24,14 @@ from recfunnel.features import DAY, FeatureSpace, ItemPopularity
 from recfunnel.types import Requests
 
 N_AGE_BUCKETS = 12  # log2 buckets of an item's days in the catalogue: 0 = not yet rated
-DENSE = ("recall", "prerank", "cf", "affinity", "user_like_rate", "item_like_rate")
+DENSE = ("recall", "prerank", "cf", "rating", "affinity", "user_like_rate", "item_like_rate")
+# The dense inputs that are earlier components' scores: model name -> Candidates.scores key.
+SCORE_OF = {
+    "recall": "recall",
+    "prerank": "prerank",
+    "cf": "item_to_item",
+    "rating": "item_to_item.rating",
+}
 
 
 @dataclass(frozen=True)

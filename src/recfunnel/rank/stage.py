@@ -20,7 +20,7 @@ from recfunnel.device import cpu_state, to_device, to_numpy
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.protocol import metric_cutoff
 from recfunnel.kernel import Kernel
-from recfunnel.rank.features import DENSE, RankFeatureSpace, RequestFeatures
+from recfunnel.rank.features import DENSE, SCORE_OF, RankFeatureSpace, RequestFeatures
 from recfunnel.rank.model import RankModel, RankSizes
 from recfunnel.stage import FitData, Scorer, Stacked, Validate, require_stacked
 from recfunnel.training import distributed
@@ -65,6 +65,12 @@ class RankConfig:
     use_recall_logit: bool = param(True, "read the recall logit")
     use_prerank_logit: bool = param(True, "read the (cross-fitted) pre-rank logit")
     use_cf: bool = param(True, "read the item-to-item (EASE, fitted on the early part) score")
+    use_rating: bool = param(
+        True,
+        "read the item-to-item component's predicted stars (item_to_item.rating_dim), the "
+        "like head's view of this user's taste for this movie",
+        saved_without=False,  # runs saved before the rating score did not read it
+    )
     use_channels: bool = param(
         True, "read the recall channels' scores and reciprocal ranks (recall.<channel>[.rrf])"
     )
@@ -108,6 +114,7 @@ class RankConfig:
         skip = {"recall"} if not self.use_recall_logit else set()
         skip |= {"prerank"} if not self.use_prerank_logit else set()
         skip |= {"cf"} if not self.use_cf else set()
+        skip |= {"rating"} if not self.use_rating else set()
         return tuple(name for name in DENSE if name not in skip)
 
 
@@ -133,6 +140,12 @@ class RankStage(Scorer):
         requests, examples = stacked.requests, stacked.pairs
         cfg = self.config
         cfg.validate()
+        read = [SCORE_OF[name] for name in cfg.dense if name in SCORE_OF]
+        if missing := [score for score in read if score not in examples.scores]:
+            raise ConfigError(
+                f"the rank model reads {missing}, which no earlier component scored "
+                "(rank.use_rating=true needs item_to_item.rating_dim)"
+            )
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         self.features_ = self._feature_space(data)
@@ -265,7 +278,7 @@ class RankStage(Scorer):
         table = self.features_.pairs(req, pairs.rows, pairs.items)
         table["rows"] = pairs.rows
         # The earlier stages' scores, under the model's names for its dense inputs.
-        for name, score in (("recall", "recall"), ("prerank", "prerank"), ("cf", "item_to_item")):
+        for name, score in SCORE_OF.items():
             if name in self.config.dense:
                 table[name] = np.asarray(pairs.scores[score], dtype=np.float32)
         for name in self.channel_features_:
