@@ -657,6 +657,14 @@ print(f"{len(oof):,} out-of-fold pre-rank logits over {stacking.folds} folds")
 # dense features. `--rank.interest=dien` swaps DIN for DIEN (a GRU over the history, then an
 # attention-gated GRU). It has two heads, ESMM-style: P(rated | candidate) on every example
 # and P(liked | rated) on the rated ones, and ranks by their product.
+#
+# Among its dense inputs are the **stars a rating model predicts** (`rank.use_rating`): the
+# item-to-item component fits a biased matrix factorisation of every train rating by ALS and
+# solves each request's user from that request's history, so the like head sees *this*
+# user's taste for *this* movie, not only the two like rates. The two heads want different
+# amounts of training: the like head over-fits after an epoch or two while the list still
+# gains, so the like head **stops on its own** (`rank.like_stopping`): after the first epoch
+# whose LogLoss on valid's rated pairs is no better than before, only the watch head trains.
 
 # %%
 from recfunnel.evaluation.protocol import rated_pairs
@@ -667,14 +675,29 @@ valid_lists.update(
     )
 )
 rank_stacked = Stacked(stacked.requests, stacked.pairs.with_scores("prerank", oof))
-funnel["rank"].fit(data, rank_stacked, valid_metric("rank", config.rank.valid_metric))
+# Valid's rated pairs are the like head's own holdout: after every epoch its LogLoss there
+# decides whether the like head keeps learning (rank.like_stopping), and at the end they
+# choose its temperature.
+pairs = rated_pairs(split.valid, valid_eval_users.user_ids, items)
+scored = funnel.score_pairs(valid_funnel_requests, pairs, upto="prerank")
+funnel["rank"].fit(
+    data,
+    rank_stacked,
+    valid_metric("rank", config.rank.valid_metric),
+    like_holdout=(valid_funnel_requests, scored),
+)
 choices = {}
 if config.rank.calibrate:
     # One temperature for the like head's logit, on valid's rated pairs (lowest LogLoss).
-    pairs = rated_pairs(split.valid, valid_eval_users.user_ids, items)
-    scored = funnel.score_pairs(valid_funnel_requests, pairs, upto="prerank")
     choices["rank.temperature"] = funnel["rank"].calibrate(valid_funnel_requests, scored)
 print(funnel["rank"].model_)
+for epoch in funnel["rank"].log_.epochs:
+    print(
+        f"epoch {epoch['epoch']}: valid {config.rank.valid_metric} "
+        f"{epoch[config.rank.valid_metric]:.4f}, like head's valid LogLoss "
+        f"{epoch.get('like_logloss', float('nan')):.4f}"
+    )
+print("the like head stopped learning after epoch", funnel["rank"].like_stopped_after_)
 print("temperature:", choices.get("rank.temperature"))
 
 # %% [markdown]

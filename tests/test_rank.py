@@ -270,9 +270,10 @@ def dien_funnel(synthetic_ml):
     caught = {}
     fit = RankStage.fit
 
-    def catching_fit(self, data, stacked=None, validate=None):
+    def catching_fit(self, data, stacked=None, validate=None, **kwargs):
         caught["stacked"] = stacked
-        return fit(self, data, stacked, validate)
+        caught["like_holdout"] = kwargs.get("like_holdout")
+        return fit(self, data, stacked, validate, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(RankStage, "fit", catching_fit)
@@ -280,11 +281,11 @@ def dien_funnel(synthetic_ml):
     data = FitData(synthetic_ml, split, funnel.item_ids, progress=False)
     users = Evaluator(split, funnel.item_ids, ks=(10,)).users("test", "warm")
     requests = funnel.requests(users)[np.arange(min(12, len(users.user_ids)))]
-    return funnel, data, requests, caught["stacked"]
+    return funnel, data, requests, caught["stacked"], caught["like_holdout"]
 
 
 def test_a_dien_rank_stage_trains_and_round_trips(dien_funnel, tmp_path):
-    funnel, data, requests, _ = dien_funnel
+    funnel, data, requests, *_ = dien_funnel
     rank = funnel["rank"]
     assert rank.config.interest == "dien" and rank.model_.evolution is not None
     assert rank.model_.attention is None
@@ -317,13 +318,41 @@ def test_the_aux_loss_is_part_of_the_rank_training_loss(dien_funnel):
     logged training loss must differ by about the aux loss (near 2 log 2 = 1.39 at first)."""
     from recfunnel.rank import RankStage
 
-    funnel, data, _, stacked = dien_funnel
+    funnel, data, _, stacked, _ = dien_funnel
     config = funnel["rank"].config
     logs = {}
     for weight in (0.0, 1.0):
         cfg = dataclasses.replace(config, epochs=1, aux_loss_weight=weight)
         logs[weight] = RankStage(cfg).fit(data, stacked).log_.epochs[0]["loss"]
     assert logs[1.0] - logs[0.0] > 0.5
+
+
+def test_the_like_head_stops_learning_once_its_holdout_loss_stops_falling(dien_funnel):
+    """The like head's valid LogLoss is logged after every epoch. With a holdout whose labels
+    are flipped, that loss rises as the head learns, so it stops after the first epoch no
+    better than the best before it; from the next epoch on the training loss is the watch
+    head's alone, below the loss of the same run with rank.like_stopping off."""
+    from recfunnel.rank import RankStage
+
+    funnel, data, _, stacked, (requests, pairs) = dien_funnel
+    assert pairs.labels is not None and len(pairs.rows)
+    flipped = dataclasses.replace(pairs, labels=1 - pairs.labels)
+    epochs = iter(range(100))  # a valid metric that always improves: no early stop
+
+    def validate(stage):
+        return float(next(epochs))
+
+    logs, stopped = {}, {}
+    for stopping in (True, False):
+        cfg = dataclasses.replace(funnel["rank"].config, epochs=4, like_stopping=stopping)
+        rank = RankStage(cfg).fit(data, stacked, validate, like_holdout=(requests, flipped))
+        logs[stopping], stopped[stopping] = rank.log_.epochs, rank.like_stopped_after_
+    losses = [epoch["like_logloss"] for epoch in logs[True]]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    first_worse = next(e for e in range(1, 4) if losses[e] >= min(losses[:e])) + 1
+    assert stopped[True] == first_worse and stopped[False] is None
+    for after in range(first_worse, 4):  # 0-based: the epochs after the stop
+        assert logs[True][after]["loss"] < logs[False][after]["loss"] - 0.1
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,14 @@ class RankConfig:
     use_channels: bool = param(
         True, "read the recall channels' scores and reciprocal ranks (recall.<channel>[.rrf])"
     )
+    like_stopping: bool = param(
+        True,
+        "stop training the like head (its loss weight drops to 0) after the first epoch whose "
+        "valid LogLoss on valid's rated pairs is no better than the best so far; the watch "
+        "head trains on, early-stopped by valid_metric. One early-stopping point cannot serve "
+        "both heads: the list gains for epochs over which the like head over-fits",
+        saved_without=False,  # runs saved before the field trained the like head throughout
+    )
     calibrate: bool = param(
         True,
         "temperature-scale the like head's logit, the temperature chosen on valid's rated "
@@ -131,11 +139,19 @@ class RankStage(Scorer):
     fitted_attribute = "model_"
 
     def fit(
-        self, data: FitData, stacked: Stacked | None = None, validate: Validate | None = None
+        self,
+        data: FitData,
+        stacked: Stacked | None = None,
+        validate: Validate | None = None,
+        *,
+        like_holdout: tuple[Requests, Pairs] | None = None,
     ) -> RankStage:
         """Train on the stacked examples, whose pairs carry the recall, (cross-fitted)
         pre-rank and item-to-item scores. The causal feature tables are fitted on
-        data.split.train; `validate(stage)` early-stops on the funnel's valid metric."""
+        data.split.train; `validate(stage)` early-stops on the funnel's valid metric.
+        `like_holdout` (requests, labelled rated pairs scored by the earlier stages: valid's)
+        gives the like head's LogLoss after every validated epoch, logged, and with
+        rank.like_stopping the epoch after which the like head stops learning."""
         stacked = require_stacked(stacked, self.name)
         requests, examples = stacked.requests, stacked.pairs
         cfg = self.config
@@ -166,6 +182,10 @@ class RankStage(Scorer):
         }
         labels = torch.from_numpy(examples.labels)
         rated = torch.from_numpy(examples.rated)
+        watch_like = cfg.objective == "watch_like"
+        like_weight = 1.0  # 0 once the like head has stopped (rank.like_stopping)
+        like_losses: list[float] = []  # the like head's valid LogLoss after each epoch
+        self.like_stopped_after_: int | None = None
         candidate = torch.from_numpy(examples.candidate)
 
         def batches(epoch: int) -> Iterator[torch.Tensor]:
@@ -195,16 +215,31 @@ class RankStage(Scorer):
             watch = F.binary_cross_entropy_with_logits(
                 logits[cand, 0], was_rated[cand].float(), reduction="sum"
             ) / max(int(cand.sum()), 1)
+            if like_weight == 0.0:
+                return watch
             like = F.binary_cross_entropy_with_logits(
                 logits[was_rated, 1], batch_labels[was_rated], reduction="sum"
             ) / max(int(was_rated.sum()), 1)
-            return watch + like
+            return watch + like_weight * like
+
+        def epoch_end() -> float:
+            nonlocal like_weight
+            assert validate is not None  # only passed to `fit` with a valid metric
+            metric = validate(self)
+            if like_holdout is not None and watch_like:
+                # Every process computes it; rank 0's decides, as for the valid metric.
+                value = distributed.broadcast_float(self.like_log_loss(*like_holdout))
+                worse = bool(like_losses) and value >= min(like_losses)
+                if cfg.like_stopping and like_weight > 0 and worse:
+                    like_weight, self.like_stopped_after_ = 0.0, len(like_losses) + 1
+                like_losses.append(value)
+            return metric
 
         self.log_: TrainLog = fit(
             self.model_,
             batches,
             loss,
-            (lambda: validate(self)) if validate is not None else None,
+            epoch_end if validate is not None else None,
             epochs=cfg.epochs,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
@@ -216,8 +251,17 @@ class RankStage(Scorer):
             description="rank",
             sharded=True,
         )
+        for entry, value in zip(self.log_.epochs, like_losses, strict=False):
+            entry["like_logloss"] = value
         self._fitted()
         return self
+
+    def like_log_loss(self, requests: Requests, pairs: Pairs) -> float:
+        """The like head's LogLoss (at the current temperature) on labelled rated pairs."""
+        if pairs.labels is None or not len(pairs.rows):
+            raise ConfigError("the like head's LogLoss needs labelled rated pairs")
+        logits = self.score_pairs(requests, pairs).scores[f"{self.name}.like"]
+        return _log_loss(logits, np.asarray(pairs.labels, dtype=np.float64))
 
     def calibrate(self, requests: Requests, pairs: Pairs) -> dict[str, float]:
         """Choose the like head's temperature T on labelled rated `pairs` (valid's): the T
@@ -231,9 +275,7 @@ class RankStage(Scorer):
         labels = np.asarray(pairs.labels, dtype=np.float64)
 
         def log_loss(log_t: float) -> float:
-            z = logits / np.exp(log_t)
-            # log(1 + e^-z) for a positive, log(1 + e^z) for a negative, computed stably.
-            return float(np.mean(np.logaddexp(0.0, np.where(labels > 0, -z, z))))
+            return _log_loss(logits / np.exp(log_t), labels)
 
         best = minimize_scalar(log_loss, bounds=(-3.0, 3.0), method="bounded")
         self.temperature_ = float(np.exp(best.x))
@@ -389,3 +431,9 @@ class RankStage(Scorer):
             if not calibration["temperature"] > 0:
                 raise RunFileError(f"{path}: expected a positive temperature")
             self.temperature_ = float(calibration["temperature"])
+
+
+def _log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean binary LogLoss of logits (n,) against 0/1 labels (n,): log(1 + e^-z) for a
+    positive, log(1 + e^z) for a negative, computed stably."""
+    return float(np.mean(np.logaddexp(0.0, np.where(labels > 0, -logits, logits))))

@@ -208,11 +208,23 @@ def train_funnel(
         )
     )
     rank_stacked = Stacked(stacked.requests, stacked.pairs.with_scores("prerank", oof))
-    funnel["rank"].fit(data, rank_stacked, valid_metric("rank", rank_config.valid_metric))
+    # Valid's rated pairs (history: train): the like head's own holdout, for when it stops
+    # learning (rank.like_stopping) and for its temperature.
+    pairs = rated_pairs(split.valid, valid_users.user_ids, item_ids)
+    scored = funnel.score_pairs(valid_requests, pairs, upto="prerank")
+    funnel["rank"].fit(
+        data,
+        rank_stacked,
+        valid_metric("rank", rank_config.valid_metric),
+        like_holdout=(valid_requests, scored) if len(pairs.rows) else None,
+    )
+    if funnel["rank"].like_stopped_after_ is not None:
+        report.choices["rank.like_stopping"] = {
+            "stopped_after_epoch": funnel["rank"].like_stopped_after_,
+            "holdout": "valid, rated pairs of warm users",
+            "pairs": len(pairs.rows),
+        }
     if rank_config.calibrate:
-        # The like head's temperature, on valid's rated pairs (history: train).
-        pairs = rated_pairs(split.valid, valid_users.user_ids, item_ids)
-        scored = funnel.score_pairs(valid_requests, pairs, upto="prerank")
         report.choices["rank.temperature"] = funnel["rank"].calibrate(valid_requests, scored)
     report.seconds["rank"] = time.perf_counter() - start
 
