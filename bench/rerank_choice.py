@@ -1,7 +1,8 @@
 """The re-ranker's operating point under each method and relevance, by the training rule.
 
-For each method (the ILD greedy, MMR, DPP), with min-max and probability relevance, sweep
-lambda over the training grid on one part of a run and apply the rule training uses
+For each method (the ILD greedy, MMR, DPP), with min-max and probability relevance, and
+with the chosen items in pick order or sorted by relevance (`rerank.order`), sweep lambda
+over the training grid on one part of a run and apply the rule training uses
 (`rerank.report.operating_point`: the most varied final list whose NDCG@20 is within
 `--max-ndcg-loss` of the rank order's). Prints the chosen lambda and what it costs and
 gains. Run it on valid, or on the test part of a backtest run (configs/backtest.toml): a
@@ -14,6 +15,7 @@ choice made here on the real test would leak.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -23,7 +25,7 @@ from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.evaluation.protocol import Evaluator
 from recfunnel.evaluation.tables import format_table
 from recfunnel.rerank.report import operating_point
-from recfunnel.rerank.stage import METHODS
+from recfunnel.rerank.stage import METHODS, ORDERS
 from recfunnel.run import load_run
 
 
@@ -53,34 +55,34 @@ def main() -> int:
     requests = funnel.requests(users)
     ranked = funnel.run(requests, upto="rank")["rank"]
     rows = []
-    for relevance in ("minmax", "probability"):
-        for method in METHODS:
-            rerank = funnel["rerank"].with_config(relevance=relevance, method=method)
-            lam, at = operating_point(
-                rerank,
-                requests,
-                ranked,
-                evaluator,
-                users,
-                k=funnel.sizes.topk_final,
-                max_ndcg_loss=args.max_ndcg_loss,
-            )
-            rows.append(
-                {
-                    "method": method,
-                    "relevance": relevance,
-                    "lambda": lam,
-                    "ndcg@20": at[lam]["ndcg@20"],
-                    "ild@20": at[lam]["ild@20"],
-                    "ndcg_change_%": 100 * (at[lam]["ndcg@20"] / at[1.0]["ndcg@20"] - 1),
-                    "ild_change_%": 100 * (at[lam]["ild@20"] / at[1.0]["ild@20"] - 1),
-                }
-            )
+    for order, relevance, method in itertools.product(ORDERS, ("minmax", "probability"), METHODS):
+        rerank = funnel["rerank"].with_config(relevance=relevance, method=method, order=order)
+        lam, at = operating_point(
+            rerank,
+            requests,
+            ranked,
+            evaluator,
+            users,
+            k=funnel.sizes.topk_final,
+            max_ndcg_loss=args.max_ndcg_loss,
+        )
+        rows.append(
+            {
+                "method": method,
+                "order": order,
+                "relevance": relevance,
+                "lambda": lam,
+                "ndcg@20": at[lam]["ndcg@20"],
+                "ild@20": at[lam]["ild@20"],
+                "ndcg_change_%": 100 * (at[lam]["ndcg@20"] / at[1.0]["ndcg@20"] - 1),
+                "ild_change_%": 100 * (at[lam]["ild@20"] / at[1.0]["ild@20"] - 1),
+            }
+        )
     print(
         f"{args.run_dir} ({run.split.kind} split), {args.split}, {len(users.user_ids)} warm "
         f"users: the most varied lambda within {args.max_ndcg_loss:.0%} of lambda 1's NDCG@20"
     )
-    columns = ["method", "relevance", "lambda", "ndcg@20", "ild@20"]
+    columns = ["method", "order", "relevance", "lambda", "ndcg@20", "ild@20"]
     print(format_table(rows, [*columns, "ndcg_change_%", "ild_change_%"]))
     return 0
 

@@ -632,3 +632,53 @@ def test_ild_greedy_pads_and_validates():
     with pytest.raises(ValueError, match="lambda"):
         ild_greedy(rel, vectors, 2, 1.5)
     assert load_config(RerankConfig, overrides=["method=ild"]).method == "ild"
+
+
+# ----------------------------------------------------------------------------- the order
+
+
+def test_by_relevance_sorts_the_chosen_set_keeps_ties_and_padding():
+    from recfunnel.rerank.stage import by_relevance
+
+    #            pos: 0    1    2    3    4
+    rel = np.array([[0.9, 0.2, 0.5, 0.5, 0.1], [0.3, 0.8, 0.0, 0.0, 0.0]])
+    picks = np.array([[0, 4, 3, 2], [0, 1, -1, -1]])
+    # Row 0: 0 (0.9), then the tie 2 / 3 (0.5) in position order, then 4 (0.1).
+    # Row 1: 1 (0.8) before 0 (0.3); the padding stays at the end.
+    assert by_relevance(picks, rel).tolist() == [[0, 2, 3, 4], [1, 0, -1, -1]]
+    assert by_relevance(picks[:, :0], rel).shape == (2, 0)
+
+
+@pytest.mark.parametrize("method", ["ild", "mmr", "dpp"])
+@pytest.mark.parametrize("lam", [0.3, 0.8, 1.0])
+def test_the_relevance_order_keeps_the_chosen_set_and_its_ild(method: str, lam: float):
+    """rerank.order=relevance chooses the very items of the pick order (so the same ILD@k)
+    and lists them by descending relevance; at lambda 1 the two orders are one."""
+    from recfunnel.rerank.stage import MMRReranker
+
+    rng = np.random.default_rng(7)
+    genres = (rng.random((60, 18)) < 0.2).astype(np.float32)
+    items = np.stack([rng.permutation(60)[:30] for _ in range(8)])
+    score = np.sort(rng.normal(size=(8, 30)), axis=1)[:, ::-1].copy()  # rank order: best first
+    valid = np.ones((8, 30), dtype=bool)
+    valid[3, 25:] = False
+    lists = {}
+    for order in ("greedy", "relevance"):
+        rerank = MMRReranker(RerankConfig(method=method, order=order, lambda_mmr=lam))
+        rerank._keep_genres(genres)
+        rerank._fitted()
+        lists[order] = rerank.order(items, score, valid, None, k=10)
+    greedy, ordered = lists["greedy"], lists["relevance"]
+    assert [set(row) for row in greedy.tolist()] == [set(row) for row in ordered.tolist()]
+    # the rank scores are sorted, so relevance order is position order here
+    assert (np.diff(ordered, axis=1) > 0).all()
+    chosen = [items[u, ordered[u]] for u in range(8)]
+    assert np.allclose(
+        ild_at_k(np.array(chosen), genres),
+        ild_at_k(np.array([items[u, greedy[u]] for u in range(8)]), genres),
+    )
+    if lam == 1.0:
+        assert (greedy == ordered).all()
+    with pytest.raises(ConfigError, match="order"):
+        RerankConfig(order="random").validate()  # type: ignore[arg-type]
+    assert load_config(RerankConfig, overrides=["order=relevance"]).order == "relevance"

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 SIMILARITIES = ("genre", "embedding")
 METHODS = ("ild", "mmr", "dpp")
+ORDERS = ("greedy", "relevance")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,13 @@ class RerankConfig:
         "how rank scores become [0, 1] relevance: per-user min-max, 1 - rank share, or the "
         "rank model's probability of a like (rank.prob), the same scale for every user",
     )
+    order: Literal["relevance", "greedy"] = param(
+        "relevance",
+        "the order of the chosen k: relevance: sorted by relevance, best first (ILD@k is a "
+        "property of the set, so it is unchanged, while the most relevant of the chosen take "
+        "the top places that NDCG weighs most); greedy: the order the method picked them in",
+        saved_without="greedy",  # runs saved before the field kept the pick order
+    )
 
     def validate(self) -> None:
         if self.lambda_mmr is not None and not 0.0 <= self.lambda_mmr <= 1.0:  # rejects nan
@@ -80,6 +88,8 @@ class RerankConfig:
             raise ConfigError(
                 f"rerank.relevance must be one of {RELEVANCES}, got {self.relevance!r}"
             )
+        if self.order not in ORDERS:
+            raise ConfigError(f"rerank.order must be one of {ORDERS}, got {self.order!r}")
 
 
 class MMRReranker(Component):
@@ -166,10 +176,12 @@ class MMRReranker(Component):
             vectors = embeddings.items[safe]
         one_list = len(items) == 1  # a served request: MMR without batch bookkeeping
         if self.config.method == "dpp":
-            return dpp(relevance, vectors, k, lam, valid)
-        if self.config.method == "ild":
-            return ild_greedy(relevance, vectors, k, lam, valid, normalised=normalised)
-        return (mmr_one if one_list else mmr)(relevance, vectors, k, lam, valid)
+            picks = dpp(relevance, vectors, k, lam, valid)
+        elif self.config.method == "ild":
+            picks = ild_greedy(relevance, vectors, k, lam, valid, normalised=normalised)
+        else:
+            picks = (mmr_one if one_list else mmr)(relevance, vectors, k, lam, valid)
+        return by_relevance(picks, relevance) if self.config.order == "relevance" else picks
 
     def serving_kernel(self) -> RerankKernel:
         """The one-request fast path (`rerank.fast`): the same call, without Requests."""
@@ -200,3 +212,18 @@ class MMRReranker(Component):
         gathered unit row is bit for bit what normalising the gathered row gives."""
         self.genres_ = genres
         self.unit_genres_ = _unit(genres)
+
+
+def by_relevance(picks: np.ndarray, relevance: np.ndarray) -> np.ndarray:
+    """The chosen positions `picks` (B, k) (-1 pads the end of a short list) re-ordered by
+    their `relevance` (B, N), highest first, ties to the smaller position; padding stays last.
+
+    Why: a diversifying re-ranker chooses a *set* (ILD@k is a mean over its pairs, whatever
+    their order), but NDCG@k discounts by place. Sorting the chosen set by relevance keeps
+    its diversity and gives its most relevant members the top places."""
+    chosen = picks >= 0
+    gathered = np.take_along_axis(relevance, np.where(chosen, picks, 0), axis=1)
+    key = np.where(chosen, gathered, -np.inf)
+    tiebreak = np.where(chosen, picks, np.iinfo(np.int64).max)
+    order = np.lexsort((tiebreak, -key), axis=1)  # the last key is the primary one
+    return np.take_along_axis(picks, order, axis=1)
