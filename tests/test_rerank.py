@@ -647,6 +647,14 @@ def test_by_relevance_sorts_the_chosen_set_keeps_ties_and_padding():
     # Row 1: 1 (0.8) before 0 (0.3); the padding stays at the end.
     assert by_relevance(picks, rel).tolist() == [[0, 2, 3, 4], [1, 0, -1, -1]]
     assert by_relevance(picks[:, :0], rel).shape == (2, 0)
+    # One list (the served request's shortcut) gives what the batch gives for that row.
+    rng = np.random.default_rng(3)
+    many_rel = rng.integers(0, 4, size=(30, 12)) / 4.0  # ties, often
+    many = np.stack([rng.permutation(12)[:6] for _ in range(30)])
+    many[5, 4:] = -1
+    batch = by_relevance(many, many_rel)
+    for u in range(30):
+        assert by_relevance(many[u : u + 1], many_rel[u : u + 1]).tolist() == [batch[u].tolist()]
 
 
 @pytest.mark.parametrize("method", ["ild", "mmr", "dpp"])

@@ -221,6 +221,11 @@ def by_relevance(picks: np.ndarray, relevance: np.ndarray) -> np.ndarray:
     Why: a diversifying re-ranker chooses a *set* (ILD@k is a mean over its pairs, whatever
     their order), but NDCG@k discounts by place. Sorting the chosen set by relevance keeps
     its diversity and gives its most relevant members the top places."""
+    if len(picks) == 1 and picks.shape[1] and picks[0, -1] >= 0:
+        # One served list without padding (padding sits at the end only): the same order in
+        # three numpy calls (~4 us) instead of the masked batch arithmetic (~14 us).
+        row = picks[0]
+        return row[np.lexsort((row, -relevance[0, row]))][None, :]
     chosen = picks >= 0
     gathered = np.take_along_axis(relevance, np.where(chosen, picks, 0), axis=1)
     key = np.where(chosen, gathered, -np.inf)
