@@ -8,7 +8,9 @@ final list.
 
 Relevance is the rank score brought to [0, 1] per user (min-max, the default) or the rank
 model's probability of a like; similarity is the cosine of the items' genre vectors or of
-their recall embeddings.
+their recall embeddings. The method chooses k items; `order = relevance` (the default) then
+lists them by relevance (`by_relevance`), since ILD is a property of the set and NDCG
+rewards the most relevant at the top.
 """
 
 from __future__ import annotations
@@ -119,8 +121,8 @@ class MMRReranker(Component):
         lambda_mmr: float | None = None,
         **_: Any,
     ) -> Candidates:
-        """The first k (default 20) of each list after MMR at `lambda_mmr` (default the
-        config's); relevance is the rank score min-max scaled per user."""
+        """The k (default 20) items of each list the configured method chooses at
+        `lambda_mmr` (default the config's), in the configured order."""
         return self.rerank(candidates, k=k, lambda_mmr=lambda_mmr)
 
     def rerank(
