@@ -414,3 +414,66 @@ def test_history_row_keeps_the_newest_liked_items_ties_by_position():
         newest = cols[like][np.lexsort((cols[like], -ts[like]))][:5]
         assert n_liked == like.sum()
         np.testing.assert_array_equal(sequence, np.r_[newest + 1, np.zeros(5 - len(newest))])
+
+
+def test_rank_select_blends_the_model_score_with_the_incoming_order():
+    """rank.prior_weight w: the list is sorted by score / spread - w log(1 + position) over
+    the incoming list's positions, and that key becomes scores["rank"] (the re-ranker's
+    relevance); w = 0 sorts by the model's score and leaves it as it is. Padding stays last."""
+    from recfunnel.types import Candidates
+
+    items = np.array([[5, 6, 7, -1]])
+    logits = np.array([[0.0, 1.0, 3.0, np.nan]])  # in the incoming order; the last pads
+    candidates = Candidates(items, {"rank": logits})
+    stage = RankStage(RankConfig(prior_weight=1.0))
+    stage.logit_scale_ = 2.0
+    blended = stage.select(candidates)
+    # keys: 0 - log 1 = 0, 0.5 - log 2 = -0.19, 1.5 - log 3 = 0.40
+    assert blended.items.tolist() == [[7, 5, 6, -1]]
+    expected = [1.5 - np.log(3), 0.0, 0.5 - np.log(2)]
+    np.testing.assert_allclose(blended.scores["rank"][0, :3], expected)
+    assert np.isnan(blended.scores["rank"][0, 3])
+    alone = RankStage(RankConfig(prior_weight=0.0)).select(candidates)
+    assert alone.items.tolist() == [[7, 6, 5, -1]]
+    np.testing.assert_array_equal(alone.scores["rank"][0, :3], [3.0, 1.0, 0.0])
+
+
+def test_the_blend_spread_is_measured_on_the_training_candidates_and_trains_nothing(dien_funnel):
+    """logit_scale_ is the std of the ranking score on the training candidates, measured
+    before every validation (which sorts by the blend) and for the weights kept; the blend's
+    sample draws from a generator of its own, so the weights are those of a run without it."""
+    from recfunnel.blend import logit_scale
+    from recfunnel.rank import RankStage
+
+    funnel, data, _, stacked, _ = dien_funnel
+    seen: dict[float, list[float]] = {}
+    models = {}
+    for weight in (1.0, 0.0):
+
+        def validate(stage, weight=weight):
+            spreads = seen.setdefault(weight, [])
+            spreads.append(stage.logit_scale_)
+            return float(len(spreads))  # always better: no early stop
+
+        cfg = dataclasses.replace(funnel["rank"].config, epochs=2, prior_weight=weight)
+        models[weight] = RankStage(cfg).fit(data, stacked, validate)
+    blended = models[1.0]
+    on_candidates = stacked.pairs.subset(stacked.pairs.candidate)
+    assert len(on_candidates) <= 1 << 15  # the sample is every candidate here
+    scores = blended.score_pairs(stacked.requests, on_candidates).scores["rank"]
+    assert blended.logit_scale_ == pytest.approx(logit_scale(scores), rel=1e-6)
+    assert len(seen[1.0]) == 2 and seen[1.0][0] != 1.0  # measured before each validation
+    assert seen[0.0] == [1.0, 1.0] and models[0.0].logit_scale_ == 1.0  # w = 0: never read
+    for name, value in blended.model_.state_dict().items():
+        torch.testing.assert_close(value, models[0.0].model_.state_dict()[name], msg=name)
+
+
+@pytest.mark.parametrize("value", ["-1", "inf", "nan"])
+def test_rank_prior_weight_must_be_finite_and_not_negative(value):
+    from recfunnel.config import load_config
+    from recfunnel.run import PipelineConfig
+
+    with pytest.raises(ConfigError, match="rank.prior_weight"):
+        load_config(PipelineConfig, None, [f"--rank.prior_weight={value}"])
+    assert load_config(PipelineConfig, None, []).rank.prior_weight == 1.0  # the backtest's
+    assert load_config(PipelineConfig, None, ["--rank.prior_weight=0"]).rank.prior_weight == 0

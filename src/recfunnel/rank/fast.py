@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recfunnel.blend import blend_key
 from recfunnel.kernel import Dense, Row, UserRequest, dense_layers, run_layers
 from recfunnel.nn import N_HISTORY_BUCKETS
 from recfunnel.rank.features import SCORE_OF
@@ -209,6 +210,8 @@ class RankKernel:
             self.att_out_half = att2.weight[:, 0] * np.float32(0.5)  # (h,), see _interest
             self.att_out_bias = float(att2.bias[0])
         self.objective = stage.config.objective
+        # The list's order: the score blended with the incoming order, as `select` sorts.
+        self.prior_weight, self.logit_scale = stage.config.prior_weight, stage.logit_scale_
         # The item side of the whole catalogue at the serving moment, the end of train: the
         # popularity and age buckets every request made after train reads (n_items, out) +
         # (n_items, 6d) float32, ~8 MB for ML-1M), so a request only gathers its rows.
@@ -292,7 +295,7 @@ class RankKernel:
 
     def row(self, request: UserRequest, row: Row, **_: Any) -> Row:
         """scores["rank"] and scores["rank.prob"] of every candidate, the list re-sorted by
-        the rank score (N,) -> (N,)."""
+        the ranking score (N,) -> (N,) (blended with the incoming order: rank.prior_weight)."""
         stage, space = self.stage, self.space
         req = space.one_request(
             request.user_id, request.items, request.ratings, request.timestamps, request.now
@@ -368,10 +371,13 @@ class RankKernel:
         scored = row.with_score(stage.name, rank, valid).with_score(
             f"{stage.name}.prob", prob, valid
         )
+        if self.prior_weight:  # `RankStage.select`'s key over the row's (N,) positions
+            key = blend_key(scored.scores[stage.name], self.prior_weight, self.logit_scale)
+            scored = scored.with_score(stage.name, key if full else key[valid], valid)
         if full:
             # `Row.top` of an unpadded list, without its padding masks: the same stable
-            # descending order of the rank score, so the same permutation.
-            return scored.take(np.argsort(-rank, kind="stable"))
+            # descending order of the ranking score, so the same permutation.
+            return scored.take(np.argsort(-scored.scores[stage.name], kind="stable"))
         return scored.top(stage.name, len(scored.items))  # `RankStage.select`: re-sorted
 
 

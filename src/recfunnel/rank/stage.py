@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 
 from recfunnel.artifacts import RunFileError, load_weights, read_json, require_keys
+from recfunnel.blend import blend_key, logit_scale
 from recfunnel.config import param
 from recfunnel.device import cpu_state, to_device, to_numpy
 from recfunnel.errors import ConfigError
@@ -88,6 +89,14 @@ class RankConfig:
         "pairs (lowest LogLoss): rank.like and rank.prob become calibrated probabilities; "
         "the ranking score, and so every list, stays the trained one",
     )
+    prior_weight: float = param(
+        1.0,
+        "blend of the model's order with the order it is handed (pre-rank's): the list is "
+        "sorted by score / spread + w x (-log(1 + position)), recfunnel.blend; 0: the model's "
+        "order alone. 1 was chosen on the backtest, where the model alone loses to recall's "
+        "fusion (README, 'Rank, blended with the order it is handed')",
+        saved_without=0.0,  # runs saved before the field sorted by the model alone
+    )
     popularity_window_days: int = param(14, "the 'recent' like-share window, in days")
     dropout: float = param(0.1, "dropout in the deep part")
     batch_size: int = param(1024, "examples per batch")
@@ -113,6 +122,10 @@ class RankConfig:
                 f"rank.interest={self.interest} reads the sequence, but rank.use_din=false "
                 "turns the sequence field off; drop one of the two"
             )
+        if not (0 <= self.prior_weight < math.inf):
+            raise ConfigError(
+                f"rank.prior_weight must be a finite number >= 0, got {self.prior_weight}"
+            )
         if not (self.aux_loss_weight >= 0 and math.isfinite(self.aux_loss_weight)):
             raise ConfigError(f"rank.aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
         metric_cutoff(self.valid_metric, "rank.valid_metric")
@@ -130,7 +143,11 @@ class RankStage(Scorer):
     """Train and serve the rank model. Learned attributes end with `_`.
 
     It scores every candidate (scores["rank"]; scores["rank.like"] is its P(liked | rated)
-    logit, the classic CTR quantity) and re-sorts the list by the ranking score.
+    logit, the classic CTR quantity) and re-sorts the list by the ranking score. With
+    rank.prior_weight w > 0 a list's scores["rank"] is the model's score blended with the
+    incoming order (`recfunnel.blend`; `logit_scale_`, its spread on the training
+    candidates), the key the list is sorted by and the re-ranker's relevance; a pair's score
+    (`score_pairs`) is the model's own.
     """
 
     name = "rank"
@@ -169,6 +186,16 @@ class RankStage(Scorer):
         self.device_ = torch.device(data.device)
         self.model_ = self._build_model().to(self.device_)
         self.temperature_ = 1.0  # until `calibrate` chooses one
+        self.logit_scale_ = 1.0  # measured on the training candidates (rank.prior_weight)
+        # The spread of the ranking score is measured on a seeded sample of the training
+        # candidates (its std to ~0.5 %), after every epoch (the list validated then is
+        # blended with it) and once more for the best epoch's weights.
+        # A generator of its own, so the batches are those of a run without the blend.
+        on_candidates = np.flatnonzero(examples.candidate)
+        picked = np.random.default_rng([cfg.seed, 1]).choice(
+            on_candidates, min(len(on_candidates), 1 << 15), replace=False
+        )
+        spread_sample = examples.subset(np.sort(picked))
         if cfg.objective == "like":
             # Rated pairs that recall missed would teach "low recall logit => liked", the
             # opposite of what holds among candidates, so the one-head model sees candidates.
@@ -225,6 +252,7 @@ class RankStage(Scorer):
         def epoch_end() -> float:
             nonlocal like_weight
             assert validate is not None  # only passed to `fit` with a valid metric
+            self._measure_spread(requests, spread_sample)
             metric = validate(self)
             if like_holdout is not None and watch_like:
                 # Every process computes it; rank 0's decides, as for the valid metric.
@@ -253,8 +281,15 @@ class RankStage(Scorer):
         )
         for entry, value in zip(self.log_.epochs, like_losses, strict=False):
             entry["like_logloss"] = value
+        self._measure_spread(requests, spread_sample)
         self._fitted()
         return self
+
+    def _measure_spread(self, requests: Requests, sample: Pairs) -> None:
+        """Set `logit_scale_`, the std of the ranking score on `sample` (training
+        candidates), which `select` divides the score by before the blend."""
+        if self.config.prior_weight > 0 and len(sample):
+            self.logit_scale_ = logit_scale(self.score_pairs(requests, sample).scores[self.name])
 
     def like_log_loss(self, requests: Requests, pairs: Pairs) -> float:
         """The like head's LogLoss (at the current temperature) on labelled rated pairs."""
@@ -392,14 +427,20 @@ class RankStage(Scorer):
         return RankKernel(self)
 
     def select(self, candidates: Candidates, **_: Any) -> Candidates:
-        """The whole list, re-sorted by the ranking score."""
+        """The whole list (B, N), re-sorted by the ranking score blended with the incoming
+        order (rank.prior_weight; `blend.blend_key` over the list's positions), which
+        becomes scores["rank"]; w = 0: by the model's score as it is."""
+        weight = self.config.prior_weight
+        if weight:
+            key = blend_key(candidates.scores[self.name], weight, self.logit_scale_)
+            candidates = candidates.with_scores(self.name, key)
         return candidates.top(self.name, candidates.items.shape[1])
 
     def _save(self, directory: Path) -> None:
         torch.save(cpu_state(self.model_), directory / "model.pt")
         (directory / "dense_stats.json").write_text(json.dumps(self.dense_stats_, indent=2))
         (directory / "train_log.json").write_text(json.dumps(self.log_.to_dict(), indent=2))
-        calibration = {"temperature": self.temperature_}
+        calibration = {"temperature": self.temperature_, "logit_scale": self.logit_scale_}
         (directory / "calibration.json").write_text(json.dumps(calibration, indent=2))
 
     def _load(self, directory: Path, data: FitData) -> None:
@@ -425,12 +466,20 @@ class RankStage(Scorer):
         # A run saved before calibration existed has no file: its like head is uncalibrated.
         path = directory / "calibration.json"
         self.temperature_ = 1.0
+        calibration = read_json(path) if path.exists() else {}
         if path.exists():
-            calibration = read_json(path)
             require_keys(calibration, path, temperature=(int, float))
             if not calibration["temperature"] > 0:
                 raise RunFileError(f"{path}: expected a positive temperature")
             self.temperature_ = float(calibration["temperature"])
+        # The ranking score's spread, for the blend; runs saved before it sort by the model
+        # alone (rank.prior_weight 0), so they never read it.
+        self.logit_scale_ = 1.0
+        if self.config.prior_weight > 0:
+            require_keys(calibration, path, logit_scale=(int, float))
+            if not calibration["logit_scale"] > 0:
+                raise RunFileError(f"{path}: expected a positive logit_scale")
+            self.logit_scale_ = float(calibration["logit_scale"])
 
 
 def _log_loss(logits: np.ndarray, labels: np.ndarray) -> float:

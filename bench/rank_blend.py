@@ -1,0 +1,88 @@
+"""Rank's list blended with the order it is handed, over the blend grid, on one holdout.
+
+For each weight w of `recfunnel.blend.GRID` (0: the rank model's own order; inf: pre-rank's
+order, i.e. recall's fusion when pre-rank keeps it), re-sort every user's ranked list by
+score / spread + w x (-log(1 + position in pre-rank's list)) and score its top 20. The model
+is the run's as trained; only the sort changes, so one run gives the whole curve. The spread
+is the run's `logit_scale_` when it was trained with rank.prior_weight > 0, else the std of
+the model's scores over the evaluated lists (a run without the blend never measured it on
+its training candidates). Run it on valid, or on the test part of a backtest run
+(configs/backtest.toml): a choice made here on the real test would leak.
+
+    .venv/bin/python bench/rank_blend.py runs/bench --split valid
+    .venv/bin/python bench/rank_blend.py runs/backtest --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from recfunnel.blend import GRID, blend_key, weight_label
+from recfunnel.data import load_movielens
+from recfunnel.errors import ConfigError, RecfunnelError
+from recfunnel.evaluation.protocol import Evaluator
+from recfunnel.evaluation.tables import format_table
+from recfunnel.run import load_run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--split", choices=("valid", "test"), default="valid")
+    parser.add_argument("--data-dir", default=os.environ.get("RECFUNNEL_DATA_DIR"))
+    args = parser.parse_args()
+    ml = load_movielens(args.data_dir, progress=False)
+    run = load_run(args.run_dir, ml)
+    if args.split == "test" and run.split.kind != "backtest":
+        raise ConfigError(
+            "choosing on the real test part leaks: use --split valid, or a backtest run"
+        )
+    funnel = run.funnel
+    evaluator = Evaluator(
+        run.split, funnel.item_ids, ks=(20,), history="known" if args.split == "test" else "train"
+    )
+    users = evaluator.users(args.split, "warm")
+    requests = funnel.requests(users)
+    rank = funnel["rank"]
+    trained = rank.config
+    handed = funnel.run(requests, upto="prerank")["prerank"]  # (B, N): the blend's positions
+    # The model's own score of every candidate, in pre-rank's order (NaN on padding).
+    scores = handed.unflatten(rank.score_pairs(requests, handed.pairs()).scores[rank.name])
+    if trained.prior_weight > 0:
+        spread, measured = rank.logit_scale_, "the run's, on its training candidates"
+    else:
+        spread, measured = float(np.nanstd(scores)), "the std over these lists"
+    rows = []
+    for weight in GRID:
+        key = blend_key(scores, weight, spread)
+        top = handed.top_by(key, 20).items
+        metrics = evaluator.list_metrics(top, users)
+        rows.append(
+            {
+                "w": weight_label(weight),
+                "ndcg@20": metrics["ndcg@20"],
+                "recall@20": metrics["recall@20"],
+                "default": "<-" if weight == trained.prior_weight else "",
+            }
+        )
+    print(
+        f"{args.run_dir} ({run.split.kind} split), {args.split}, {len(users.user_ids)} warm "
+        f"users: rank's list sorted by score / {spread:.3f} ({measured}) + w x prior; "
+        f"w = 0 the model's order, w = {weight_label(math.inf)} pre-rank's"
+    )
+    print(format_table(rows, ["w", "ndcg@20", "recall@20", "default"]))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except RecfunnelError as error:  # a bad run directory or data folder: one line, status 2
+        print(f"rank_blend.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
