@@ -665,6 +665,14 @@ print(f"{len(oof):,} out-of-fold pre-rank logits over {stacking.folds} folds")
 # amounts of training: the like head over-fits after an epoch or two while the list still
 # gains, so the like head **stops on its own** (`rank.like_stopping`): after the first epoch
 # whose LogLoss on valid's rated pairs is no better than before, only the watch head trains.
+#
+# Its list is sorted by its score **blended with the order pre-rank handed it**
+# (`rank.prior_weight = 1`): score / spread - log(1 + position), the spread measured on the
+# training candidates. A model learned from ~500 requests is noisy; recall's fusion needs no
+# training at all. On the backtest, a holdout built like test, the model's own order lost to
+# that fusion and the blend beat both, so the blend is the default there, although the
+# 27-day valid part prefers the model alone (the README's "Rank, blended with the order it
+# is handed").
 
 # %%
 from recfunnel.evaluation.protocol import rated_pairs
@@ -698,6 +706,7 @@ for epoch in funnel["rank"].log_.epochs:
         f"{epoch.get('like_logloss', float('nan')):.4f}"
     )
 print("the like head stopped learning after epoch", funnel["rank"].like_stopped_after_)
+print(f"rank's score spread on its training candidates: {funnel['rank'].logit_scale_:.3f}")
 print("temperature:", choices.get("rank.temperature"))
 
 # %% [markdown]
