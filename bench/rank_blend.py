@@ -35,6 +35,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--split", choices=("valid", "test"), default="valid")
+    parser.add_argument(
+        "--users",
+        choices=("warm", "return"),
+        default="warm",
+        help="return: the warm users back after a pause (evaluation.protocol.returning)",
+    )
     parser.add_argument("--data-dir", default=os.environ.get("RECFUNNEL_DATA_DIR"))
     args = parser.parse_args()
     ml = load_movielens(args.data_dir, progress=False)
@@ -47,7 +53,7 @@ def main() -> int:
     evaluator = Evaluator(
         run.split, funnel.item_ids, ks=(20,), history="known" if args.split == "test" else "train"
     )
-    users = evaluator.users(args.split, "warm")
+    users = evaluator.users(args.split, args.users)
     requests = funnel.requests(users)
     rank = funnel["rank"]
     trained = rank.config
@@ -72,8 +78,8 @@ def main() -> int:
             }
         )
     print(
-        f"{args.run_dir} ({run.split.kind} split), {args.split}, {len(users.user_ids)} warm "
-        f"users: rank's list sorted by score / {spread:.3f} ({measured}) + w x prior; "
+        f"{args.run_dir} ({run.split.kind} split), {args.split}, {len(users.user_ids)} "
+        f"{args.users} users: rank's list sorted by score / {spread:.3f} ({measured}) + w x prior; "
         f"w = 0 the model's order, w = {weight_label(math.inf)} pre-rank's"
     )
     print(format_table(rows, ["w", "ndcg@20", "recall@20", "default"]))
