@@ -599,6 +599,11 @@ ks = {
     metric_cutoff(config.rank.valid_metric, "rank.valid_metric"),
 }
 evaluator = Evaluator(split, items, ks=sorted(ks))
+# The fusion's channel weights, now that the channels are the serving ones: 1 each unless
+# valid's users clearly prefer another weight for a channel (recall.rrf_weights = none).
+if config.recall.rrf_weights is None and config.recall.merge == "rrf" and len(recall.channels) > 1:
+    fusion = recall.choose_weights(valid_funnel_requests, valid_eval_users.truth, k=K_RECALL)
+    print("fusion weights chosen on valid:", fusion["weights"])
 valid_lists = funnel.run(valid_funnel_requests, upto="item_to_item")
 
 

@@ -340,6 +340,25 @@ def test_rank_blend_gives_the_batch_path_lists(pipeline: Pipeline, weight: float
         rank.forget_kernel()
 
 
+def test_weighted_fusion_gives_the_batch_path_lists(pipeline: Pipeline) -> None:
+    """Recall's fusion with channel weights (recall.rrf_weights; one of them 0, so its
+    proposals only travel as features): the kernel fuses as the batch merge does."""
+    recall, users = pipeline.funnel["recall"], _users(pipeline)["warm"][:30]
+    saved = recall.weights_
+    assert len(saved) >= 2
+    requests = pipeline.requests(users)
+    try:
+        default = pipeline.funnel.run(requests, upto="recall")["recall"].items
+        recall.weights_ = tuple([2.0, 0.0, 0.5, 1.0][: len(saved)])
+        recall.forget_kernel()
+        weighted = pipeline.funnel.run(requests, upto="recall")["recall"].items
+        assert (weighted != default).any()  # else a kernel without the weights would pass
+        _compare(pipeline, users)
+    finally:
+        recall.weights_ = saved
+        recall.forget_kernel()
+
+
 @pytest.mark.realdata
 def test_ml1m_default_run_fast_path_equals_batch(ml1m) -> None:
     """On a trained default run: $RECFUNNEL_FASTPATH_RUN (CI sets it to the run `make run`

@@ -84,3 +84,81 @@ def test_quota_config_needs_one_quota_per_channel():
     RecallConfig(channels=("two_tower", "ease"), merge="quota", quotas=(150, 50)).validate()
     with pytest.raises(ConfigError, match="one quota"):
         RecallConfig(channels=("two_tower", "ease"), merge="quota", quotas=(150,)).validate()
+
+
+def test_weighted_rrf_by_hand_and_weight_zero_leaves_a_channel_out():
+    """fused(i) = sum of w_c / (rrf_k + rank); weights of 1 give plain RRF; an item only a
+    weight-0 channel proposed is not fused in (its rank still travels as a feature)."""
+    plain = merge_lists({"a": A, "b": B}, k=5, how="rrf", rrf_k=1)
+    ones = merge_lists({"a": A, "b": B}, k=5, how="rrf", rrf_k=1, weights=(1.0, 1.0))
+    assert ones.items.tolist() == plain.items.tolist()
+    # Row 0, w = (1, 3): 3 -> 1/3 + 3/2 = 1.83, 7 -> 3/3 = 1, 5 -> 1/2 + 3/4 = 1.25,
+    # 9 -> 1/4. Row 1: 4 -> 3/2, 1 -> 1/2 + 3/3 = 1.5 (a tie: the smaller position, 1,
+    # first), 6 -> 3/4, 2 -> 1/3.
+    out = merge_lists({"a": A, "b": B}, k=5, how="rrf", rrf_k=1, weights=(1.0, 3.0))
+    assert out.items.tolist() == [[3, 5, 7, 9, -1], [1, 4, 6, 2, -1]]
+    # b at 0: only a's items, in a's order; b's ranks of them are kept.
+    out = merge_lists({"a": A, "b": B}, k=5, how="rrf", rrf_k=1, weights=(1.0, 0.0))
+    assert out.items.tolist() == [[5, 3, 9, -1, -1], [1, 2, -1, -1, -1]]
+    assert out.channels["b"].tolist() == [[3, 1, 0, 0, 0], [2, 0, 0, 0, 0]]
+
+
+def test_rrf_weights_config():
+    from recfunnel.config import load_config
+    from recfunnel.errors import ConfigError
+    from recfunnel.run import PipelineConfig
+
+    assert load_config(PipelineConfig, None, []).recall.rrf_weights is None  # chosen on valid
+    chosen = load_config(PipelineConfig, None, ["--recall.rrf_weights=1,2,0.5,0"])
+    assert chosen.recall.rrf_weights == (1.0, 2.0, 0.5, 0.0)
+    for bad in ("1,2", "1,1,1,-1", "0,0,0,0", "1,1,1,nan"):
+        with pytest.raises(ConfigError, match="rrf_weights"):
+            load_config(PipelineConfig, None, [f"--recall.rrf_weights={bad}"])
+
+
+def _stub_recall(channel_lists: dict[str, np.ndarray]):
+    """A RecallStage whose channels answer fixed lists (B, k) of catalogue positions."""
+    from recfunnel.recall.stage import RecallConfig, RecallStage
+
+    names = ("two_tower", "ease", "rp3beta", "trending")[: len(channel_lists)]
+    stage = RecallStage(RecallConfig(channels=names, score_by=names[0]))
+
+    def answer(name, items):
+        def call(requests, k):
+            rows = items[requests][:, :k]
+            ranks = np.where(rows >= 0, np.arange(1, rows.shape[1] + 1), 0)
+            return Candidates(rows, {name: -ranks.astype(float)}, {name: ranks})
+
+        return call
+
+    stage.channels = {
+        name: answer(name, items) for name, items in zip(names, channel_lists.values(), strict=True)
+    }
+    stage.config_ = stage.config  # fitted
+    stage.weights_ = (1.0,) * len(names)
+    return stage
+
+
+def test_choose_weights_moves_only_when_the_requests_clearly_disagree():
+    """A channel that puts each request's liked movie first and one that never proposes it:
+    the fusion gives the good one more weight and the fused list becomes perfect. Two
+    channels that are the same list: nothing can win, so the weights stay 1 each."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    n, n_items = 300, 60
+    target = rng.integers(0, n_items, n)
+    others = np.array([rng.permutation(np.setdiff1d(np.arange(n_items), [t]))[:10] for t in target])
+    good = np.concatenate([target[:, None], others[:, :9]], axis=1)
+    bad = others[:, ::-1]  # the same other movies, another order; never the target
+    liked = sp.csr_matrix((np.ones(n), (np.arange(n), target)), shape=(n, n_items))
+    requests = np.arange(n)
+
+    stage = _stub_recall({"good": good, "bad": bad})
+    choice = stage.choose_weights(requests, liked, k=10)
+    assert choice["equal_weights"] < 1.0 and choice["chosen"] == pytest.approx(1.0)
+    assert stage.weights_[0] > stage.weights_[1] and choice["moves"]
+
+    same = _stub_recall({"a": good, "b": good})
+    choice = same.choose_weights(requests, liked, k=10)
+    assert same.weights_ == (1.0, 1.0) and not choice["moves"]

@@ -217,11 +217,16 @@ def _channel_kernel(channel: Channel) -> Any:
 
 
 def _rrf_one(
-    tops: dict[str, np.ndarray], k: int, rrf_k: int, n_items: int
+    tops: dict[str, np.ndarray],
+    k: int,
+    rrf_k: int,
+    n_items: int,
+    weights: tuple[float, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`merge_lists(how="rrf")` for one request, on the channels' top lists (k_c,) (-1
-    pads) of a catalogue of `n_items`: the same fused sums (added in the same order: from
-    0.0, channel by channel, as `np.bincount` adds them there) and the same order (fused
+    pads) of a catalogue of `n_items`, channel c weighted by weights[c] (None: 1 each): the
+    same fused sums (added in the same order: from 0.0, channel by channel, as
+    `np.bincount` adds them there), the same items (fused > 0) and the same order (fused
     score desc, position asc), without the batch bookkeeping. Returns the merged positions
     (k,) (-1 pads) and each channel's 1-based rank of them, (n_channels, k) int64 (0: not
     proposed by that channel). Dense (n_items,) sums instead of `np.unique` over the
@@ -232,9 +237,9 @@ def _rrf_one(
     for c, row in enumerate(tops.values()):
         real = np.flatnonzero(row >= 0)
         item, rank = row[real], real + 1
-        fused[item] += 1.0 / (rrf_k + rank)
+        fused[item] += (1.0 if weights is None else weights[c]) / (rrf_k + rank)
         rank_of[c, item] = rank
-    proposed = np.flatnonzero(fused > 0)  # every proposal adds a positive share
+    proposed = np.flatnonzero(fused > 0)  # proposed by a channel of weight > 0
     order = np.lexsort((proposed, -fused[proposed]))[:k]
     merged = np.full(k, -1, dtype=np.int64)
     merged[: len(order)] = proposed[order]
@@ -265,7 +270,7 @@ class RecallKernel:
         answers: dict[str, Any] = {name: kernel(request) for name, kernel in self.channels.items()}
         tops = {name: answer.top(k) for name, answer in answers.items()}
         if cfg.merge == "rrf" and len(tops) > 1:
-            items, ranks = _rrf_one(tops, k, cfg.rrf_k, request.n_items)
+            items, ranks = _rrf_one(tops, k, cfg.rrf_k, request.n_items, stage.weights_)
             channels = dict(zip(tops, ranks, strict=True))
         else:  # round robin, quotas or one channel: the batch merge on one-row lists
             merged = merge_lists(
@@ -274,6 +279,7 @@ class RecallKernel:
                 how=cfg.merge,
                 rrf_k=cfg.rrf_k,
                 quotas=cfg.quotas,
+                weights=stage.weights_,
             )
             items = merged.items[0]
             channels = {name: r[0] for name, r in merged.channels.items()}

@@ -8,7 +8,9 @@ so the later stages can weigh the channels. Two orders:
 - **round_robin**: every channel's first item, then every channel's second, and so on,
   channels in the order of `recall.channels` (equal quotas);
 - **rrf**: reciprocal-rank fusion (Cormack et al., 2009), fused(i) = sum over the channels
-  that proposed i of 1 / (rrf_k + rank); ties go to the smaller catalogue position;
+  that proposed i of w_c / (rrf_k + rank), w_c the channel's weight (1 each unless given:
+  `recall.rrf_weights`, chosen in training); ties go to the smaller catalogue position; an
+  item that only weight-0 channels proposed is not fused in;
 - **quota**: per-channel quotas, the way a product reserves slots for a channel: channel c
   places its best `quotas[c]` items that no earlier channel placed, the rest of the k slots
   go by fusion, and the list is in fused order (`quota_merge`).
@@ -34,9 +36,11 @@ def merge_lists(
     how: Literal["round_robin", "rrf", "quota"] = "round_robin",
     rrf_k: int = 60,
     quotas: Sequence[int] = (),
+    weights: Sequence[float] | None = None,
 ) -> Candidates:
     """One list (B, k) from the channels' lists (B, k_c) each, in `lists`' order; -1 pads
-    a row with fewer than k distinct candidates. `quotas` (one per channel) for "quota"."""
+    a row with fewer than k distinct candidates. `quotas` (one per channel) for "quota";
+    `weights` (one >= 0 per channel, None: all 1) for "rrf"."""
     if how == "quota":
         return quota_merge(lists, k, quotas, rrf_k=rrf_k)
     names = list(lists)
@@ -65,7 +69,11 @@ def merge_lists(
         m_row, m_item = row[chosen], item[chosen]
     else:
         unique, inverse = np.unique(key, return_inverse=True)
-        fused = np.bincount(inverse, weights=1.0 / (rrf_k + rk))
+        # w_c / (rrf_k + rank): with w_c = 1.0 the same float64 division as unweighted RRF.
+        share = 1.0 if weights is None else np.asarray(weights, dtype=np.float64)[ch]
+        fused = np.bincount(inverse, weights=share / (rrf_k + rk))
+        live = fused > 0  # proposed by a channel of weight > 0 (every item when unweighted)
+        unique, fused = unique[live], fused[live]
         u_row, u_item = unique // span, unique % span
         order = np.lexsort((u_item, -fused, u_row))  # by request, fused score, position
         m_row, m_item = u_row[order], u_item[order]

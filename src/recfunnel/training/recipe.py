@@ -8,7 +8,8 @@ Reading `train_funnel` top to bottom is the recipe:
      candidates with what the users did next;
   3. refit the channels that allow it and the item-to-item model on all of train for
      serving (`stacking.refit`), and move recall's serving state (popularity inputs, the
-     index) to the end of train;
+     index) to the end of train; then choose the fusion's channel weights on valid
+     (`recall.rrf_weights = none`, 1 each unless valid clearly disagrees);
   4. train pre-rank (early stopping on valid), choose on valid how far its kept list is
      shrunk towards recall's order (`prerank.prior_weight = none`, by the kept list's
      `prerank.prior_metric`, NDCG@20), then cross-fit it to get out-of-fold logits;
@@ -164,6 +165,17 @@ def train_funnel(
     evaluator = Evaluator(split, item_ids, ks=sorted(ks))
     valid_users = evaluator.users("valid", "warm")
     valid_requests = funnel.requests(valid_users)
+    # The fusion's channel weights, with the serving channels. The replayed candidates above
+    # were fused 1 each; the later stages read per-channel scores and ranks, which the
+    # weights do not change, so only which candidates reach the top k can differ.
+    fused = recall_config.merge == "rrf" and len(recall.channels) > 1
+    if recall_config.rrf_weights is None and fused:
+        start = time.perf_counter()
+        report.choices["recall.rrf_weights"] = {
+            **recall.choose_weights(valid_requests, valid_users.truth, k=funnel_config.topk_recall),
+            "holdout": "valid, warm users",
+        }
+        report.seconds["fusion_weights"] = time.perf_counter() - start
     valid_lists = funnel.run(valid_requests, upto="item_to_item")
 
     def valid_metric(stage_name: str, metric: str) -> Callable[[Component], float]:
