@@ -162,3 +162,12 @@ def test_choose_weights_moves_only_when_the_requests_clearly_disagree():
     same = _stub_recall({"a": good, "b": good})
     choice = same.choose_weights(requests, liked, k=10)
     assert same.weights_ == (1.0, 1.0) and not choice["moves"]
+
+
+def test_choose_weights_without_labelled_requests_keeps_one_each():
+    import scipy.sparse as sp
+
+    stage = _stub_recall({"a": np.array([[1, 2]]), "b": np.array([[2, 1]])})
+    stage.weights_ = (2.0, 0.0)
+    choice = stage.choose_weights(np.arange(1), sp.csr_matrix((1, 5)), k=2)
+    assert stage.weights_ == (1.0, 1.0) and choice["requests"] == 0
