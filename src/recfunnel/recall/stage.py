@@ -74,7 +74,8 @@ class RecallConfig:
     merge: Literal["round_robin", "rrf", "quota"] = param(
         "rrf",
         "round_robin: each channel's 1st item, then each one's 2nd, ... (repeats dropped); "
-        "rrf: reciprocal-rank fusion, sum of 1 / (rrf_k + rank) over the channels; quota: "
+        "rrf: reciprocal-rank fusion, sum of w / (rrf_k + rank) over the channels (w: "
+        "rrf_weights); quota: "
         "each channel places its best `quotas` items, the rest by fusion",
     )
     rrf_k: int = param(60, "rrf and quota: the rank offset (larger flattens the fusion)")
