@@ -171,3 +171,23 @@ def test_choose_weights_without_labelled_requests_keeps_one_each():
     stage.weights_ = (2.0, 0.0)
     choice = stage.choose_weights(np.arange(1), sp.csr_matrix((1, 5)), k=2)
     assert stage.weights_ == (1.0, 1.0) and choice["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    "weights", [(1.0, 1.0, 1.0), (2.0, 0.0, 0.5), (0.0, 0.0, 4.0), (1.0, 0.25, 1.0)]
+)
+def test_the_weight_search_fuses_as_merge_lists_does(weights):
+    """`choose_weights` scores each weighting through `_Fusion`, a precomputed form of the
+    merge: its top lists are the merge's, ties and left-out channels included."""
+    from recfunnel.recall.stage import _Fusion
+
+    rng = np.random.default_rng(1)
+    lists = {}
+    for name in ("a", "b", "c"):
+        items = np.array([rng.permutation(40)[:12] for _ in range(25)])
+        items[rng.random(items.shape) < 0.1] = -1  # some padding inside the lists
+        lists[name] = _list(name, items.tolist(), np.zeros(items.shape).tolist())
+    fusion = _Fusion(lists, rrf_k=3)
+    for cutoff in (5, 30):
+        expected = merge_lists(lists, cutoff, how="rrf", rrf_k=3, weights=weights).items
+        np.testing.assert_array_equal(fusion.top(list(weights), cutoff), expected)
