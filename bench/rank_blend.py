@@ -15,46 +15,29 @@ its training candidates). Run it on valid, or on the test part of a backtest run
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
+from holdout_choice import holdout_parser, open_holdout
 
 from recfunnel.blend import GRID, blend_key, weight_label
-from recfunnel.data import load_movielens
-from recfunnel.errors import ConfigError, RecfunnelError
-from recfunnel.evaluation.protocol import Evaluator
+from recfunnel.errors import RecfunnelError
 from recfunnel.evaluation.tables import format_table
-from recfunnel.run import load_run
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--split", choices=("valid", "test"), default="valid")
+    parser = holdout_parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--users",
         choices=("warm", "return"),
         default="warm",
         help="return: the warm users back after a pause (evaluation.protocol.returning)",
     )
-    parser.add_argument("--data-dir", default=os.environ.get("RECFUNNEL_DATA_DIR"))
     args = parser.parse_args()
-    ml = load_movielens(args.data_dir, progress=False)
-    run = load_run(args.run_dir, ml)
-    if args.split == "test" and run.split.kind != "backtest":
-        raise ConfigError(
-            "choosing on the real test part leaks: use --split valid, or a backtest run"
-        )
-    funnel = run.funnel
-    evaluator = Evaluator(
-        run.split, funnel.item_ids, ks=(20,), history="known" if args.split == "test" else "train"
-    )
-    users = evaluator.users(args.split, args.users)
-    requests = funnel.requests(users)
+    holdout = open_holdout(args, group=args.users)
+    run, funnel = holdout.run, holdout.run.funnel
+    evaluator, users, requests = holdout.evaluator, holdout.users, holdout.requests
     rank = funnel["rank"]
     trained = rank.config
     handed = funnel.run(requests, upto="prerank")["prerank"]  # (B, N): the blend's positions

@@ -14,45 +14,24 @@ choice made here on the real test would leak.
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import os
 import sys
-from pathlib import Path
 
-from recfunnel.data import load_movielens
-from recfunnel.errors import ConfigError, RecfunnelError
-from recfunnel.evaluation.protocol import Evaluator
+from holdout_choice import holdout_parser, open_holdout
+
+from recfunnel.errors import RecfunnelError
 from recfunnel.evaluation.tables import format_table
 from recfunnel.rerank.report import operating_point
 from recfunnel.rerank.stage import METHODS, ORDERS
-from recfunnel.run import load_run
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--split", choices=("valid", "test"), default="valid")
+    parser = holdout_parser(__doc__.splitlines()[0])
     parser.add_argument("--max-ndcg-loss", type=float, default=0.02)
-    parser.add_argument("--data-dir", default=os.environ.get("RECFUNNEL_DATA_DIR"))
     args = parser.parse_args()
-    ml = load_movielens(args.data_dir, progress=False)
-    run = load_run(args.run_dir, ml)
-    if args.split == "test" and run.split.kind != "backtest":
-        raise ConfigError(
-            "choosing on the real test part leaks: use --split valid, or a backtest run"
-        )
-    funnel = run.funnel
-    evaluator = Evaluator(
-        run.split,
-        funnel.item_ids,
-        ks=(20,),
-        history="known" if args.split == "test" else "train",
-        item_features=ml.genre_matrix(funnel.item_ids),
-        ild_ks=(20,),
-    )
-    users = evaluator.users(args.split, "warm")
-    requests = funnel.requests(users)
+    holdout = open_holdout(args, ild=True)
+    run, funnel = holdout.run, holdout.run.funnel
+    evaluator, users, requests = holdout.evaluator, holdout.users, holdout.requests
     ranked = funnel.run(requests, upto="rank")["rank"]
     rows = []
     for order, relevance, method in itertools.product(ORDERS, ("minmax", "probability"), METHODS):

@@ -177,9 +177,9 @@ def test_choose_weights_without_labelled_requests_keeps_one_each():
     "weights", [(1.0, 1.0, 1.0), (2.0, 0.0, 0.5), (0.0, 0.0, 4.0), (1.0, 0.25, 1.0)]
 )
 def test_the_weight_search_fuses_as_merge_lists_does(weights):
-    """`choose_weights` scores each weighting through `_Fusion`, a precomputed form of the
-    merge: its top lists are the merge's, ties and left-out channels included."""
-    from recfunnel.recall.stage import _Fusion
+    """`choose_weights` scores each weighting through `WeightedFusion`, a precomputed form
+    of the merge: its top lists are the merge's, ties and left-out channels included."""
+    from recfunnel.recall.merge import WeightedFusion
 
     rng = np.random.default_rng(1)
     lists = {}
@@ -187,7 +187,7 @@ def test_the_weight_search_fuses_as_merge_lists_does(weights):
         items = np.array([rng.permutation(40)[:12] for _ in range(25)])
         items[rng.random(items.shape) < 0.1] = -1  # some padding inside the lists
         lists[name] = _list(name, items.tolist(), np.zeros(items.shape).tolist())
-    fusion = _Fusion(lists, rrf_k=3)
+    fusion = WeightedFusion(lists, rrf_k=3)
     for cutoff in (5, 30):
         expected = merge_lists(lists, cutoff, how="rrf", rrf_k=3, weights=weights).items
         np.testing.assert_array_equal(fusion.top(list(weights), cutoff), expected)

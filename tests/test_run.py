@@ -94,6 +94,33 @@ def test_bench_merges_prints_every_way_of_merging(smoke_run, synthetic_dir, tmp_
     assert bad.stderr.startswith("merges.py: error:")
 
 
+@pytest.mark.parametrize(
+    ("script", "row"), [("bench/rank_blend.py", "inf"), ("bench/rerank_choice.py", "dpp")]
+)
+def test_holdout_choice_scripts_run_on_valid_and_refuse_the_real_test(
+    smoke_run, synthetic_dir, tmp_path, script, row
+):
+    """The scripts that compare settings on a holdout (bench/holdout_choice.py) print their
+    table on valid, and stop with one line, status 2, on the real test part."""
+    out, _ = smoke_run
+
+    def call(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, script, str(out), "--data-dir", str(synthetic_dir), *extra],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "RECFUNNEL_CACHE_DIR": str(tmp_path)},
+            cwd=Path(__file__).resolve().parents[1],
+        )
+
+    done = call("--split", "valid")
+    assert done.returncode == 0, done.stderr
+    assert f"\n{row} " in done.stdout or f"\n {row} " in done.stdout
+    refused = call("--split", "test")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "choosing on the real test part leaks" in refused.stderr
+
+
 def test_compare_two_runs_with_paired_intervals(trained, smoke_run, capsys, tmp_path):
     out, data = trained
     # A run against itself: every difference, and its interval, is exactly 0.

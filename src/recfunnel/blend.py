@@ -25,6 +25,7 @@ last axis, so a (B, N) batch and one (N,) row get bit-identical keys.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -35,9 +36,13 @@ import numpy as np
 GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, math.inf)
 
 
+@functools.lru_cache(maxsize=16)
 def position_prior(n: int) -> np.ndarray:
-    """(n,) float64: -log(1 + p) for the positions p = 0..n-1 of the incoming list."""
-    return -np.log1p(np.arange(n, dtype=np.float64))
+    """(n,) float64: -log(1 + p) for the positions p = 0..n-1 of the incoming list. Made
+    once per length (the serving kernels ask for it on every request) and read-only."""
+    prior = -np.log1p(np.arange(n, dtype=np.float64))
+    prior.flags.writeable = False
+    return prior
 
 
 def blend_key(logits: np.ndarray, weight: float, scale: float) -> np.ndarray:

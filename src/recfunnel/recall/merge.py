@@ -50,15 +50,7 @@ def merge_lists(
             return only
         return only.reorder(np.broadcast_to(np.arange(k), (len(only), k)).copy())
     b = len(lists[names[0]])
-    rows, items, channel, rank = [], [], [], []
-    for c, name in enumerate(names):
-        r, col = np.nonzero(lists[name].valid)
-        rows.append(r)
-        items.append(lists[name].items[r, col])
-        channel.append(np.full(len(r), c))
-        rank.append(col + 1)
-    row, item = np.concatenate(rows).astype(np.int64), np.concatenate(items).astype(np.int64)
-    ch, rk = np.concatenate(channel), np.concatenate(rank)
+    row, item, ch, rk = _proposals(lists)
     span = int(item.max()) + 1 if len(item) else 1
     key = row * span + item
 
@@ -110,6 +102,58 @@ def merge_lists(
             channels[key_name] = spread_rank
     embeddings = next((p.embeddings for p in lists.values() if p.embeddings is not None), None)
     return Candidates(out, scores, channels, embeddings)
+
+
+def _proposals(
+    lists: dict[str, Candidates],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every (request, item) proposal of the channels, channel by channel in `lists`' order,
+    each row-major: request rows, catalogue positions, channel indices, 1-based ranks (n,)."""
+    rows, items, channel, rank = [], [], [], []
+    for c, part in enumerate(lists.values()):
+        r, col = np.nonzero(part.valid)
+        rows.append(r)
+        items.append(part.items[r, col])
+        channel.append(np.full(len(r), c))
+        rank.append(col + 1)
+    row, item = np.concatenate(rows).astype(np.int64), np.concatenate(items).astype(np.int64)
+    return row, item, np.concatenate(channel), np.concatenate(rank)
+
+
+class WeightedFusion:
+    """`merge_lists(how="rrf")`'s top lists for many weightings of the same channel lists
+    (`RecallStage.choose_weights`), with the per-call work cut to one bincount and one row
+    sort: the proposals are grouped once, each request's distinct items laid out in
+    ascending position along a row of a (B, width) table. A stable sort of each row by
+    -fused then breaks ties by the smaller position, as the merge does, so the lists are
+    the merge's."""
+
+    def __init__(self, lists: dict[str, Candidates], rrf_k: int) -> None:
+        row, item, self.channel, rank = _proposals(lists)
+        self.offset = rrf_k + rank  # the merge's rrf_k + rank
+        span = int(item.max()) + 1 if len(item) else 1
+        unique, self.inverse = np.unique(row * span + item, return_inverse=True)
+        u_row = unique // span
+        n = len(next(iter(lists.values())))
+        starts = np.searchsorted(u_row, np.arange(n))
+        slot = np.arange(len(unique)) - starts[u_row]
+        width = int(slot.max()) + 1 if len(slot) else 1
+        self.cell = (u_row, slot)
+        self.items = np.full((n, width), -1, dtype=np.int64)
+        self.items[self.cell] = unique % span
+
+    def top(self, weights: Sequence[float], cutoff: int) -> np.ndarray:
+        """(B, cutoff) the lists fused with `weights` (one per channel), -1 padding."""
+        share = np.asarray(weights, dtype=np.float64)[self.channel] / self.offset
+        fused = np.bincount(self.inverse, weights=share)
+        table = np.full(self.items.shape, -np.inf)
+        table[self.cell] = np.where(fused > 0, fused, -np.inf)  # weight-0-only: not fused in
+        order = np.argsort(-table, axis=1, kind="stable")[:, :cutoff]
+        top = np.take_along_axis(self.items, order, axis=1)
+        top = np.where(np.take_along_axis(table, order, axis=1) > -np.inf, top, -1)
+        if top.shape[1] < cutoff:  # fewer distinct proposals than the cutoff: pad
+            top = np.pad(top, ((0, 0), (0, cutoff - top.shape[1])), constant_values=-1)
+        return top
 
 
 def quota_merge(

@@ -35,7 +35,7 @@ from recfunnel.recall.item_to_item import (
     RP3betaChannel,
     RP3betaConfig,
 )
-from recfunnel.recall.merge import merge_lists
+from recfunnel.recall.merge import WeightedFusion, merge_lists
 from recfunnel.recall.sequence.channel import SequenceChannel, SequenceConfig
 from recfunnel.recall.trending import TrendingChannel, TrendingConfig
 from recfunnel.recall.two_tower.channel import TwoTowerChannel, TwoTowerConfig
@@ -201,7 +201,7 @@ class RecallStage(Scorer):
             return {"weights": dict.fromkeys(self.channels, 1.0), "requests": len(rows)}
         lists = {name: channel(requests[rows], k=k) for name, channel in self.channels.items()}
         truth, n_relevant = liked[rows], n_liked[rows]
-        fuse = _Fusion(lists, self.config.rrf_k)
+        fuse = WeightedFusion(lists, self.config.rrf_k)
 
         def ndcg(weights: list[float]) -> np.ndarray:
             """(n,) each request's NDCG@cutoff of the list fused with `weights`."""
@@ -355,50 +355,6 @@ class RecallStage(Scorer):
                 self.weights_ = tuple(float(w) for w in weights.values())
             except (TypeError, ValueError):
                 raise RunFileError(f"{path}: the weights must be numbers") from None
-
-
-class _Fusion:
-    """`merge_lists(how="rrf")`'s top lists for many weightings of the same channel lists,
-    with the per-call work cut to one bincount and one row sort: the (request, item)
-    proposals are grouped once, each request's distinct items laid out in ascending
-    position along a row of a (B, width) table. A stable sort of each row by -fused then
-    breaks ties by the smaller position, as the merge does, so the lists are the merge's."""
-
-    def __init__(self, lists: dict[str, Candidates], rrf_k: int) -> None:
-        rows, items, channel, rank = [], [], [], []
-        for c, part in enumerate(lists.values()):
-            r, col = np.nonzero(part.valid)
-            rows.append(r)
-            items.append(part.items[r, col])
-            channel.append(np.full(len(r), c))
-            rank.append(col + 1)
-        row = np.concatenate(rows).astype(np.int64)
-        item = np.concatenate(items).astype(np.int64)
-        self.channel = np.concatenate(channel)
-        self.offset = rrf_k + np.concatenate(rank)  # the merge's rrf_k + rank
-        span = int(item.max()) + 1 if len(item) else 1
-        unique, self.inverse = np.unique(row * span + item, return_inverse=True)
-        u_row = unique // span
-        n = len(next(iter(lists.values())))
-        starts = np.searchsorted(u_row, np.arange(n))
-        slot = np.arange(len(unique)) - starts[u_row]
-        width = int(slot.max()) + 1 if len(slot) else 1
-        self.cell = (u_row, slot)
-        self.items = np.full((n, width), -1, dtype=np.int64)
-        self.items[self.cell] = unique % span
-
-    def top(self, weights: list[float], cutoff: int) -> np.ndarray:
-        """(B, cutoff) the fused lists' first positions, -1 padding."""
-        share = np.asarray(weights, dtype=np.float64)[self.channel] / self.offset
-        fused = np.bincount(self.inverse, weights=share)
-        table = np.full(self.items.shape, -np.inf)
-        table[self.cell] = np.where(fused > 0, fused, -np.inf)  # weight-0-only: not fused in
-        order = np.argsort(-table, axis=1, kind="stable")[:, :cutoff]
-        top = np.take_along_axis(self.items, order, axis=1)
-        top = np.where(np.take_along_axis(table, order, axis=1) > -np.inf, top, -1)
-        if top.shape[1] < cutoff:  # fewer distinct proposals than the cutoff: pad
-            top = np.pad(top, ((0, 0), (0, cutoff - top.shape[1])), constant_values=-1)
-        return top
 
 
 def _build(name: str, config: Any, index: ItemIndex | None) -> Channel:

@@ -1,0 +1,55 @@
+"""The shared opening of the bench scripts that compare settings of a trained run on one
+holdout (`rank_blend.py`, `rerank_choice.py`): the command line, the run, the evaluated
+users and their requests, and the protocol's rule that a choice is never made on the real
+test part (only a backtest run's test part, itself inside train + valid, may be used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from recfunnel.data import MovieLens, load_movielens
+from recfunnel.errors import ConfigError
+from recfunnel.evaluation.protocol import Evaluator, EvalUsers
+from recfunnel.run import Run, load_run
+from recfunnel.types import Requests
+
+
+def holdout_parser(description: str) -> argparse.ArgumentParser:
+    """RUN_DIR, --split valid|test and --data-dir; a script adds its own options."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--split", choices=("valid", "test"), default="valid")
+    parser.add_argument("--data-dir", default=os.environ.get("RECFUNNEL_DATA_DIR"))
+    return parser
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """What a holdout script reads: the data, the run, and the part's users and requests."""
+
+    ml: MovieLens
+    run: Run
+    evaluator: Evaluator
+    users: EvalUsers
+    requests: Requests
+
+
+def open_holdout(args: argparse.Namespace, *, group: str = "warm", ild: bool = False) -> Holdout:
+    """The run of args.run_dir on args.split's `group` users (history: known for test, train
+    for valid), NDCG@20 (and genre ILD@20 with `ild`). A ConfigError for the real test."""
+    ml = load_movielens(args.data_dir, progress=False)
+    run = load_run(args.run_dir, ml)
+    if args.split == "test" and run.split.kind != "backtest":
+        raise ConfigError(
+            "choosing on the real test part leaks: use --split valid, or a backtest run"
+        )
+    item_ids = run.funnel.item_ids
+    genres = {"item_features": ml.genre_matrix(item_ids), "ild_ks": (20,)} if ild else {}
+    history = "known" if args.split == "test" else "train"
+    evaluator = Evaluator(run.split, item_ids, ks=(20,), history=history, **genres)
+    users = evaluator.users(args.split, group)
+    return Holdout(ml, run, evaluator, users, run.funnel.requests(users))
