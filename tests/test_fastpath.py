@@ -290,6 +290,100 @@ def test_padded_rows_sum_like_the_dense_product_bit_for_bit() -> None:
             np.testing.assert_array_equal(liked_sum(weights, liked), expected)
 
 
+@pytest.mark.parametrize("path", ["scipy kernel", "numpy reduction", "padded rows"])
+def test_weighted_liked_sum_is_the_sparse_product_bit_for_bit(path: str, monkeypatch) -> None:
+    """Recency coefficients (`recency_weights`) enter as the history's values do in the
+    batch path's product: rounded to the weights' dtype, one product per element."""
+    import scipy.sparse as sp
+
+    from recfunnel import kernel
+    from recfunnel.kernel import PaddedRows
+
+    if path == "numpy reduction":
+        monkeypatch.setattr(kernel, "_csr_matvecs", None)
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        weights = rng.normal(size=(400, 320)).astype(dtype)
+        weights[rng.random(weights.shape) < 0.95] = 0  # mostly zero, for the padded rows
+        summed = PaddedRows(weights) if path == "padded rows" else weights
+        for size in (0, 1, 17, 150, 400):
+            liked = np.sort(rng.choice(400, size, replace=False))
+            coefficients = np.exp(-rng.random(size) * 3)
+            row = sp.csr_matrix((coefficients.astype(dtype), liked, [0, size]), shape=(1, 400))
+            expected = np.asarray(row @ weights)[0].astype(np.float64)
+            got = liked_sum(summed, liked, coefficients)
+            np.testing.assert_array_equal(got, expected)
+            if size:  # the coefficients are really read
+                assert not np.array_equal(got, liked_sum(summed, liked))
+
+
+def test_recency_weights_of_a_history() -> None:
+    """1 for the latest rating, 1/e at decay_days before it, disliked movies left out but
+    their dates counted; the request's coefficients are the batch history's."""
+    from recfunnel.types import History, recency_weights
+
+    day = 86400
+    ratings = sp_matrix([[5.0, 2.0, 4.0, 0.0], [0.0, 4.0, 0.0, 1.0]])
+    times = sp_matrix([[10 * day, 40 * day, 20 * day, 0.0], [0.0, 5 * day, 0.0, 35 * day]])
+    weighted = History(ratings, times).recency_liked(30.0).toarray()
+    expected = np.array([[np.exp(-30 / 30), 0, np.exp(-20 / 30), 0], [0, np.exp(-30 / 30), 0, 0]])
+    np.testing.assert_allclose(weighted, expected, rtol=1e-12)
+    np.testing.assert_array_equal(
+        History(ratings, times).recency_liked(0.0).toarray(), (ratings.toarray() >= 4) * 1.0
+    )
+    request = UserRequest.build(1, [0, 1, 2], [5.0, 2.0, 4.0], [10 * day, 40 * day, 20 * day], 4, 0)
+    np.testing.assert_array_equal(
+        recency_weights(np.array([10, 20]) * day, 40 * day, 30.0), weighted[0, [0, 2]]
+    )
+    weights = np.arange(16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_array_equal(
+        request.liked_sum_of(weights, 30.0),
+        np.asarray(sp_matrix(weighted[:1]).astype(np.float32) @ weights)[0].astype(np.float64),
+    )
+    assert request.liked_sum_of(weights, 30.0) is not request.liked_sum_of(weights)
+
+
+def sp_matrix(rows: list[list[float]]):
+    import scipy.sparse as sp
+
+    return sp.csr_matrix(np.array(rows))
+
+
+def test_recency_decay_gives_the_batch_path_lists(pipeline: Pipeline) -> None:
+    """EASE's and RP3beta's channel scores and the item-to-item score with their liked rows
+    weighted by recency (decay_days; the smoke run has 0): the kernels sum as the batch
+    path does, and the lists move."""
+    import dataclasses
+
+    recall, i2i = pipeline.funnel["recall"], pipeline.funnel["item_to_item"]
+    users = _users(pipeline)["warm"][:30]
+    weighted = [c for c in recall.channels.values() if hasattr(c.config, "decay_days")]
+    assert weighted
+    saved = [c.config for c in weighted], i2i.config
+    requests = pipeline.requests(users)
+    try:
+        default = pipeline.funnel.run(requests, upto="item_to_item")
+        for channel in weighted:
+            channel.config = dataclasses.replace(channel.config, decay_days=3.0)
+        i2i.config = dataclasses.replace(i2i.config, decay_days=3.0)
+        recall.forget_kernel()
+        i2i.forget_kernel()
+        decayed = pipeline.funnel.run(requests, upto="item_to_item")
+        assert (decayed["recall"].items != default["recall"].items).any()
+        assert not np.allclose(
+            decayed["item_to_item"].scores["item_to_item"],
+            default["item_to_item"].scores["item_to_item"],
+            equal_nan=True,
+        )
+        _compare(pipeline, users)
+    finally:
+        for channel, config in zip(weighted, saved[0], strict=True):
+            channel.config = config
+        i2i.config = saved[1]
+        recall.forget_kernel()
+        i2i.forget_kernel()
+
+
 def test_user_request_is_made_after_its_history() -> None:
     request = UserRequest.build(7, [5, 1, 3], [4.0, 2.0, 5.0], [30, 10, 20], 8, floor=25)
     assert request.items.tolist() == [1, 3, 5] and request.liked.tolist() == [3, 5]

@@ -308,9 +308,15 @@ def item_to_item_scores(weights: np.ndarray, liked: sp.csr_matrix, items: np.nda
 
 
 def liked_pair_scores(
-    weights: np.ndarray, requests: Requests, rows: np.ndarray, items: np.ndarray
+    weights: np.ndarray,
+    requests: Requests,
+    rows: np.ndarray,
+    items: np.ndarray,
+    decay_days: float = 0.0,
 ) -> np.ndarray:
     """The item-to-item score (n,) float64 of pairs (rows (n,) into `requests`, items (n,)):
-    the sum over the request's liked items h of weights[h, item]."""
-    scores, inverse = item_to_item_scores(weights, requests.history.liked(), items)
+    the sum over the request's liked items h of weights[h, item], each weighted by its
+    recency (`History.recency_liked`; decay_days = 0: 1 each)."""
+    liked = requests.history.recency_liked(decay_days)
+    scores, inverse = item_to_item_scores(weights, liked, items)
     return scores[rows, inverse]

@@ -41,6 +41,11 @@ class ItemToItemConfig:
     """The item-to-item (EASE) score."""
 
     lam: float = param(1000.0, "EASE L2 regularisation")
+    decay_days: float = param(
+        0.0,
+        "recency of the user's liked movies, as recall.ease.decay_days (0: 1 each)",
+        saved_without=0.0,  # runs saved before the field summed their liked rows, 1 each
+    )
     rating_dim: int | None = param(
         16,
         "factors of the star-rating model whose prediction is the second pair score (none: "
@@ -53,6 +58,11 @@ class ItemToItemConfig:
     def validate(self) -> None:
         if not self.lam > 0:
             raise ConfigError(f"item_to_item.lam must be > 0, got {self.lam}")
+        if not (self.decay_days >= 0 and np.isfinite(self.decay_days)):
+            raise ConfigError(
+                f"item_to_item.decay_days must be a finite number of days >= 0, "
+                f"got {self.decay_days}"
+            )
         if self.rating_dim is not None and self.rating_dim < 1:
             raise ConfigError(
                 f"item_to_item.rating_dim must be >= 1 (or none), got {self.rating_dim}"
@@ -92,7 +102,8 @@ class ItemToItem(Scorer):
 
     def score_pairs(self, requests: Requests, pairs: Pairs) -> Pairs:
         self.check_fitted()
-        values = pair_values(requests, pairs, partial(liked_pair_scores, self.weights_))
+        scores = partial(liked_pair_scores, self.weights_, decay_days=self.config.decay_days)
+        values = pair_values(requests, pairs, scores)
         out = pairs.with_scores(self.name, values.astype(np.float32))
         if self.ratings_ is not None:
             stars = pair_values(requests, pairs, self.ratings_.pair_scores)
@@ -105,9 +116,8 @@ class ItemToItem(Scorer):
         self.check_fitted()
         if not isinstance(self.weights_, np.ndarray):  # sparse (a large catalogue): batch call
             return super().serving_kernel()
-        if self.ratings_ is None:
-            return WeightsKernel(self.name, self.weights_)
-        return _WithRatingKernel(WeightsKernel(self.name, self.weights_), self.ratings_)
+        weights = WeightsKernel(self.name, self.weights_, self.config.decay_days)
+        return weights if self.ratings_ is None else _WithRatingKernel(weights, self.ratings_)
 
     def _save(self, directory: Path) -> None:
         save_weights(directory, self.weights_)

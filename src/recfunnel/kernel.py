@@ -34,7 +34,7 @@ import scipy.sparse as sp
 from torch import nn
 
 from recfunnel.data.schema import LIKE_THRESHOLD
-from recfunnel.types import Candidates, Embeddings, History, Requests
+from recfunnel.types import Candidates, Embeddings, History, Requests, recency_weights
 
 try:  # scipy's CSR x dense kernel (what `csr_matrix @ ndarray` calls): see `liked_sum`
     from scipy.sparse._sparsetools import csr_matvecs as _csr_matvecs
@@ -59,8 +59,8 @@ class UserRequest:
     timestamps: np.ndarray
     known: np.ndarray
     liked: np.ndarray
-    # id(weights) -> (weights, liked_sum(weights, liked)): see `liked_sum_of`.
-    _sums: dict[int, tuple[np.ndarray, np.ndarray]] = field(
+    # (id(weights), decay) -> (weights, their liked sum): see `liked_sum_of`.
+    _sums: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, repr=False, compare=False
     )
 
@@ -91,13 +91,19 @@ class UserRequest:
     def n_items(self) -> int:
         return len(self.known)
 
-    def liked_sum_of(self, weights: np.ndarray | PaddedRows) -> np.ndarray:
-        """`liked_sum(weights, liked)`, computed once per request and weight matrix: the
-        recall EASE channel and the item-to-item score read the same matrix (`shared`)."""
-        key = id(weights)
+    def liked_sum_of(self, weights: np.ndarray | PaddedRows, decay_days: float = 0.0) -> np.ndarray:
+        """`liked_sum(weights, liked, recency weights)`, computed once per request, weight
+        matrix and decay: the recall EASE channel and the item-to-item score read the same
+        matrix (`shared`) with the same decay."""
+        key = (id(weights), decay_days)
         hit = self._sums.get(key)
         if hit is None or hit[0] is not weights:  # the array is kept, so its id stays its own
-            hit = self._sums[key] = (weights, liked_sum(weights, self.liked))
+            coefficients = None
+            if decay_days:
+                liked = self.ratings >= LIKE_THRESHOLD  # items ascending, as self.liked
+                last = float(self.timestamps.max())
+                coefficients = recency_weights(self.timestamps[liked], last, decay_days)
+            hit = self._sums[key] = (weights, liked_sum(weights, self.liked, coefficients))
         return hit[1]
 
     @cached_property
@@ -265,34 +271,43 @@ class PaddedRows:
         return width <= weights.shape[1] // 8
 
 
-def liked_sum(weights: np.ndarray | PaddedRows, liked: np.ndarray) -> np.ndarray:
-    """sum over the liked positions h of weights[h] -> (n_items,) float64.
+def liked_sum(
+    weights: np.ndarray | PaddedRows, liked: np.ndarray, coefficients: np.ndarray | None = None
+) -> np.ndarray:
+    """sum over the liked positions h of c_h weights[h] -> (n_items,) float64, with c_h the
+    `coefficients` (l,) (None: 1 each), rounded to the weights' dtype as the batch path
+    casts its history.
 
     The rows are added one after another in ascending h, in the weights' dtype: the order
     and precision of scipy's sparse (1, n) @ dense product that the batch path uses, so the
     scores are bit-identical to it (a different summation order could flip exact ties)."""
     if not len(liked):
         return np.zeros(weights.shape[1])
+    scale = None if coefficients is None else np.asarray(coefficients).astype(weights.dtype)
     if isinstance(weights, PaddedRows):
         # np.add.at adds its elements one at a time, in order: row h's nonzeros before
         # row h + 1's, as the dense sum adds its rows. The dense sum also adds the zeros
         # this form leaves out (and the padding adds 0 to column 0): x + 0 is x.
         out = np.zeros(weights.shape[1], dtype=weights.dtype)
-        np.add.at(out, weights.columns[liked].ravel(), weights.values[liked].ravel())
+        values = weights.values[liked]
+        if scale is not None:  # c_h x w, rounded once, as the product's loop computes it
+            values = scale[:, None] * values
+        np.add.at(out, weights.columns[liked].ravel(), values.ravel())
         return out.astype(np.float64)
     if _csr_matvecs is not None and weights.flags.c_contiguous:
-        # That product's own C loop (y += 1 * weights[h] for each h), called directly: one
+        # That product's own C loop (y += c_h * weights[h] for each h), called directly: one
         # pass over the liked rows, without the (l, n) gathered copy a numpy reduction
         # needs (1.5 x faster at 100 likes, 2.5 x at 600) or a csr_matrix per request.
         out = np.zeros(weights.shape[1], dtype=weights.dtype)
         rows = np.ascontiguousarray(liked, dtype=np.int64)
         indptr = np.array([0, len(rows)], dtype=np.int64)
-        ones = np.ones(len(rows), dtype=weights.dtype)
-        _csr_matvecs(1, weights.shape[0], weights.shape[1], indptr, rows, ones, weights, out)
+        data = np.ones(len(rows), dtype=weights.dtype) if scale is None else scale
+        _csr_matvecs(1, weights.shape[0], weights.shape[1], indptr, rows, data, weights, out)
         return out.astype(np.float64)
     # A reduction over axis 0 of a C-contiguous block adds whole rows in order (numpy's
     # pairwise summation applies only along the contiguous axis): one call, not ~100.
-    return np.add.reduce(weights[liked], axis=0).astype(np.float64)
+    rows = weights[liked] if scale is None else scale[:, None] * weights[liked]
+    return np.add.reduce(rows, axis=0).astype(np.float64)
 
 
 _SHARED: list[weakref.ref] = []  # weight matrices handed to kernels so far
@@ -343,14 +358,14 @@ class WeightsKernel:
     """Adds scores[name] = sum over the liked items h of weights[h, item] (the item-to-item
     score), as float32 like the batch path; the list stays as it is."""
 
-    def __init__(self, name: str, weights: np.ndarray) -> None:
-        self.name, self.weights = name, summable(weights)
+    def __init__(self, name: str, weights: np.ndarray, decay_days: float = 0.0) -> None:
+        self.name, self.weights, self.decay_days = name, summable(weights), decay_days
 
     def __call__(self, request: UserRequest, candidates: Candidates, **_: Any) -> Candidates:
         return self.row(request, Row.of(candidates)).candidates()
 
     def row(self, request: UserRequest, row: Row, **_: Any) -> Row:
-        summed = request.liked_sum_of(self.weights)
+        summed = request.liked_sum_of(self.weights, self.decay_days)
         valid = row.valid
         return row.with_score(self.name, summed[row.items[valid]].astype(np.float32), valid)
 

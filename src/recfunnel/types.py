@@ -55,6 +55,21 @@ class History:
         out.eliminate_zeros()
         return out
 
+    def recency_liked(self, decay_days: float) -> sp.csr_matrix:
+        """The liked items as float64 CSR (n_users, n_items), each weighted by
+        `recency_weights` (a liked movie rated `decay_days` before the row's latest rating
+        weighs 1/e); decay_days = 0: `liked()`, binary."""
+        liked = self.liked()
+        if not decay_days:
+            return liked
+        times = self.timestamps.tocsr()
+        last = np.asarray(times.max(axis=1).todense(), dtype=np.float64).ravel()
+        dated = times.multiply(liked).tocsr()  # the liked entries' timestamps
+        dated.sort_indices()
+        rows = np.repeat(np.arange(dated.shape[0]), np.diff(dated.indptr))
+        weights = recency_weights(dated.data.astype(np.float64), last[rows], decay_days)
+        return sp.csr_matrix((weights, dated.indices, dated.indptr), shape=dated.shape)
+
     def as_of(self, now: np.ndarray) -> History:
         """The entries of row b dated at or before now[b] (this history if none is later)."""
         now = np.asarray(now)
@@ -78,6 +93,15 @@ class History:
             sp.vstack([p.ratings for p in parts]).tocsr(),
             sp.vstack([p.timestamps for p in parts]).tocsr(),
         )
+
+
+def recency_weights(times: np.ndarray, last: np.ndarray, decay_days: float) -> np.ndarray:
+    """exp(-(last - t) / decay_days in days) (n,) float64 of ratings dated `times` (n,) in a
+    history whose latest rating is `last` (n,) or a scalar: 1 for the latest, 1/e at
+    `decay_days` before it. Measured from the user's own last rating, not from "now", so a
+    user back after months keeps the same weights. One expression for the batch path
+    (`History.recency_liked`) and the serving kernel, so both give the same numbers."""
+    return np.exp((np.asarray(times, dtype=np.float64) - last) / (86400.0 * decay_days))
 
 
 @dataclass(frozen=True)

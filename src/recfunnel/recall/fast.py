@@ -5,8 +5,9 @@ Built once from the fitted stage (`RecallStage.serving_kernel`):
   tower as numpy layers; the user's vector is one small MLP, the search goes through the
   run's own index (so the list is the batch path's): exact search, a product, when the run's
   index is exact (the default up to 100,000 items) or it has none;
-- EASE / RP3beta: their weight matrices; a request's score row is the sum of its liked rows
-  (`kernel.liked_sum`, scipy's CSR kernel: the batch path's product, bit for bit);
+- EASE / RP3beta: their weight matrices; a request's score row is the sum of its liked rows,
+  each weighted by its recency (`kernel.liked_sum`, scipy's CSR kernel: the batch path's
+  product, bit for bit);
 - trending: the shares and their order, computed once (the same for every user);
 - any other channel: its own batch call on a one-row `Requests` (correct, not fast).
 
@@ -207,8 +208,8 @@ def _channel_kernel(channel: Channel) -> Any:
         channel.weights_, np.ndarray
     ):
         # EASE's matrix is the item-to-item score's too (one sum); RP3beta's is mostly zeros.
-        weights = summable(channel.weights_)
-        return lambda request: _Row(request.liked_sum_of(weights), request.known)
+        weights, decay = summable(channel.weights_), channel.config.decay_days
+        return lambda request: _Row(request.liked_sum_of(weights, decay), request.known)
     if isinstance(channel, TrendingChannel):
         shares = np.asarray(channel.shares_, dtype=np.float64)
         order = np.argsort(-shares, kind="stable")  # ties: the smaller position first
