@@ -585,6 +585,7 @@ print(list(funnel.stages))
 # early-stops on its valid metric: the funnel's own list on valid, the stages before it fixed.
 
 # %%
+from recfunnel.evaluation.bootstrap import per_user_metric
 from recfunnel.evaluation.protocol import metric_cutoff
 from recfunnel.training.recipe import cross_fit_prerank
 
@@ -607,26 +608,31 @@ if config.recall.rrf_weights is None and config.recall.merge == "rrf" and len(re
 valid_lists = funnel.run(valid_funnel_requests, upto="item_to_item")
 
 
-def valid_metric(stage_name: str, metric: str):
-    """`metric` of the valid users' list after `stage_name`, the stages before it fixed."""
+def valid_metric(stage_name: str, metric: str, per_user: bool = False):
+    """`metric` of the valid users' list after `stage_name`, the stages before it fixed:
+    the mean, or with `per_user` each user's value."""
     before = list(funnel.stages)[list(funnel.stages).index(stage_name) - 1]
 
-    def validate(stage) -> float:
+    def validate(stage):
         out = funnel.run(
             valid_funnel_requests, upto=stage_name, resume=(before, valid_lists[before])
         )
+        if per_user:
+            return per_user_metric(out[stage_name].items, valid_eval_users, metric)
         return evaluator.list_metrics(out[stage_name].items, valid_eval_users)[metric]
 
     return validate
 
 
 # `choose`: after training, the kept list is blended with recall's order (`recfunnel.blend`),
-# the weight chosen on valid by the kept list's NDCG@20 (`prerank.prior_metric`).
+# the weight chosen on valid by the kept list's NDCG@20 (`prerank.prior_metric`), one number
+# per valid user: recall's order stays unless a weight beats it by 3 standard errors of the
+# paired per-user difference, so the MLP's order has to earn its place.
 funnel["prerank"].fit(
     data,
     stacked.subset(examples.candidate),
     valid_metric("prerank", config.prerank.valid_metric),
-    choose=valid_metric("prerank", config.prerank.prior_metric),
+    choose=valid_metric("prerank", config.prerank.prior_metric, per_user=True),
 )
 print(funnel["prerank"].model_)
 print("blend weight chosen on valid:", funnel["prerank"].prior_choice_)

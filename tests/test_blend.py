@@ -101,6 +101,24 @@ def test_choose_weight_takes_the_best_and_breaks_ties_to_the_smaller() -> None:
     assert choose_weight(lambda w: 0.0)[0] == 0.0
 
 
+def test_choose_weight_keeps_the_anchor_unless_clearly_beaten() -> None:
+    """Pre-rank's rule (anchor inf, recall's order): per-user holdout results move the
+    weight only when the best beats the anchor by 3 standard errors of the paired difference;
+    one number per weight cannot be judged so, and the best mean wins."""
+    rng = np.random.default_rng(0)
+    base = rng.random(500)
+    noise = rng.normal(0.0, 0.2, 500)
+    noise -= noise.mean()  # so the gains below are exactly 0.005 and 0.1
+    slight = {2.0: base + 0.005 + noise}  # the best mean, by 0.5 standard errors
+    weight, grid = choose_weight(lambda w: slight.get(w, base), anchor=math.inf)
+    assert weight == math.inf and max(grid, key=grid.__getitem__) == "2"
+    clear = {2.0: base + 0.1 + noise}  # by ~11 standard errors
+    assert choose_weight(lambda w: clear.get(w, base), anchor=math.inf)[0] == 2.0
+    means = {2.0: 0.6}
+    assert choose_weight(lambda w: means.get(w, 0.5), anchor=math.inf)[0] == 2.0
+    assert choose_weight(lambda w: slight.get(w, base))[0] == 2.0  # no anchor: the best
+
+
 def test_blend_key_ends_are_the_logit_and_the_incoming_order() -> None:
     logits = np.array([[0.3, 2.0, np.nan], [1.0, -1.0, 0.5]])
     assert blend_key(logits, 0.0, 7.0) is logits  # w = 0: not even a division

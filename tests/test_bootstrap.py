@@ -10,6 +10,7 @@ from recfunnel.evaluation.bootstrap import (
     difference,
     interval,
     intervals_report,
+    per_user_metric,
     per_user_scores,
 )
 from recfunnel.evaluation.protocol import EvalUsers
@@ -62,6 +63,29 @@ def test_per_user_scores_are_the_protocols_gains():
     ideal = 1 + 1 / np.log2(3)
     np.testing.assert_allclose(scores["ndcg@20"], [1.0, (1 / np.log2(3)) / ideal])
     np.testing.assert_allclose(scores["recall@20"], [1.0, 0.5])
+
+
+def test_per_user_metric_means_are_the_evaluators_numbers():
+    """What pre-rank's blend weight is chosen by (one value per valid user): each metric's
+    mean is `Evaluator.list_metrics`'s, for cut-offs inside and beyond the list."""
+    from recfunnel.evaluation.metrics import clearly_better
+    from recfunnel.evaluation.protocol import Evaluator
+
+    rng = np.random.default_rng(4)
+    users = _users([list(rng.choice(30, rng.integers(1, 6), replace=False)) for _ in range(40)], 30)
+    topk = np.stack([rng.permutation(30)[:12] for _ in range(40)])
+    evaluator = Evaluator.__new__(Evaluator)  # list_metrics reads only ks, ild_ks, item_ids
+    evaluator.ks, evaluator.ild_ks, evaluator.item_ids = (5, 12, 20), (), np.arange(30)
+    expected = evaluator.list_metrics(topk, users)
+    for name in ("ndcg@5", "recall@12", "hit_rate@20", "precision@5", "ndcg@20"):
+        values = per_user_metric(topk, users, name)
+        assert values.shape == (40,) and values.mean() == pytest.approx(expected[name], abs=1e-12)
+    # The holdout's verdict: a paired gain of 3 standard errors, not a higher mean alone.
+    base = rng.random(400)
+    assert clearly_better(base + 0.05, base) and not clearly_better(base, base)
+    noisy = base + rng.normal(0.01, 0.3, 400)  # mean +0.01, standard error 0.015
+    assert noisy.mean() > base.mean() and not clearly_better(noisy, base)
+    assert not clearly_better(base[:1] + 1, base[:1])  # one user: no spread to judge by
 
 
 def test_the_report_section_and_its_markdown():

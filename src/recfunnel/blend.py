@@ -31,6 +31,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from recfunnel.evaluation.metrics import clearly_better
+
 # The weights tried when a stage chooses w on its holdout: 0 (the learned order) to inf
 # (the incoming order), about doubling in between.
 GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, math.inf)
@@ -84,18 +86,31 @@ def weight_to_json(weight: float) -> float | str:
 
 
 def choose_weight(
-    evaluate: Callable[[float], float], grid: tuple[float, ...] = GRID
+    evaluate: Callable[[float], float | np.ndarray],
+    grid: tuple[float, ...] = GRID,
+    *,
+    anchor: float | None = None,
 ) -> tuple[float, dict[str, float]]:
-    """The weight of `grid` with the best `evaluate(weight)` (a holdout metric, higher is
-    better), and every weight's metric by `weight_label`. A tie goes to the smaller weight:
-    the stage's own order unless the prior is measurably better."""
+    """The weight of `grid` with the best mean `evaluate(weight)` (a holdout metric, higher
+    is better: one number, or one per holdout user), and every weight's mean by
+    `weight_label`. A tie goes to the smaller weight.
+
+    With an `anchor` (a weight of the grid) and per-user results (n,), the anchor stays
+    unless the best weight beats it clearly (`metrics.clearly_better`: by 3 standard errors
+    of the paired difference); with one number per weight there is no spread to judge by,
+    and the best mean wins."""
     metrics: dict[str, float] = {}
+    scores: dict[float, np.ndarray] = {}
     best, best_metric = grid[0], -math.inf
     for weight in grid:
-        metric = float(evaluate(weight))
+        scores[weight] = np.asarray(evaluate(weight), dtype=np.float64)
+        metric = float(scores[weight].mean())
         metrics[weight_label(weight)] = metric
         if metric > best_metric:
             best, best_metric = weight, metric
+    judged = anchor is not None and best != anchor and scores[best].ndim == 1
+    if judged and not clearly_better(scores[best], scores[anchor]):
+        best = anchor
     return best, metrics
 
 

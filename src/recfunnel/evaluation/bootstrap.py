@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from recfunnel.evaluation import metrics
-from recfunnel.evaluation.protocol import EvalUsers
+from recfunnel.evaluation.protocol import EvalUsers, metric_cutoff
 
 DRAWS = 1000  # the protocol's minimum
 SEED = 0
@@ -34,6 +34,22 @@ def per_user_scores(topk: np.ndarray, users: EvalUsers, k: int = 20) -> dict[str
         f"ndcg@{k}": metrics.ndcg_at_k(hits, n_relevant, k_eff).astype(np.float64),
         f"recall@{k}": metrics.recall_at_k(hits, n_relevant, k_eff).astype(np.float64),
     }
+
+
+def per_user_metric(topk: np.ndarray, users: EvalUsers, name: str) -> np.ndarray:
+    """One list metric of each user's list (n_users,) float64: `name` is "ndcg@20",
+    "recall@100", "hit_rate@10" or "precision@20"; its mean is `Evaluator.list_metrics`'s."""
+    metric, k = name.split("@")[0], metric_cutoff(name, "metric")
+    hits = metrics.hit_matrix(topk, users.truth)
+    n_relevant = np.diff(users.truth.indptr)
+    k_eff = min(k, topk.shape[1])
+    if metric == "ndcg":
+        return metrics.ndcg_at_k(hits, n_relevant, k_eff).astype(np.float64)
+    if metric == "recall":
+        return metrics.recall_at_k(hits, n_relevant, k_eff).astype(np.float64)
+    if metric == "hit_rate":
+        return metrics.hit_rate_at_k(hits, k_eff)
+    return metrics.precision_at_k(hits, k_eff)
 
 
 def _resampled_means(values: np.ndarray, draws: int, seed: int) -> np.ndarray:

@@ -20,12 +20,15 @@ Trained on a few hundred replayed requests, its own order can be worse than the 
 handed, so the kept candidates are the best by the logit shrunk towards the incoming order
 (`recfunnel.blend`): logit / scale + w * prior(position), w chosen on valid after the MLP is
 fitted (config `prior_weight = none`), from 0 (the MLP's order) to inf (recall's order cut
-to `keep`). scores["prerank"] stays the MLP's logit: the rank stage reads it as an input.
+to `keep`). The MLP must earn its place: w stays inf unless another weight beats it on
+valid's users by 3 standard errors of the paired difference. scores["prerank"] stays the
+MLP's logit: the rank stage reads it as an input.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +50,7 @@ from recfunnel.blend import (
 from recfunnel.config import param
 from recfunnel.device import cpu_state, to_device, to_numpy
 from recfunnel.errors import ConfigError
+from recfunnel.evaluation.metrics import MOVE_Z
 from recfunnel.evaluation.protocol import metric_cutoff
 from recfunnel.prerank.model import PreRankMLP
 from recfunnel.stage import FitData, Scorer, Stacked, Validate, require_stacked
@@ -78,8 +82,9 @@ class PreRankConfig:
         None,
         "w in the kept list's order logit / scale + w * -log(1 + incoming position): 0 is "
         "the MLP's order, a large w (e.g. 1e6) recall's; none: chosen on valid from "
-        "0, 0.25, 0.5, 1, 2, 4, inf after training, by prior_metric (0 when fit has no "
-        "valid metric)",
+        "0, 0.25, 0.5, 1, 2, 4, inf after training, by prior_metric: inf (recall's order) "
+        "unless the best weight beats it by 3 standard errors of the paired per-user "
+        "difference (0 when fit has no valid metric)",
     )
     prior_metric: str = param(
         "ndcg@20",
@@ -134,8 +139,9 @@ class PreRankStage(Scorer):
     ) -> PreRankStage:
         """Train on the stacked pairs (labels (n,) float32 in {0, 1}). `validate(stage) ->
         float` early-stops on valid; without it the model trains for `epochs` (default
-        config.epochs) and keeps the last epoch. `choose(stage) -> float` (config
-        prior_metric on valid; default `validate`) chooses the blend weight. `device`
+        config.epochs) and keeps the last epoch. `choose(stage)` (config prior_metric on
+        valid, one number per valid user (n,), or their mean; default `validate`) chooses the
+        blend weight (`_choose_prior_weight`). `device`
         (default data.device, else the CPU) is where it trains and scores."""
         stacked = require_stacked(stacked, self.name)
         pairs = stacked.pairs
@@ -204,8 +210,10 @@ class PreRankStage(Scorer):
     def _choose_prior_weight(
         self, stacked: Stacked, validate: Validate | None, metric: str
     ) -> None:
-        """Set `prior_weight_`, the config's or, when it is none, the grid weight with the
-        best valid `metric` (`blend.choose_weight`; what was tried goes to `prior_choice_`),
+        """Set `prior_weight_`, the config's or, when it is none, the grid weight chosen by
+        the valid `metric`: inf, recall's order, unless the best weight beats it clearly
+        (`blend.choose_weight` with anchor inf: with per-user results, by 3 standard errors
+        of the paired difference; what was tried goes to `prior_choice_`),
         and `logit_scale_`, the logits' spread on the training candidates (measured only
         when a blend may use it: the cross-fitted models keep w = 0 and score nothing
         more)."""
@@ -221,9 +229,12 @@ class PreRankStage(Scorer):
                 self.prior_weight_ = w
                 return validate(self)
 
-            weight, grid = choose_weight(at)
+            weight, grid = choose_weight(at, anchor=math.inf)
             self.prior_choice_ = {
                 "weight": weight_label(weight),
+                "best_mean": max(grid, key=grid.__getitem__),  # the first best: the smallest
+                "kept_unless_clearly_beaten": "inf",
+                "move_z": MOVE_Z,
                 "metric": metric,
                 "holdout": "valid, warm users",
                 "grid": grid,

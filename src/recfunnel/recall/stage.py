@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from recfunnel.artifacts import RunFileError, read_json
 from recfunnel.config import param, section
 from recfunnel.errors import ConfigError
-from recfunnel.evaluation.metrics import hit_matrix, ndcg_at_k
+from recfunnel.evaluation.metrics import MOVE_Z, clearly_better, hit_matrix, ndcg_at_k
 from recfunnel.recall.channel import Channel
 from recfunnel.recall.content import ContentChannel, ContentConfig
 from recfunnel.recall.graph.channel import LightGCNChannel, LightGCNConfig
@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 # 0 (left out) and a doubling scale symmetric about 1 (1/4 .. 4: a channel up to four times
 # as trusted as another, or a quarter).
 WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
-# How many standard errors of the paired per-request difference a weight must win by.
-MOVE_Z = 3.0
 
 # name -> channel class; the name is also the channel's config section in RecallConfig.
 CHANNELS: dict[str, type[Channel]] = {
@@ -219,9 +217,7 @@ class RecallStage(Scorer):
                     if value == weights[c] or not any(trial):
                         continue
                     scores = ndcg(trial)
-                    gain = scores - current
-                    margin = MOVE_Z * gain.std(ddof=1) / np.sqrt(len(gain))
-                    if gain.mean() > margin and scores.mean() > best_scores.mean():
+                    if clearly_better(scores, current) and scores.mean() > best_scores.mean():
                         best, best_scores = trial, scores
                 if best is not None:
                     moves.append({"weights": best, "ndcg": float(best_scores.mean())})

@@ -32,6 +32,7 @@ import numpy as np
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.split import Split
 from recfunnel.device import resolve_device
+from recfunnel.evaluation.bootstrap import per_user_metric
 from recfunnel.evaluation.protocol import Evaluator, catalogue, metric_cutoff, rated_pairs
 from recfunnel.features import serving_time
 from recfunnel.funnel import Funnel
@@ -178,12 +179,17 @@ def train_funnel(
         report.seconds["fusion_weights"] = time.perf_counter() - start
     valid_lists = funnel.run(valid_requests, upto="item_to_item")
 
-    def valid_metric(stage_name: str, metric: str) -> Callable[[Component], float]:
-        """`metric` of the valid users' list after `stage_name`, the stages before it fixed."""
+    def valid_metric(
+        stage_name: str, metric: str, *, per_user: bool = False
+    ) -> Callable[[Component], Any]:
+        """`metric` of the valid users' list after `stage_name`, the stages before it fixed:
+        the mean, or with `per_user` each user's value (n_users,), for a paired judgement."""
         before = list(funnel.stages)[list(funnel.stages).index(stage_name) - 1]
 
-        def validate(stage: Component) -> float:
+        def validate(stage: Component) -> Any:
             out = funnel.run(valid_requests, upto=stage_name, resume=(before, valid_lists[before]))
+            if per_user:
+                return per_user_metric(out[stage_name].items, valid_users, metric)
             return evaluator.list_metrics(out[stage_name].items, valid_users)[metric]
 
         return validate
@@ -195,7 +201,7 @@ def train_funnel(
         data,
         stacked.subset(examples.candidate),
         valid_metric("prerank", prerank_config.valid_metric),
-        choose=valid_metric("prerank", prerank_config.prior_metric),
+        choose=valid_metric("prerank", prerank_config.prior_metric, per_user=True),
     )
     if funnel["prerank"].prior_choice_ is not None:  # w chosen on valid (prior_weight none)
         report.choices["prerank.prior_weight"] = {
