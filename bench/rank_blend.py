@@ -57,7 +57,7 @@ def main() -> int:
                 "w": weight_label(weight),
                 "ndcg@20": metrics["ndcg@20"],
                 "recall@20": metrics["recall@20"],
-                "default": "<-" if weight == trained.prior_weight else "",
+                "default": "<-" if weight == rank.prior_weight_ else "",
             }
         )
     print(

@@ -706,6 +706,11 @@ funnel["rank"].fit(
     like_holdout=(valid_funnel_requests, scored),
 )
 choices = {}
+# The blend weight may rise (2, 4, inf: pre-rank's order) where valid's users clearly say the
+# model's own order hurts the list it was handed; never fall (rank.prior_raise).
+choices["rank.prior_weight"] = funnel["rank"].raise_prior(
+    valid_metric("rank", config.rank.valid_metric, per_user=True)
+)
 if config.rank.calibrate:
     # One temperature for the like head's logit, on valid's rated pairs (lowest LogLoss).
     choices["rank.temperature"] = funnel["rank"].calibrate(valid_funnel_requests, scored)
@@ -718,6 +723,7 @@ for epoch in funnel["rank"].log_.epochs:
     )
 print("the like head stopped learning after epoch", funnel["rank"].like_stopped_after_)
 print(f"rank's score spread on its training candidates: {funnel['rank'].logit_scale_:.3f}")
+print("blend weight:", funnel["rank"].prior_weight_, choices["rank.prior_weight"])
 print("temperature:", choices.get("rank.temperature"))
 
 # %% [markdown]

@@ -417,20 +417,18 @@ def test_prerank_blend_gives_the_batch_path_lists(pipeline: Pipeline, weight: fl
 def test_rank_blend_gives_the_batch_path_lists(pipeline: Pipeline, weight: float) -> None:
     """Rank's list blended with pre-rank's order (rank.prior_weight; the smoke run has the
     default, 1) by other weights: the kernel sorts by the batch call's key."""
-    import dataclasses
-
     rank, users = pipeline.funnel["rank"], _users(pipeline)["warm"][:30]
-    saved = rank.config
+    saved = rank.prior_weight_
     requests = pipeline.requests(users)
     try:
         default = pipeline.funnel.run(requests, upto="rank")["rank"].items
-        rank.config = dataclasses.replace(saved, prior_weight=weight)
+        rank.prior_weight_ = weight  # the fitted weight the stage sorts by
         rank.forget_kernel()  # the kernel reads the weight when it is built
         ranked = pipeline.funnel.run(requests, upto="rank")["rank"].items
         assert (ranked != default).any()  # else a kernel without the blend would pass
         _compare(pipeline, users)
     finally:
-        rank.config = saved
+        rank.prior_weight_ = saved
         rank.forget_kernel()
 
 

@@ -1,6 +1,7 @@
 """The funnel's value type and the pre-rank / rank modules, on hand-sized tensors."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -301,6 +302,29 @@ def test_a_dien_rank_stage_trains_and_round_trips(dien_funnel, tmp_path):
     pairs = lists["prerank"].pairs()
     like = rank.score_pairs(requests, pairs).scores["rank.like"]
     np.testing.assert_array_equal(like, loaded.score_pairs(requests, pairs).scores["rank.like"])
+    # A weight raised by `raise_prior` is saved and read back; a run saved before the key
+    # existed sorts with rank.prior_weight; a weight below it is a broken file.
+    import json
+
+    from recfunnel.artifacts import RunFileError
+
+    saved_weight = rank.prior_weight_
+    try:
+        rank.prior_weight_ = math.inf
+        rank.save(tmp_path / "raised")
+        raised = type(rank).load(tmp_path / "raised", data)
+        assert raised.prior_weight_ == math.inf
+        assert not np.array_equal(raised(requests, lists["prerank"]).items, before.items)
+        path = tmp_path / "raised" / "calibration.json"
+        calibration = json.loads(path.read_text())
+        del calibration["prior_weight"]
+        path.write_text(json.dumps(calibration))
+        assert type(rank).load(tmp_path / "raised", data).prior_weight_ == rank.config.prior_weight
+        path.write_text(json.dumps({**calibration, "prior_weight": 0.5}))
+        with pytest.raises(RunFileError, match="prior_weight"):
+            type(rank).load(tmp_path / "raised", data)
+    finally:
+        rank.prior_weight_ = saved_weight
     # A cold user (no history) gets a zero interest and finite scores.
     n = len(funnel.item_ids)
     empty = History(sp.csr_matrix((1, n)), sp.csr_matrix((1, n)))
@@ -426,16 +450,55 @@ def test_rank_select_blends_the_model_score_with_the_incoming_order():
     logits = np.array([[0.0, 1.0, 3.0, np.nan]])  # in the incoming order; the last pads
     candidates = Candidates(items, {"rank": logits})
     stage = RankStage(RankConfig(prior_weight=1.0))
-    stage.logit_scale_ = 2.0
+    stage.logit_scale_, stage.prior_weight_ = 2.0, 1.0  # as fitted: the weight it sorts by
     blended = stage.select(candidates)
     # keys: 0 - log 1 = 0, 0.5 - log 2 = -0.19, 1.5 - log 3 = 0.40
     assert blended.items.tolist() == [[7, 5, 6, -1]]
     expected = [1.5 - np.log(3), 0.0, 0.5 - np.log(2)]
     np.testing.assert_allclose(blended.scores["rank"][0, :3], expected)
     assert np.isnan(blended.scores["rank"][0, 3])
-    alone = RankStage(RankConfig(prior_weight=0.0)).select(candidates)
+    alone = RankStage(RankConfig(prior_weight=0.0))
+    alone.prior_weight_ = 0.0
+    alone = alone.select(candidates)
     assert alone.items.tolist() == [[7, 6, 5, -1]]
     np.testing.assert_array_equal(alone.scores["rank"][0, :3], [3.0, 1.0, 0.0])
+
+
+def test_raise_prior_only_raises_the_weight_and_only_when_valid_clearly_says_so():
+    """rank.prior_raise: after training, w may rise to 2, 4 or inf (the incoming order) when
+    that beats the configured w on valid's users by 3 standard errors of the paired
+    difference; a slightly better mean, a lower weight, w = 0 or the switch off keep it."""
+    rng = np.random.default_rng(0)
+    base = rng.random(600)
+    noise = rng.normal(0.0, 0.2, 600)
+    noise -= noise.mean()
+
+    def stage_with(**config) -> RankStage:
+        stage = RankStage(RankConfig(**config))
+        stage.model_, stage.prior_weight_ = object(), stage.config.prior_weight  # as if fitted
+        return stage
+
+    def judge(gains: dict[float, float]):
+        tried = []
+
+        def validate(stage):
+            tried.append(stage.prior_weight_)
+            return base + gains.get(stage.prior_weight_, 0.0) + noise * (stage.prior_weight_ != 1)
+
+        return validate, tried
+
+    stage = stage_with(prior_weight=1.0)
+    validate, tried = judge({math.inf: 0.1})  # ~10 standard errors
+    choice = stage.raise_prior(validate)
+    assert stage.prior_weight_ == math.inf and choice["weight"] == "inf"
+    assert tried == [1.0, 2.0, 4.0, math.inf]  # never below the configured weight
+    validate, _ = judge({4.0: 0.005})  # the best mean, by ~0.6 standard errors
+    assert stage.raise_prior(validate)["best_mean"] == "4" and stage.prior_weight_ == 1.0
+    validate, _ = judge({2.0: -0.1, 4.0: -0.1, math.inf: -0.1})
+    assert stage.raise_prior(validate)["weight"] == "1" and stage.prior_weight_ == 1.0
+    for off in (stage_with(prior_weight=1.0, prior_raise=False), stage_with(prior_weight=0.0)):
+        assert off.raise_prior(judge({math.inf: 0.1})[0]) is None
+        assert off.prior_weight_ == off.config.prior_weight
 
 
 def test_the_blend_spread_is_measured_on_the_training_candidates_and_trains_nothing(dien_funnel):

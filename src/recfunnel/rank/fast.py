@@ -211,7 +211,7 @@ class RankKernel:
             self.att_out_bias = float(att2.bias[0])
         self.objective = stage.config.objective
         # The list's order: the score blended with the incoming order, as `select` sorts.
-        self.prior_weight, self.logit_scale = stage.config.prior_weight, stage.logit_scale_
+        self.prior_weight, self.logit_scale = stage.prior_weight_, stage.logit_scale_
         # The item side of the whole catalogue at the serving moment, the end of train: the
         # popularity and age buckets every request made after train reads (n_items, out) +
         # (n_items, 6d) float32, ~8 MB for ML-1M), so a request only gathers its rows.

@@ -242,6 +242,16 @@ def train_funnel(
             "holdout": "valid, rated pairs of warm users",
             "pairs": len(pairs.rows),
         }
+    # Rank's blend weight may rise (never fall) where valid clearly says its own order hurts.
+    raised = funnel["rank"].raise_prior(
+        valid_metric("rank", rank_config.valid_metric, per_user=True)
+    )
+    if raised is not None:
+        report.choices["rank.prior_weight"] = {
+            **raised,
+            "holdout": "valid, warm users",
+            "users": len(valid_users.user_ids),
+        }
     if rank_config.calibrate:
         report.choices["rank.temperature"] = funnel["rank"].calibrate(valid_requests, scored)
     report.seconds["rank"] = time.perf_counter() - start
