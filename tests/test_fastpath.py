@@ -341,6 +341,9 @@ def test_recency_weights_of_a_history() -> None:
         np.asarray(sp_matrix(weighted[:1]).astype(np.float32) @ weights)[0].astype(np.float64),
     )
     assert request.liked_sum_of(weights, 30.0) is not request.liked_sum_of(weights)
+    for history in ([], [2.0]):  # a visitor with no rating, or none liked: a zero row
+        cold = UserRequest.build(2, [1][: len(history)], history, [day][: len(history)], 4, 0)
+        np.testing.assert_array_equal(cold.liked_sum_of(weights, 30.0), np.zeros(4))
 
 
 def sp_matrix(rows: list[list[float]]):
@@ -356,7 +359,8 @@ def test_recency_decay_gives_the_batch_path_lists(pipeline: Pipeline) -> None:
     import dataclasses
 
     recall, i2i = pipeline.funnel["recall"], pipeline.funnel["item_to_item"]
-    users = _users(pipeline)["warm"][:30]
+    groups = _users(pipeline)
+    users = np.concatenate([groups["warm"][:30], groups["short"][:5], groups["cold"][:5]])
     weighted = [c for c in recall.channels.values() if hasattr(c.config, "decay_days")]
     assert weighted
     saved = [c.config for c in weighted], i2i.config

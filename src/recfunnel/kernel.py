@@ -99,7 +99,7 @@ class UserRequest:
         hit = self._sums.get(key)
         if hit is None or hit[0] is not weights:  # the array is kept, so its id stays its own
             coefficients = None
-            if decay_days:
+            if decay_days and len(self.liked):  # (no liked row: nothing to weigh, no latest)
                 liked = self.ratings >= LIKE_THRESHOLD  # items ascending, as self.liked
                 last = float(self.timestamps.max())
                 coefficients = recency_weights(self.timestamps[liked], last, decay_days)
