@@ -482,8 +482,9 @@ class RankStage(Scorer):
 
     def select(self, candidates: Candidates, **_: Any) -> Candidates:
         """The whole list (B, N), re-sorted by the ranking score blended with the incoming
-        order (rank.prior_weight; `blend.blend_key` over the list's positions), which
-        becomes scores["rank"]; w = 0: by the model's score as it is."""
+        order (`prior_weight_`: rank.prior_weight, or the larger weight `raise_prior` chose;
+        `blend.blend_key` over the list's positions), which becomes scores["rank"]; w = 0:
+        by the model's score as it is."""
         weight = self.prior_weight_
         if weight:
             key = blend_key(candidates.scores[self.name], weight, self.logit_scale_)
