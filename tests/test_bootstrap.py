@@ -105,3 +105,44 @@ def test_the_report_section_and_its_markdown():
     }
     text = render_markdown(report)
     assert "## Confidence intervals" in text and "| a - b | " in text
+
+
+def test_the_verdicts_read_each_stage_against_the_list_it_was_handed():
+    """ "What each stage adds": an interval above 0 earns the stage its place, one below 0
+    loses, one across 0 is a tie, an exact 0 is the handed order kept; re-rank's line gives
+    the ILD it buys, and the final list is judged against the best single model."""
+
+    def diff(mean, low, high):
+        return {"ndcg@20": {"mean": mean, "low": low, "high": high}}
+
+    report = {
+        "stages": {
+            "recall": {"candidates": 200, "ndcg@20": 0.24},
+            "prerank": {"candidates": 100, "ndcg@20": 0.24},
+            "rank": {"candidates": 100, "ndcg@20": 0.25, "ild@20": 0.70},
+            "rerank": {"candidates": 20, "ndcg@20": 0.248, "ild@20": 0.77},
+        },
+        "intervals": {
+            "draws": 1000,
+            "seed": 0,
+            "best_baseline": "EASE",
+            "lists": {"recall": {"ndcg@20": {"mean": 0.24, "low": 0.23, "high": 0.25}}},
+            "differences": {
+                "prerank - recall": diff(0.0, 0.0, 0.0),
+                "rank - prerank": diff(0.0066, 0.0045, 0.0086),
+                "rerank - rank": diff(-0.0019, -0.0035, -0.0001),
+                "rerank - EASE": diff(0.001, -0.002, 0.004),
+            },
+        },
+    }
+    text = render_markdown(report)
+    section = text.split("## What each stage adds")[1].split("## Confidence intervals")[0]
+    assert "**pre-rank over recall**: 0 for every user: it hands on the top 20" in section
+    assert "**rank over pre-rank**: gains +0.0066 [+0.0045, +0.0086]: it earns its place" in section
+    assert "**re-rank over rank**: loses -0.0019 [-0.0035, -0.0001], for genre ILD@20" in section
+    assert "0.7000 -> 0.7700 (+10.0 %)" in section
+    assert "**the final list over EASE**, the best single model here: a tie, +0.0010" in section
+    report["intervals"]["differences"]["rerank - EASE"] = diff(0.01, 0.005, 0.02)
+    assert "beats it by +0.0100 [+0.0050, +0.0200]." in render_markdown(report)
+    del report["intervals"]
+    assert "## What each stage adds" not in render_markdown(report)  # nothing to read

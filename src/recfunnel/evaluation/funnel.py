@@ -145,9 +145,15 @@ def evaluate_funnel(
             comparisons = [(b, a) for a, b in zip(STAGES, STAGES[1:], strict=False)]
             comparisons += [(stage, "EASE") for stage in STAGES]
             comparisons.append((STAGES[-1], STAGES[0]))
+            # And the final list against the best single model of the report (by mean
+            # NDCG@20; the first listed on a tie: EASE before a channel equal to it).
+            best = max(baselines, key=lambda name: baselines[name][0].get("ndcg@20", -1.0))
+            if best != "EASE":
+                comparisons.append((STAGES[-1], best))
             report["intervals"] = {
                 "draws": DRAWS,
                 "seed": SEED,
+                "best_baseline": best,
                 **intervals_report(per_user, comparisons),
             }
     report["training"] = {

@@ -36,6 +36,8 @@ Every section but "stages" is optional and is skipped when absent or empty:
                                            "seconds": float}, ...]}},
       "timing": {"<name>": float},         # seconds, free-form
       "intervals": {"draws": int, "seed": int,
+                    "best_baseline": str,    # optional: the single model the final list
+                                             # is judged against ("rerank - <it>")
                     "lists": {"<list>": {"ndcg@20": {"mean", "low", "high"}, ...}},
                     "differences": {"<a> - <b>": {"ndcg@20": {"mean", "low", "high"}, ...}}},
     }
@@ -297,6 +299,69 @@ def _intervals_section(intervals: Mapping[str, Any]) -> list[str]:
     return out
 
 
+# (difference key, what it asks) of the verdicts section, in funnel order.
+_VERDICTS = (
+    ("prerank - recall", "pre-rank over recall"),
+    ("rank - prerank", "rank over pre-rank"),
+    ("rerank - rank", "re-rank over rank"),
+)
+
+
+def _verdict(entry: object) -> str | None:
+    """One paired NDCG@20 difference {"mean", "low", "high"} read as a verdict."""
+    e = _mapping(entry)
+    mean, low, high = (_number(e.get(k)) for k in ("mean", "low", "high"))
+    if mean is None or low is None or high is None:
+        return None
+    interval = _fmt_interval(e, signed=True)
+    if mean == low == high == 0:
+        return "0 for every user: it hands on the top 20 it was given"
+    if low > 0:
+        return f"gains {interval}: it earns its place"
+    if high < 0:
+        return f"loses {interval}"
+    return f"a tie, {interval}: no difference the users' spread can tell from noise"
+
+
+def _verdicts_section(report: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: what each stage adds to the list it is handed, and whether the final
+    list beats the report's best single model, from the paired NDCG@20 intervals; re-rank's
+    line also gives the genre ILD@20 it buys."""
+    intervals = _mapping(report.get("intervals"))
+    differences = _mapping(intervals.get("differences"))
+    stages = _stages(report)
+    lines = []
+    for key, question in _VERDICTS:
+        verdict = _verdict(_mapping(differences.get(key)).get("ndcg@20"))
+        if verdict is None:
+            continue
+        if key == "rerank - rank":
+            before = _list_value(_mapping(stages.get("rank")), "ild@20")
+            after = _list_value(_mapping(stages.get("rerank")), "ild@20")
+            if before and after is not None:
+                verdict += (
+                    f", for genre ILD@20 {before:.4f} -> {after:.4f} "
+                    f"({100 * (after / before - 1):+.1f} %), the diversity it is there for"
+                )
+        lines.append(f"- **{question}**: {verdict}.")
+    best = intervals.get("best_baseline")
+    final = _verdict(_mapping(differences.get(f"rerank - {best}")).get("ndcg@20"))
+    if best and final is not None:
+        final = final.replace(": it earns its place", "").replace("gains", "beats it by")
+        lines.append(f"- **the final list over {best}**, the best single model here: {final}.")
+    if not lines:
+        return []
+    return [
+        "## What each stage adds",
+        "",
+        "Each stage's list against the list it was handed, NDCG@20, paired 95 % intervals "
+        "(the next section): a stage earns its place when the interval lies above 0.",
+        "",
+        *lines,
+        "",
+    ]
+
+
 def render_markdown(report: dict) -> str:
     """The whole report as markdown: title, how to read it, tables, links to the plots.
 
@@ -313,6 +378,7 @@ def render_markdown(report: dict) -> str:
     baselines = [(str(n), _mapping(v)) for n, v in _mapping(report.get("baselines")).items()]
     out += ["## End to end", "", _list_table([*stages.items(), *baselines], "list"), ""]
 
+    out += _verdicts_section(report)
     out += _intervals_section(_mapping(report.get("intervals")))
 
     cold = _mapping(report.get("cold"))
