@@ -233,8 +233,12 @@ def test_train_several_seeds_then_summarize(synthetic_dir, tmp_path, capsys):
     assert rank["sd"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
     assert json.loads((out / "s.json").read_text()) == summary
     # The paired differences too: one mean over users per run, then their spread.
-    gaps = [r["intervals"]["differences"]["rank - EASE"]["ndcg@20"]["mean"] for r in reports]
-    assert summary["differences"]["rank - EASE"]["ndcg@20"]["values"] == gaps
+    gaps = [r["intervals"]["differences"]["rank - EASE"]["ndcg@20"] for r in reports]
+    summed = summary["differences"]["rank - EASE"]["ndcg@20"]
+    assert summed["values"] == [g["mean"] for g in gaps]
+    # ... and how many runs' intervals lie above 0, below 0, or are exactly 0.
+    assert summed["above_zero"] == sum(g["low"] > 0 for g in gaps)
+    assert summed["below_zero"] == sum(g["high"] < 0 for g in gaps)
     assert main(["summarize", *map(str, runs)]) == 0
     printed = capsys.readouterr().out
     assert "± " in printed and "| rank - EASE | " in printed
@@ -296,3 +300,37 @@ def test_default_config_trains_an_exact_index(synthetic_dir, synthetic_ml, tmp_p
     assert json.loads((out / "config.json").read_text())["index"]["backend"] == "auto"
     run = load_run(out, synthetic_ml)
     assert isinstance(run.funnel["recall"].channels["two_tower"].index, ExactIndex)
+
+
+def test_summaries_count_where_each_runs_interval_falls():
+    """`recfunnel summarize`: each paired difference says how many runs' 95 % intervals lie
+    above 0, below 0, across it, or are exactly 0 (the same lists)."""
+    from recfunnel.evaluation.seeds import render_summary, summarize_reports
+
+    def report(gain: tuple[float, float, float], same: bool) -> dict:
+        mean, low, high = gain
+        zero = {"mean": 0.0, "low": 0.0, "high": 0.0}
+        return {
+            "part": "test",
+            "stages": {"rank": {"ndcg@20": 0.2}},
+            "baselines": {},
+            "intervals": {
+                "differences": {
+                    "rank - prerank": {"ndcg@20": {"mean": mean, "low": low, "high": high}},
+                    "prerank - recall": {"ndcg@20": zero if same else {**zero, "high": 0.01}},
+                }
+            },
+        }
+
+    reports = {
+        "a": report((0.006, 0.004, 0.008), True),
+        "b": report((0.005, 0.003, 0.007), True),
+        "c": report((0.001, -0.002, 0.004), False),
+        "d": report((-0.004, -0.006, -0.001), True),
+    }
+    summary = summarize_reports(reports)
+    gain = summary["differences"]["rank - prerank"]["ndcg@20"]
+    assert (gain["above_zero"], gain["below_zero"], gain["exactly_zero"]) == (2, 1, 0)
+    text = render_summary(summary)
+    assert "| rank - prerank | +0.0020 ± " in text and "2 above 0, 1 below 0, 1 across 0 |" in text
+    assert "3 exactly 0, 1 across 0 |" in text

@@ -77,15 +77,41 @@ def summarize_reports(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any
 
 def _differences(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """{"a - b": {metric: spread}}: each paired difference of the reports' intervals section
-    (the mean over users of a - b, one per run) that every report holds."""
+    (the mean over users of a - b, one per run) that every report holds, with how many runs'
+    95 % intervals lie above 0, below 0, or are exactly 0 (the same lists): "every seed"
+    is a count, not an impression."""
     per_run = [r.get("intervals", {}).get("differences", {}) for r in reports.values()]
     out: dict[str, dict[str, Any]] = {}
     for name in per_run[0]:
         for metric in per_run[0][name]:
-            values = [d.get(name, {}).get(metric, {}).get("mean") for d in per_run]
+            entries = [d.get(name, {}).get(metric, {}) for d in per_run]
+            values = [e.get("mean") for e in entries]
             if all(v is not None for v in values):
-                out.setdefault(name, {})[metric] = _spread(values)
+                spread = _spread(values)
+                lows, highs = [e.get("low") for e in entries], [e.get("high") for e in entries]
+                if all(v is not None for v in (*lows, *highs)):
+                    spread["above_zero"] = sum(low > 0 for low in lows)
+                    spread["below_zero"] = sum(high < 0 for high in highs)
+                    spread["exactly_zero"] = sum(
+                        e["mean"] == e["low"] == e["high"] == 0 for e in entries
+                    )
+                out.setdefault(name, {})[metric] = spread
     return out
+
+
+def _intervals_cell(entry: Mapping[str, Any] | None) -> str:
+    """How the runs' intervals of one difference fall, e.g. "3 above 0" or "1 across 0,
+    2 above 0" (blank when the reports carry no intervals)."""
+    if not entry or "above_zero" not in entry:
+        return ""
+    n = len(entry["values"])
+    counts = {
+        "above 0": entry["above_zero"],
+        "below 0": entry["below_zero"],
+        "exactly 0": entry["exactly_zero"],
+    }
+    counts["across 0"] = n - sum(counts.values())
+    return ", ".join(f"{count} {where}" for where, count in counts.items() if count)
 
 
 def _cell(entry: Mapping[str, Any] | None) -> str:
@@ -111,9 +137,14 @@ def render_summary(summary: Mapping[str, Any]) -> str:
         out.append(f"| {name} | " + " | ".join(_cell(row.get(m)) for m in LIST_METRICS) + " |")
     if summary.get("differences"):
         metrics = ("ndcg@20", "recall@20")
-        out += ["", "| paired difference | NDCG@20 | Recall@20 |", "| :--- | ---: | ---: |"]
+        out += [
+            "",
+            "| paired difference | NDCG@20 | Recall@20 | runs' NDCG@20 95 % intervals |",
+            "| :--- | ---: | ---: | :--- |",
+        ]
         for name, row in summary["differences"].items():
             cells = [_signed_cell(row.get(m)) for m in metrics]
+            cells.append(_intervals_cell(row.get("ndcg@20")))
             out.append(f"| {name} | " + " | ".join(cells) + " |")
     if summary["rank_pointwise"]:
         out += ["", "| rank, rated pairs | " + " | ".join(POINTWISE) + " |"]
