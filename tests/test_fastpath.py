@@ -9,6 +9,7 @@ ML-1M's default run when one is trained (realdata).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -396,25 +397,32 @@ def test_user_request_is_made_after_its_history() -> None:
     assert len(request.requests) == 1 and request.requests.history.ratings.nnz == 3
 
 
+@contextlib.contextmanager
+def _fitted(component, name: str, value):
+    """`component.<name>` (a fitted attribute its kernel reads when it is built) set to
+    `value` for the block, the kernel dropped on the way in and out, the old value back."""
+    saved = getattr(component, name)
+    setattr(component, name, value)
+    component.forget_kernel()
+    try:
+        yield
+    finally:
+        setattr(component, name, saved)
+        component.forget_kernel()
+
+
 @pytest.mark.parametrize("weight", [1.0, math.inf])
 def test_prerank_blend_gives_the_batch_path_lists(pipeline: Pipeline, weight: float) -> None:
     """Pre-rank's list shrunk towards recall's order (`recfunnel.blend`) by a weight the
     smoke run may not have chosen: the kernel blends as the batch call does."""
     prerank, users = pipeline.funnel["prerank"], _users(pipeline)["warm"][:30]
-    saved = prerank.prior_weight_
-    try:
-        prerank.prior_weight_ = 0.0
-        prerank.forget_kernel()
-        requests = pipeline.requests(users)
+    requests = pipeline.requests(users)
+    with _fitted(prerank, "prior_weight_", 0.0):
         by_logit = pipeline.funnel.run(requests, upto="prerank")["prerank"].items
-        prerank.prior_weight_ = weight
-        prerank.forget_kernel()  # the kernel reads the weight when it is built
+    with _fitted(prerank, "prior_weight_", weight):
         blended = pipeline.funnel.run(requests, upto="prerank")["prerank"].items
         assert (blended != by_logit).any()  # else a kernel without the blend would pass
         _compare(pipeline, users)
-    finally:
-        prerank.prior_weight_ = saved
-        prerank.forget_kernel()
 
 
 @pytest.mark.parametrize("weight", [0.0, 4.0])
@@ -422,37 +430,25 @@ def test_rank_blend_gives_the_batch_path_lists(pipeline: Pipeline, weight: float
     """Rank's list blended with pre-rank's order (rank.prior_weight; the smoke run has the
     default, 1) by other weights: the kernel sorts by the batch call's key."""
     rank, users = pipeline.funnel["rank"], _users(pipeline)["warm"][:30]
-    saved = rank.prior_weight_
     requests = pipeline.requests(users)
-    try:
-        default = pipeline.funnel.run(requests, upto="rank")["rank"].items
-        rank.prior_weight_ = weight  # the fitted weight the stage sorts by
-        rank.forget_kernel()  # the kernel reads the weight when it is built
+    default = pipeline.funnel.run(requests, upto="rank")["rank"].items
+    with _fitted(rank, "prior_weight_", weight):  # the fitted weight the stage sorts by
         ranked = pipeline.funnel.run(requests, upto="rank")["rank"].items
         assert (ranked != default).any()  # else a kernel without the blend would pass
         _compare(pipeline, users)
-    finally:
-        rank.prior_weight_ = saved
-        rank.forget_kernel()
 
 
 def test_weighted_fusion_gives_the_batch_path_lists(pipeline: Pipeline) -> None:
     """Recall's fusion with channel weights (recall.rrf_weights; one of them 0, so its
     proposals only travel as features): the kernel fuses as the batch merge does."""
     recall, users = pipeline.funnel["recall"], _users(pipeline)["warm"][:30]
-    saved = recall.weights_
-    assert len(saved) >= 2
+    assert len(recall.weights_) >= 2
     requests = pipeline.requests(users)
-    try:
-        default = pipeline.funnel.run(requests, upto="recall")["recall"].items
-        recall.weights_ = tuple([2.0, 0.0, 0.5, 1.0][: len(saved)])
-        recall.forget_kernel()
+    default = pipeline.funnel.run(requests, upto="recall")["recall"].items
+    with _fitted(recall, "weights_", tuple([2.0, 0.0, 0.5, 1.0][: len(recall.weights_)])):
         weighted = pipeline.funnel.run(requests, upto="recall")["recall"].items
         assert (weighted != default).any()  # else a kernel without the weights would pass
         _compare(pipeline, users)
-    finally:
-        recall.weights_ = saved
-        recall.forget_kernel()
 
 
 @pytest.mark.realdata

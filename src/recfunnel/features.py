@@ -21,6 +21,7 @@ from recfunnel.artifacts import load_array
 from recfunnel.data.dataset import MovieLens, genre_multi_hot
 from recfunnel.data.schema import AGE_BUCKETS, ITEM, N_OCCUPATIONS, TIME, USER
 from recfunnel.data.split import liked
+from recfunnel.errors import ConfigError
 from recfunnel.types import Requests
 
 # Release years are bucketed in 5-year bins from 1920 (older films share the first bin).
@@ -305,6 +306,13 @@ def item_to_item_scores(weights: np.ndarray, liked: sp.csr_matrix, items: np.nda
     history = np.flatnonzero(np.diff(liked.indptr))  # items some request liked
     block = weights[np.ix_(history, columns)]
     return np.asarray(liked[:, history] @ block, dtype=np.float64), inverse
+
+
+def check_decay_days(decay_days: float, key: str = "decay_days") -> None:
+    """A ConfigError naming `key` unless `decay_days` (`History.recency_liked`) is a finite
+    number of days >= 0."""
+    if not (decay_days >= 0 and np.isfinite(decay_days)):
+        raise ConfigError(f"{key} must be a finite number of days >= 0, got {decay_days}")
 
 
 def liked_pair_scores(

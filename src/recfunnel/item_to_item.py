@@ -26,7 +26,7 @@ from recfunnel.artifacts import RunFileError
 from recfunnel.config import param
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.baselines import ease_weights
-from recfunnel.features import liked_pair_scores
+from recfunnel.features import check_decay_days, liked_pair_scores
 from recfunnel.kernel import Kernel, Row, UserRequest, WeightsKernel
 from recfunnel.rating_model import RatingModel, fit_ratings
 from recfunnel.scale import load_weights_matrix, save_weights
@@ -58,11 +58,7 @@ class ItemToItemConfig:
     def validate(self) -> None:
         if not self.lam > 0:
             raise ConfigError(f"item_to_item.lam must be > 0, got {self.lam}")
-        if not (self.decay_days >= 0 and np.isfinite(self.decay_days)):
-            raise ConfigError(
-                f"item_to_item.decay_days must be a finite number of days >= 0, "
-                f"got {self.decay_days}"
-            )
+        check_decay_days(self.decay_days, "item_to_item.decay_days")
         if self.rating_dim is not None and self.rating_dim < 1:
             raise ConfigError(
                 f"item_to_item.rating_dim must be >= 1 (or none), got {self.rating_dim}"

@@ -27,12 +27,8 @@ METRICS = ("ndcg@20", "recall@20")
 def per_user_scores(topk: np.ndarray, users: EvalUsers, k: int = 20) -> dict[str, np.ndarray]:
     """NDCG@k and Recall@k of each user's list: topk (n_users, >= k) catalogue positions ->
     {"ndcg@k": (n_users,), "recall@k": (n_users,)} float64, the protocol's binary gains."""
-    hits = metrics.hit_matrix(topk[:, :k], users.truth)
-    n_relevant = np.diff(users.truth.indptr)
-    k_eff = min(k, topk.shape[1])
     return {
-        f"ndcg@{k}": metrics.ndcg_at_k(hits, n_relevant, k_eff).astype(np.float64),
-        f"recall@{k}": metrics.recall_at_k(hits, n_relevant, k_eff).astype(np.float64),
+        name: per_user_metric(topk[:, :k], users, name) for name in (f"ndcg@{k}", f"recall@{k}")
     }
 
 

@@ -307,8 +307,9 @@ _VERDICTS = (
 )
 
 
-def _verdict(entry: object) -> str | None:
-    """One paired NDCG@20 difference {"mean", "low", "high"} read as a verdict."""
+def _verdict(entry: object, gains: str = "gains {}: it earns its place") -> str | None:
+    """One paired NDCG@20 difference {"mean", "low", "high"} read as a verdict; `gains`
+    phrases an interval above 0 ({} is the interval)."""
     e = _mapping(entry)
     mean, low, high = (_number(e.get(k)) for k in ("mean", "low", "high"))
     if mean is None or low is None or high is None:
@@ -317,7 +318,7 @@ def _verdict(entry: object) -> str | None:
     if mean == low == high == 0:
         return "0 for every user: it hands on the top 20 it was given"
     if low > 0:
-        return f"gains {interval}: it earns its place"
+        return gains.format(interval)
     if high < 0:
         return f"loses {interval}"
     return f"a tie, {interval}: no difference the users' spread can tell from noise"
@@ -345,9 +346,8 @@ def _verdicts_section(report: Mapping[str, Any]) -> list[str]:
                 )
         lines.append(f"- **{question}**: {verdict}.")
     best = intervals.get("best_baseline")
-    final = _verdict(_mapping(differences.get(f"rerank - {best}")).get("ndcg@20"))
+    final = _verdict(_mapping(differences.get(f"rerank - {best}")).get("ndcg@20"), "beats it by {}")
     if best and final is not None:
-        final = final.replace(": it earns its place", "").replace("gains", "beats it by")
         lines.append(f"- **the final list over {best}**, the best single model here: {final}.")
     if not lines:
         return []

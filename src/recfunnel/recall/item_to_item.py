@@ -27,7 +27,7 @@ from recfunnel.data.split import liked
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.baselines import ease_weights
 from recfunnel.evaluation.protocol import interaction_matrix
-from recfunnel.features import liked_pair_scores
+from recfunnel.features import check_decay_days, liked_pair_scores
 from recfunnel.recall.channel import CatalogueChannel
 from recfunnel.scale import (
     dense_bytes,
@@ -82,7 +82,7 @@ class EASEChannelConfig:
     def validate(self) -> None:
         if not self.lam > 0:
             raise ConfigError(f"lam must be > 0, got {self.lam}")
-        _check_decay(self.decay_days)
+        check_decay_days(self.decay_days)
 
 
 class EASEChannel(_WeightsChannel):
@@ -116,12 +116,7 @@ class RP3betaConfig:
     def validate(self) -> None:
         if self.alpha <= 0 or self.beta < 0 or self.neighbours < 0:
             raise ConfigError("alpha must be > 0, beta >= 0 and neighbours >= 0")
-        _check_decay(self.decay_days)
-
-
-def _check_decay(decay_days: float) -> None:
-    if not (decay_days >= 0 and np.isfinite(decay_days)):
-        raise ConfigError(f"decay_days must be a finite number of days >= 0, got {decay_days}")
+        check_decay_days(self.decay_days)
 
 
 class RP3betaChannel(_WeightsChannel):
