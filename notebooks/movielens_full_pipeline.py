@@ -539,6 +539,28 @@ pd.DataFrame({**head, "liked": np.asarray(stacked.pairs.labels)[:5]}).round(3)
 # every channel's score (`recall.<channel>`), the reciprocal rank at which it proposed the
 # movie (`.rrf`, 0 when it did not) and the item-to-item score, all out of sample.
 #
+# **More requests from an earlier cut.** ~500 requests are few for a deep ranker, and the
+# slice cannot simply grow: a larger slice leaves recall less to learn from. So the same
+# two steps run again as if train had ended earlier (`stacking.cuts = 2`, the default):
+# recall and item-to-item are fitted on the ratings before a second cut, one slice earlier,
+# and that slice's returning users are replayed through them. Those models are dropped
+# afterwards; their examples go to the rank stage only. Pre-rank keeps to the latest slice,
+# because it reads the recall vectors, and every recall fit has vectors of its own.
+# `earlier_cuts` packages steps 1 and 2 (`replay_cut`) for each earlier cut.
+
+# %%
+from recfunnel.training.recipe import earlier_cuts
+
+earlier = earlier_cuts(data, recall_split, config)
+for i, cut in enumerate(earlier, start=1):
+    start_day = pd.to_datetime(cut.counts["slice_start"], unit="s").date()
+    print(
+        f"cut {i}: slice from {start_day}, {cut.counts['requests']:,} replayed requests "
+        f"(+{cut.counts['like_pair_requests']:,} for the like head), "
+        f"{cut.counts['examples']:,} examples"
+    )
+
+# %% [markdown]
 # Step 3 moves the channels to serving: those whose scores keep their meaning are refitted on
 # all of train, and every channel's serving state (popularity, the ANN index) moves to the
 # end of train. Then the funnel object is assembled: a plain dict of components in chain
@@ -687,6 +709,7 @@ print(f"{len(oof):,} out-of-fold pre-rank logits over {stacking.folds} folds")
 
 # %%
 from recfunnel.evaluation.protocol import rated_pairs
+from recfunnel.training.recipe import with_earlier_cuts
 
 valid_lists.update(
     funnel.run(
@@ -694,6 +717,15 @@ valid_lists.update(
     )
 )
 rank_stacked = Stacked(stacked.requests, stacked.pairs.with_scores("prerank", oof))
+# The earlier cuts' examples join, each with pre-rank logits cross-fitted on its own cut.
+rank_stacked = with_earlier_cuts(
+    rank_stacked,
+    earlier,
+    config.prerank,
+    folds=stacking.folds,
+    epochs=max(funnel["prerank"].log_.best_epoch, 1),
+    device=DEVICE,
+)
 # Valid's rated pairs are the like head's own holdout: after every epoch its LogLoss there
 # decides whether the like head keeps learning (rank.like_stopping), and at the end they
 # choose its temperature.

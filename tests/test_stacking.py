@@ -235,3 +235,41 @@ def test_like_pairs_add_only_rated_non_candidate_pairs_of_other_users():
         (1, 2, 1.0),
     ]
     assert ex.rated.all() and not ex.candidate.any() and (ex.scores["recall"] == 0.5).all()
+
+
+def test_stack_examples_numbers_the_requests_of_each_cut_after_the_one_before():
+    from recfunnel.training.recipe import stack_examples
+
+    def part(users, rows, items, score, dim):
+        n = len(users)
+        history = History(sp.csr_matrix((n, 5)), sp.csr_matrix((n, 5)))
+        emb = Embeddings(np.zeros((n, dim), np.float32), np.zeros((5, dim), np.float32))
+        pairs = Pairs(
+            np.array(rows),
+            np.array(items),
+            {"recall": np.array(score, float), "prerank": np.array(score, float) + 1},
+            emb,
+            labels=np.ones(len(rows), np.float32),
+            rated=np.ones(len(rows), bool),
+            candidate=np.array([True] * len(rows)),
+        )
+        return Stacked(Requests(np.array(users), history, np.arange(n) * 10), pairs)
+
+    latest = part([7, 8], [0, 1, 1], [0, 1, 2], [0.1, 0.2, 0.3], dim=4)
+    earlier = part([7, 9, 10], [2, 0], [3, 4], [0.4, 0.5], dim=8)  # its own vector size
+    both = stack_examples([latest, earlier])
+    assert both.requests.user_ids.tolist() == [7, 8, 7, 9, 10]
+    assert both.requests.now.tolist() == [0, 10, 0, 10, 20]
+    # The earlier cut's pair rows point at its own requests, now rows 2..4.
+    assert both.pairs.rows.tolist() == [0, 1, 1, 4, 2]
+    assert both.pairs.items.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(both.pairs.scores["prerank"], [1.1, 1.2, 1.3, 1.4, 1.5])
+    # Recall vectors of different fits do not mix: none are carried.
+    assert both.pairs.embeddings is None and len(both.pairs.labels) == 5
+
+
+@pytest.mark.parametrize("cuts,fraction", [(0, 0.2), (5, 0.2), (3, 0.4)])
+def test_cuts_must_leave_train_before_the_earliest(cuts, fraction):
+    with pytest.raises(ConfigError, match="stacking.cuts"):
+        StackingConfig(cuts=cuts, slice_fraction=fraction).validate()
+    StackingConfig(cuts=2, slice_fraction=0.2).validate()

@@ -234,9 +234,16 @@ def _train_one(args: argparse.Namespace, config: PipelineConfig, ml: MovieLens, 
     from recfunnel.scale import describe, plan
 
     _log(describe(plan(len(catalogue(ml.ratings)), config.scale)))  # dense or sparse, and why
+    stacking = config.stacking
+    earlier = (
+        f" (rank also on {stacking.cuts - 1} earlier slice(s) of the same size, each replayed "
+        "through recall refitted before it)"
+        if stacking.cuts > 1
+        else ""
+    )
     _log(
         f"training the funnel on {len(split.train):,} train ratings: recall on the first "
-        f"{1 - config.stacking.slice_fraction:.0%}, pre-rank and rank on the rest; "
+        f"{1 - stacking.slice_fraction:.0%}, pre-rank and rank on the rest{earlier}; "
         "early stopping on valid"
     )
     start = time.perf_counter()
@@ -251,10 +258,14 @@ def _train_one(args: argparse.Namespace, config: PipelineConfig, ml: MovieLens, 
             f"{name}: best valid {log.metric_name} {log.best_metric:.4f} at epoch "
             f"{log.best_epoch}, {log.seconds:.0f} s"
         )
+    cuts = [report.examples, *report.examples.get("earlier_cuts", [])]
+
+    def per_cut(key: str) -> str:  # "510" or, with earlier cuts, "510 + 333"
+        return " + ".join(f"{cut[key]:,}" for cut in cuts)
+
     _log(
-        f"stacking: {report.examples['requests']:,} replayed requests (+"
-        f"{report.examples['like_pair_requests']:,} for the like head), "
-        f"{report.examples['examples']:,} examples; trained in "
+        f"stacking: {per_cut('requests')} replayed requests (+{per_cut('like_pair_requests')} "
+        f"for the like head), {per_cut('examples')} examples; trained in "
         f"{time.perf_counter() - start:.0f} s"
     )
     from recfunnel.training import distributed

@@ -306,7 +306,7 @@ class Pairs:
     def with_scores(self, name: str, values: np.ndarray) -> Pairs:
         return self._replace(scores={**self.scores, name: np.asarray(values)})
 
-    def with_embeddings(self, embeddings: Embeddings) -> Pairs:
+    def with_embeddings(self, embeddings: Embeddings | None) -> Pairs:
         return self._replace(embeddings=embeddings)
 
     def subset(self, keep: np.ndarray) -> Pairs:

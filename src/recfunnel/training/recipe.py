@@ -5,7 +5,8 @@ Reading `train_funnel` top to bottom is the recipe:
      80 %, the later stages on the latest 20 % (see `stacking`), so the scores they read are
      out of sample;
   2. replay the slice users' requests through recall and item-to-item, and label the
-     candidates with what the users did next;
+     candidates with what the users did next; with `stacking.cuts` > 1, do steps 1 and 2
+     again at earlier cuts (models fitted on less, then dropped) for more rank examples;
   3. refit the channels that allow it and the item-to-item model on all of train for
      serving (`stacking.refit`), and move recall's serving state (popularity inputs, the
      index) to the end of train; then choose the fusion's channel weights on valid
@@ -13,7 +14,8 @@ Reading `train_funnel` top to bottom is the recipe:
   4. train pre-rank (early stopping on valid), choose on valid how far its kept list is
      shrunk towards recall's order (`prerank.prior_weight = none`, by the kept list's
      `prerank.prior_metric`, NDCG@20), then cross-fit it to get out-of-fold logits;
-  5. train rank on the same examples with those logits (early stopping on valid), then
+  5. train rank on the same examples with those logits, plus the earlier cuts' examples
+     with logits cross-fitted on each cut alone (early stopping on valid), then
      choose its like head's temperature on valid's rated pairs (`rank.calibrate`);
   6. choose the re-ranker's operating point (lambda) on valid (`rerank.lambda_mmr = none`,
      the default): the most varied list within 2 % of the rank order's NDCG@20.
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.split import Split
@@ -51,7 +54,7 @@ from recfunnel.training.stacking import (
     slice_requests,
     time_slice,
 )
-from recfunnel.types import Candidates, Embeddings
+from recfunnel.types import Candidates, Embeddings, Pairs
 
 if TYPE_CHECKING:  # run.py builds on this module; the config class lives there
     from recfunnel.run import PipelineConfig
@@ -88,53 +91,18 @@ def train_funnel(
     rng = np.random.default_rng(prerank_config.seed)
 
     # 1. Recall and item-to-item on the early part of train.
-    start = time.perf_counter()
-    recall_split, late = time_slice(split, stacking.slice_fraction)
-    early = data.with_split(recall_split)
-    recall = RecallStage(recall_config, index=index).fit(early)
-    report.seconds["recall"] = time.perf_counter() - start
-
     # 2. Replayed slice requests through the early models, candidates labelled.
+    recall_split, late = time_slice(split, stacking.slice_fraction)
+    cut = replay_cut(data, recall_split, late, config, index, rng, seconds=report.seconds)
+    recall, item_to_item, stacked = cut.recall, cut.item_to_item, cut.stacked
+    report.examples = dict(cut.counts)
+    # Earlier cuts (stacking.cuts > 1): steps 1 and 2 again at earlier moments, for more
+    # rank examples; their models are dropped once they have replayed their slices.
     start = time.perf_counter()
-    item_to_item = ItemToItem(item_to_item_config).fit(early)
-    late = sample_slice_users(late, stacking.user_fraction, rng)
-    replay = slice_requests(recall_split.train, late, item_ids, stacking)
-    requests = replay.requests
-    candidates = recall(requests, Candidates.empty(len(requests)), k=funnel_config.topk_recall)
-    # Item vectors as of the slice start: a copy, since step 3 moves the serving ones.
-    emb = candidates.embeddings
-    assert emb is not None
-    candidates = Candidates(
-        candidates.items,
-        candidates.scores,
-        candidates.channels,
-        Embeddings(emb.users, emb.items.copy()),
-    )
-    examples = build_examples(
-        candidates,
-        replay.targets,
-        lambda pairs: recall.score_pairs(requests, pairs),
-        unrated_negatives=stacking.unrated_negatives,
-        rated_pairs=stacking.rated_pairs,
-        rng=rng,
-    )
-    n_replayed = len(requests)
-    if stacking.like_pairs:
-        replay, examples = add_like_pairs(
-            replay, examples, recall.score_pairs, recall_split.train, late, item_ids, stacking
-        )
-    stacked = Stacked(replay.requests, item_to_item.score_pairs(replay.requests, examples))
-    report.examples = {
-        "slice_start": int(late["timestamp"].min()),
-        "slice_ratings": len(late),
-        "requests": n_replayed,
-        "like_pair_requests": len(replay.requests) - n_replayed,
-        "examples": len(examples),
-        "positives": int(np.asarray(examples.labels).sum()),
-        "from_candidates": int(np.asarray(examples.candidate).sum()),
-    }
-
-    report.seconds["examples"] = time.perf_counter() - start
+    earlier = earlier_cuts(data, recall_split, config)
+    if earlier:
+        report.examples["earlier_cuts"] = [c.counts for c in earlier]
+        report.seconds["earlier_cuts"] = time.perf_counter() - start
 
     # 3. Serving state: the channels that allow it, and the item-to-item score, refitted on
     # all of train (they then know the slice's ratings too); every channel's serving inputs
@@ -199,7 +167,7 @@ def train_funnel(
     start = time.perf_counter()
     funnel["prerank"].fit(
         data,
-        stacked.subset(examples.candidate),
+        stacked.subset(stacked.pairs.candidate),
         valid_metric("prerank", prerank_config.valid_metric),
         choose=valid_metric("prerank", prerank_config.prior_metric, per_user=True),
     )
@@ -226,6 +194,15 @@ def train_funnel(
         )
     )
     rank_stacked = Stacked(stacked.requests, stacked.pairs.with_scores("prerank", oof))
+    if earlier:
+        rank_stacked = with_earlier_cuts(
+            rank_stacked,
+            earlier,
+            prerank_config,
+            folds=stacking.folds,
+            epochs=max(funnel["prerank"].log_.best_epoch, 1),
+            device=device,
+        )
     # Valid's rated pairs (history: train): the like head's own holdout, for when it stops
     # learning (rank.like_stopping) and for its temperature.
     pairs = rated_pairs(split.valid, valid_users.user_ids, item_ids)
@@ -305,6 +282,131 @@ def choose_operating_point(funnel: Funnel, data: FitData) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Cut:
+    """Steps 1 and 2 at one cut in time: the recall stage and item-to-item model fitted on
+    the ratings before it, and the slice's requests replayed through them, labelled
+    (`stacked`, the pairs carrying their out-of-sample scores); counts for the report."""
+
+    recall: RecallStage
+    item_to_item: ItemToItem
+    stacked: Stacked
+    counts: dict[str, int]
+
+
+def replay_cut(
+    data: FitData,
+    recall_split: Split,
+    late: pd.DataFrame,
+    config: PipelineConfig,
+    index: Any,
+    rng: np.random.Generator,
+    *,
+    seconds: dict[str, float] | None = None,
+) -> Cut:
+    """Fit recall and item-to-item on `recall_split.train` (everything before the cut),
+    then replay the slice `late` (the ratings after it) through them (see `stacking`).
+    `seconds`, when given, gets the time of the recall fit ("recall") and of the rest
+    ("examples")."""
+    stacking, k = config.stacking, config.funnel.topk_recall
+    start = time.perf_counter()
+    early = data.with_split(recall_split)
+    recall = RecallStage(config.recall, index=index).fit(early)
+    fitted = time.perf_counter()
+    item_to_item = ItemToItem(config.item_to_item).fit(early)
+    late = sample_slice_users(late, stacking.user_fraction, rng)
+    replay = slice_requests(recall_split.train, late, data.item_ids, stacking)
+    requests = replay.requests
+    candidates = recall(requests, Candidates.empty(len(requests)), k=k)
+    # Item vectors as of the slice start: a copy, since step 3 moves the serving ones.
+    emb = candidates.embeddings
+    assert emb is not None
+    candidates = Candidates(
+        candidates.items,
+        candidates.scores,
+        candidates.channels,
+        Embeddings(emb.users, emb.items.copy()),
+    )
+    examples = build_examples(
+        candidates,
+        replay.targets,
+        lambda pairs: recall.score_pairs(requests, pairs),
+        unrated_negatives=stacking.unrated_negatives,
+        rated_pairs=stacking.rated_pairs,
+        rng=rng,
+    )
+    n_replayed = len(requests)
+    if stacking.like_pairs:
+        replay, examples = add_like_pairs(
+            replay, examples, recall.score_pairs, recall_split.train, late, data.item_ids, stacking
+        )
+    stacked = Stacked(replay.requests, item_to_item.score_pairs(replay.requests, examples))
+    counts = {
+        "slice_start": int(late["timestamp"].min()),
+        "slice_ratings": len(late),
+        "requests": n_replayed,
+        "like_pair_requests": len(replay.requests) - n_replayed,
+        "examples": len(examples),
+        "positives": int(np.asarray(examples.labels).sum()),
+        "from_candidates": int(np.asarray(examples.candidate).sum()),
+    }
+    if seconds is not None:
+        seconds["recall"] = fitted - start
+        seconds["examples"] = time.perf_counter() - fitted
+    return Cut(recall, item_to_item, stacked, counts)
+
+
+def earlier_cuts(data: FitData, recall_split: Split, config: PipelineConfig) -> list[Cut]:
+    """The `stacking.cuts - 1` cuts before the latest (whose early part is `recall_split`),
+    latest first: cut i's slice is the slice_fraction of train just before cut i - 1, and
+    its recall and item-to-item models learn on everything before it. Each cut draws its
+    examples from its own generator, so the latest cut's stay those of a one-cut run."""
+    stacking, cuts = config.stacking, []
+    previous = recall_split
+    for i in range(1, stacking.cuts):
+        share = stacking.slice_fraction / (1 - i * stacking.slice_fraction)  # of what is left
+        previous, late = time_slice(previous, share)
+        index = config.index.build(len(data.item_ids))  # unbuilt: exact search, as step 1
+        rng = np.random.default_rng([config.prerank.seed, i])
+        cuts.append(replay_cut(data, previous, late, config, index, rng))
+    return cuts
+
+
+def with_earlier_cuts(
+    latest: Stacked,
+    earlier: list[Cut],
+    config: PreRankConfig,
+    *,
+    folds: int,
+    epochs: int,
+    device: str = "cpu",
+) -> Stacked:
+    """The rank stage's examples: the latest cut's (carrying its out-of-fold pre-rank
+    logits), then each earlier cut's with logits cross-fitted on that cut alone. Pre-rank
+    reads the recall vectors, and every cut has a recall fit of its own, so a pre-rank model
+    of one cut cannot score another's pairs."""
+    parts = [latest]
+    for cut in earlier:
+        oof = cross_fit_prerank(
+            config, cut.stacked, folds=folds, epochs=epochs, seed=config.seed, device=device
+        )
+        parts.append(Stacked(cut.stacked.requests, cut.stacked.pairs.with_scores("prerank", oof)))
+    return stack_examples(parts)
+
+
+def stack_examples(parts: list[Stacked]) -> Stacked:
+    """The examples of several cuts as one: requests one after another, each part's pair
+    rows shifted by the requests before it; the scores every part carries. No embeddings:
+    each cut's recall vectors live in their own space (only pre-rank reads them)."""
+    requests, pairs = parts[0].requests, parts[0].pairs.with_embeddings(None)
+    for part in parts[1:]:
+        p = part.pairs
+        rows = p.rows + len(requests)
+        shifted = Pairs(rows, p.items, p.scores, None, p.labels, p.rated, p.candidate)
+        requests, pairs = requests.concat(part.requests), pairs.concat(shifted)
+    return Stacked(requests, pairs)
+
+
 def cross_fit_prerank(
     config: PreRankConfig,
     stacked: Stacked,
@@ -327,4 +429,14 @@ def cross_fit_prerank(
     return out
 
 
-__all__ = ["TrainReport", "choose_operating_point", "cross_fit_prerank", "train_funnel"]
+__all__ = [
+    "Cut",
+    "TrainReport",
+    "choose_operating_point",
+    "cross_fit_prerank",
+    "earlier_cuts",
+    "replay_cut",
+    "stack_examples",
+    "train_funnel",
+    "with_earlier_cuts",
+]

@@ -62,6 +62,14 @@ class StackingConfig:
         True, "also train on the targets' rated pairs that recall missed (label rating >= 4)"
     )
     folds: int = param(2, "cross-fitting folds for the rank stage's prerank_logit input")
+    cuts: int = param(
+        2,
+        "cut points in time that replay requests for the rank stage: 1, the slice only; n "
+        "adds n - 1 earlier slices of the same size, each replayed through recall and "
+        "item-to-item fitted again on the ratings before it (pre-rank learns on the latest "
+        "slice only, as it reads that fit's vectors)",
+        saved_without=1,  # runs saved before the field had one cut
+    )
     like_pairs: bool = param(
         True,
         "also give the rank stage's P(liked | rated) head the later rated pairs of the slice "
@@ -91,6 +99,11 @@ class StackingConfig:
             raise ConfigError("stacking.min_gap_days must be >= 0")
         if self.unrated_negatives < 0 or self.folds < 2:
             raise ConfigError("stacking.unrated_negatives must be >= 0 and folds >= 2")
+        if self.cuts < 1 or self.cuts * self.slice_fraction >= 1:
+            raise ConfigError(
+                "stacking.cuts must be >= 1 and leave train before the earliest cut "
+                f"(cuts x slice_fraction < 1), got {self.cuts} x {self.slice_fraction}"
+            )
         if self.unrated_negatives == 0 and not self.rated_pairs:
             raise ConfigError("stacking needs unrated_negatives > 0 or rated_pairs = true")
 
