@@ -235,10 +235,11 @@ def _train_one(args: argparse.Namespace, config: PipelineConfig, ml: MovieLens, 
 
     _log(describe(plan(len(catalogue(ml.ratings)), config.scale)))  # dense or sparse, and why
     stacking = config.stacking
+    n_earlier = stacking.cuts - 1
     earlier = (
-        f" (rank also on {stacking.cuts - 1} earlier slice(s) of the same size, each replayed "
-        "through recall refitted before it)"
-        if stacking.cuts > 1
+        f" (rank also on {'an earlier slice' if n_earlier == 1 else f'{n_earlier} earlier slices'}"
+        " of the same size, replayed through recall refitted before it)"
+        if n_earlier
         else ""
     )
     _log(
