@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from recfunnel.config import load_config
-from recfunnel.data.split import make_split
+from recfunnel.data.split import Split, make_split
 from recfunnel.prerank import PreRankStage
 from recfunnel.rank import RankStage
 from recfunnel.recall import RecallStage
@@ -55,3 +55,19 @@ def test_an_earlier_cut_adds_out_of_sample_requests_for_rank_only(synthetic_ml, 
     assert stacked.pairs.rows.max() < len(stacked.requests)
     # Pairs of the earlier cut belong to its requests, which come after the latest's.
     assert (stacked.pairs.rows[latest["examples"] :] >= n_latest).all()
+
+
+def test_data_too_short_for_an_earlier_cut_leaves_it_out_instead_of_failing(synthetic_ml):
+    split = make_split(synthetic_ml.ratings)
+    # A bulk import: the first 70 % of train rows share one timestamp, so nothing lies
+    # before the earlier cut (at 60 %; a timestamp is never cut in two), while the latest
+    # cut (80 %) is as usual.
+    train = split.train.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    bulk = int(0.7 * len(train))
+    train.loc[: bulk - 1, "timestamp"] = train["timestamp"].iloc[bulk - 1]
+    split = Split(train, split.valid, split.test, split.kind)
+    config = load_config(PipelineConfig, None, SMOKE_OVERRIDES)  # the default two cuts
+    _, report = train_funnel(synthetic_ml, split, config, progress=False)
+    assert "earlier_cuts" not in report.examples and report.examples["requests"] > 0
+    (note,) = report.examples["earlier_cuts_skipped"]
+    assert note.startswith("cut 1 of 1 and any before it: ") and "empty part of train" in note

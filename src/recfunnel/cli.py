@@ -260,6 +260,8 @@ def _train_one(args: argparse.Namespace, config: PipelineConfig, ml: MovieLens, 
             f"{log.best_epoch}, {log.seconds:.0f} s"
         )
     cuts = [report.examples, *report.examples.get("earlier_cuts", [])]
+    for note in report.examples.get("earlier_cuts_skipped", []):
+        _log(f"stacking: earlier {note}")
 
     def per_cut(key: str) -> str:  # "510" or, with earlier cuts, "510 + 333"
         return " + ".join(f"{cut[key]:,}" for cut in cuts)

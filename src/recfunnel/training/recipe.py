@@ -35,6 +35,7 @@ import pandas as pd
 from recfunnel.data.dataset import MovieLens
 from recfunnel.data.split import Split
 from recfunnel.device import resolve_device
+from recfunnel.errors import ConfigError
 from recfunnel.evaluation.bootstrap import per_user_metric
 from recfunnel.evaluation.protocol import Evaluator, catalogue, metric_cutoff, rated_pairs
 from recfunnel.features import serving_time
@@ -99,10 +100,13 @@ def train_funnel(
     # Earlier cuts (stacking.cuts > 1): steps 1 and 2 again at earlier moments, for more
     # rank examples; their models are dropped once they have replayed their slices.
     start = time.perf_counter()
-    earlier = earlier_cuts(data, recall_split, config)
+    skipped: list[str] = []
+    earlier = earlier_cuts(data, recall_split, config, skipped=skipped)
     if earlier:
         report.examples["earlier_cuts"] = [c.counts for c in earlier]
         report.seconds["earlier_cuts"] = time.perf_counter() - start
+    if skipped:
+        report.examples["earlier_cuts_skipped"] = skipped
 
     # 3. Serving state: the channels that allow it, and the item-to-item score, refitted on
     # all of train (they then know the slice's ratings too); every channel's serving inputs
@@ -356,16 +360,28 @@ def replay_cut(
     return Cut(recall, item_to_item, stacked, counts)
 
 
-def earlier_cuts(data: FitData, recall_split: Split, config: PipelineConfig) -> list[Cut]:
+def earlier_cuts(
+    data: FitData, recall_split: Split, config: PipelineConfig, *, skipped: list[str] | None = None
+) -> list[Cut]:
     """The `stacking.cuts - 1` cuts before the latest (whose early part is `recall_split`),
     latest first: cut i's slice is the slice_fraction of train just before cut i - 1, and
     its recall and item-to-item models learn on everything before it. Each cut draws its
-    examples from its own generator, so the latest cut's stay those of a one-cut run."""
+    examples from its own generator, so the latest cut's stay those of a one-cut run.
+
+    Data too short for a cut (nothing left before it, or no user returning in its slice)
+    ends the list there instead of failing the run: the earlier cuts only add examples.
+    Why goes to `skipped` (one line)."""
     stacking, cuts = config.stacking, []
     previous = recall_split
     for i in range(1, stacking.cuts):
         share = stacking.slice_fraction / (1 - i * stacking.slice_fraction)  # of what is left
-        previous, late = time_slice(previous, share)
+        try:  # both checks are cheap; the fits below are not
+            previous, late = time_slice(previous, share)
+            slice_requests(previous.train, late, data.item_ids, stacking)
+        except ConfigError as error:
+            if skipped is not None:
+                skipped.append(f"cut {i} of {stacking.cuts - 1} and any before it: {error}")
+            break
         index = config.index.build(len(data.item_ids))  # unbuilt: exact search, as step 1
         rng = np.random.default_rng([config.prerank.seed, i])
         cuts.append(replay_cut(data, previous, late, config, index, rng))
