@@ -7,10 +7,14 @@ seeded random share of the slice users, everything else unchanged: recall, item-
 the refit and the serving state are the same in every run) and scores each run's stage lists
 on valid and test. If accuracy still climbs at 1.0, more requests (cross-fitted channels,
 several cut points) are worth building; if it is flat, they are not the bottleneck.
+`--cuts 1,2` repeats the sweep for each number of cut points (`stacking.cuts`: an earlier
+cut adds the returning users of the slice before it, through models fitted before it), so
+both ways of getting more requests sit on one curve.
 
 Nothing here chooses a default: it is a measurement. Writes bench/learning_curve_results.json.
 
-    .venv/bin/python bench/learning_curve.py [--fractions 0.25,0.5,1] [--work runs/curve]
+    .venv/bin/python bench/learning_curve.py [--fractions 0.25,0.5,1] [--cuts 1,2]
+        [--work runs/curve]
 """
 
 from __future__ import annotations
@@ -34,11 +38,14 @@ from recfunnel.run import load_run
 HERE = Path(__file__).resolve().parent
 
 
-def train(out: Path, fraction: float, seed: int) -> None:
-    """`recfunnel train` of the default config with the slice users cut to `fraction`."""
+def train(out: Path, fraction: float, seed: int, cuts: int | None) -> None:
+    """`recfunnel train` of the default config with the slice users cut to `fraction` (and
+    `cuts` cut points, None: the default)."""
     cli = Path(sys.executable).with_name("recfunnel")
     command = [str(cli), "train", "--out", str(out), "--overwrite", f"--seed={seed}"]
     command.append(f"--stacking.user_fraction={fraction}")
+    if cuts is not None:
+        command.append(f"--stacking.cuts={cuts}")
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -60,6 +67,7 @@ def scores(run_dir: Path, ml: Any) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fractions", default="0.25,0.5,1")
+    parser.add_argument("--cuts", default="", help="comma-separated stacking.cuts values")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/curve"))
     parser.add_argument("--out", type=Path, default=HERE / "learning_curve_results.json")
@@ -71,20 +79,29 @@ def main() -> int:
         parser.error(f"--fractions takes comma-separated numbers, got {args.fractions!r}")
     if not fractions or not all(0 < f <= 1 for f in fractions):
         parser.error(f"--fractions must lie in (0, 1], got {args.fractions!r}")
+    try:
+        cut_counts: list[int | None] = [int(c) for c in args.cuts.split(",") if c] or [None]
+    except ValueError:
+        parser.error(f"--cuts takes comma-separated whole numbers, got {args.cuts!r}")
+    if not all(c is None or c >= 1 for c in cut_counts):
+        parser.error(f"--cuts must be >= 1, got {args.cuts!r}")
     ml = load_movielens(args.data_dir, progress=False)
     rows, results = [], []
-    for fraction in fractions:
-        run_dir = args.work / f"fraction-{fraction:g}"
+    for cuts, fraction in ((c, f) for c in cut_counts for f in fractions):
+        name = f"fraction-{fraction:g}" if cuts is None else f"cuts-{cuts}-fraction-{fraction:g}"
+        run_dir = args.work / name
         print(f"training with stacking.user_fraction={fraction:g} -> {run_dir}", file=sys.stderr)
-        train(run_dir, fraction, args.seed)
-        result = {"fraction": fraction, **scores(run_dir, ml)}
+        train(run_dir, fraction, args.seed, cuts)
+        result = {"fraction": fraction, "cuts": cuts, **scores(run_dir, ml)}
         results.append(result)
-        examples = result["examples"]
+        # Every cut's counts: the latest's, then the earlier cuts' (stacking.cuts).
+        per_cut = [result["examples"], *result["examples"].get("earlier_cuts", [])]
         rows.append(
             {
+                "cuts": len(per_cut),
                 "fraction": fraction,
-                "requests": examples["requests"],
-                "examples": examples["examples"],
+                "requests": sum(c["requests"] for c in per_cut),
+                "examples": sum(c["examples"] for c in per_cut),
                 **{f"valid {s}": result["valid"][s] for s in STAGES[1:]},
                 **{f"test {s}": result["test"][s] for s in STAGES[1:]},
                 "test rank AUC": result["test_rank_auc"],
