@@ -551,14 +551,16 @@ pd.DataFrame({**head, "liked": np.asarray(stacked.pairs.labels)[:5]}).round(3)
 # %%
 from recfunnel.training.recipe import earlier_cuts
 
-earlier = earlier_cuts(data, recall_split, config)
-for i, cut in enumerate(earlier, start=1):
+cuts = earlier_cuts(data, recall_split, config)
+for i, cut in enumerate(cuts, start=1):
     start_day = pd.to_datetime(cut.counts["slice_start"], unit="s").date()
     print(
         f"cut {i}: slice from {start_day}, {cut.counts['requests']:,} replayed requests "
         f"(+{cut.counts['like_pair_requests']:,} for the like head), "
         f"{cut.counts['examples']:,} examples"
     )
+earlier = [cut.stacked for cut in cuts]  # keep the examples; the cut's models are done
+del cuts
 
 # %% [markdown]
 # Step 3 moves the channels to serving: those whose scores keep their meaning are refitted on

@@ -101,10 +101,12 @@ def train_funnel(
     # rank examples; their models are dropped once they have replayed their slices.
     start = time.perf_counter()
     skipped: list[str] = []
-    earlier = earlier_cuts(data, recall_split, config, skipped=skipped)
-    if earlier:
-        report.examples["earlier_cuts"] = [c.counts for c in earlier]
+    cuts = earlier_cuts(data, recall_split, config, skipped=skipped)
+    earlier = [cut.stacked for cut in cuts]  # their examples; the models go with `cuts`
+    if cuts:
+        report.examples["earlier_cuts"] = [cut.counts for cut in cuts]
         report.seconds["earlier_cuts"] = time.perf_counter() - start
+    del cuts
     if skipped:
         report.examples["earlier_cuts_skipped"] = skipped
 
@@ -390,7 +392,7 @@ def earlier_cuts(
 
 def with_earlier_cuts(
     latest: Stacked,
-    earlier: list[Cut],
+    earlier: list[Stacked],
     config: PreRankConfig,
     *,
     folds: int,
@@ -398,15 +400,16 @@ def with_earlier_cuts(
     device: str = "cpu",
 ) -> Stacked:
     """The rank stage's examples: the latest cut's (carrying its out-of-fold pre-rank
-    logits), then each earlier cut's with logits cross-fitted on that cut alone. Pre-rank
+    logits), then each earlier cut's (`Cut.stacked`) with logits cross-fitted on that cut
+    alone. Pre-rank
     reads the recall vectors, and every cut has a recall fit of its own, so a pre-rank model
     of one cut cannot score another's pairs."""
     parts = [latest]
-    for cut in earlier:
+    for part in earlier:
         oof = cross_fit_prerank(
-            config, cut.stacked, folds=folds, epochs=epochs, seed=config.seed, device=device
+            config, part, folds=folds, epochs=epochs, seed=config.seed, device=device
         )
-        parts.append(Stacked(cut.stacked.requests, cut.stacked.pairs.with_scores("prerank", oof)))
+        parts.append(Stacked(part.requests, part.pairs.with_scores("prerank", oof)))
     return stack_examples(parts)
 
 
