@@ -94,17 +94,18 @@ def train_funnel(
     # 1. Recall and item-to-item on the early part of train.
     # 2. Replayed slice requests through the early models, candidates labelled.
     recall_split, late = time_slice(split, stacking.slice_fraction)
-    cut = replay_cut(data, recall_split, late, config, index, rng, seconds=report.seconds)
-    recall, item_to_item, stacked = cut.recall, cut.item_to_item, cut.stacked
-    report.examples = dict(cut.counts)
+    latest = replay_cut(data, recall_split, late, config, index, rng, seconds=report.seconds)
+    recall, item_to_item, stacked = latest.recall, latest.item_to_item, latest.stacked
+    report.examples = dict(latest.counts)
+    del latest  # step 3 refits item-to-item: nothing else may keep the early fit alive
     # Earlier cuts (stacking.cuts > 1): steps 1 and 2 again at earlier moments, for more
     # rank examples; their models are dropped once they have replayed their slices.
     start = time.perf_counter()
     skipped: list[str] = []
     cuts = earlier_cuts(data, recall_split, config, skipped=skipped)
-    earlier = [cut.stacked for cut in cuts]  # their examples; the models go with `cuts`
+    earlier = [c.stacked for c in cuts]  # their examples; the models go with `cuts`
     if cuts:
-        report.examples["earlier_cuts"] = [cut.counts for cut in cuts]
+        report.examples["earlier_cuts"] = [c.counts for c in cuts]
         report.seconds["earlier_cuts"] = time.perf_counter() - start
     del cuts
     if skipped:
@@ -401,9 +402,8 @@ def with_earlier_cuts(
 ) -> Stacked:
     """The rank stage's examples: the latest cut's (carrying its out-of-fold pre-rank
     logits), then each earlier cut's (`Cut.stacked`) with logits cross-fitted on that cut
-    alone. Pre-rank
-    reads the recall vectors, and every cut has a recall fit of its own, so a pre-rank model
-    of one cut cannot score another's pairs."""
+    alone. Pre-rank reads the recall vectors, and every cut has a recall fit of its own, so
+    a pre-rank model of one cut cannot score another's pairs."""
     parts = [latest]
     for part in earlier:
         oof = cross_fit_prerank(
