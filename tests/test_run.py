@@ -3,6 +3,7 @@ the example config. (tests/test_funnel.py covers the funnel's train -> evaluate 
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,38 @@ def test_holdout_choice_scripts_run_on_valid_and_refuse_the_real_test(
     refused = call("--split", "test")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "choosing on the real test part leaks" in refused.stderr
+
+
+def test_bench_rerank_transfer_reports_both_parts(smoke_run, synthetic_dir, tmp_path):
+    """bench/rerank_transfer.py re-ranks at the sweep's lambdas on valid and on test (a
+    report, no choice), with the chosen lambda's paired interval and the bands by targets;
+    a run directory that is not there stops with one line, status 2."""
+    out, _ = smoke_run
+
+    def call(run: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                sys.executable,
+                "bench/rerank_transfer.py",
+                str(run),
+                "--data-dir",
+                str(synthetic_dir),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "RECFUNNEL_CACHE_DIR": str(tmp_path)},
+            cwd=Path(__file__).resolve().parents[1],
+        )
+
+    done = call(out)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("valid: ") and "\ntest: " in done.stdout
+    assert "(paired 95 %)" in done.stdout and "liked targets" in done.stdout
+    # lambda 1 is the reference of each part: a change of exactly 0.
+    assert len(re.findall(r"\n(valid|test) +1 +[0-9.]+ +0(\.0+)? +0(\.0+)?\n", done.stdout)) == 2
+    bad = call(tmp_path / "absent")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("rerank_transfer.py: error:")
 
 
 def test_compare_two_runs_with_paired_intervals(trained, smoke_run, capsys, tmp_path):
