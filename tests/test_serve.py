@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from recfunnel.cli import main
-from recfunnel.serving.app import MAX_BODY_BYTES, MAX_RATINGS, create_app
+from recfunnel.serving.app import MAX_BODY_BYTES, MAX_RATINGS, MAX_TOPK_FINAL, create_app
 from recfunnel.serving.recommender import Pipeline
 from recfunnel.serving.store import RatingStore
 
@@ -134,6 +134,11 @@ def test_unknown_and_cold_users(client: TestClient, pipeline: Pipeline) -> None:
         ("/users/1/recommendations?topk_recall=10&topk_final=20", "cannot exceed"),
         ("/users/1/recommendations?topk_recall=100000", "catalogue size"),
         ("/users/1/recommendations?topk_final=0", "greater than or equal"),
+        # A final list is capped: DPP over the whole catalogue stalls the server for seconds.
+        (
+            f"/users/1/recommendations?topk_final={MAX_TOPK_FINAL + 1}",
+            f"less than or equal to {MAX_TOPK_FINAL}",
+        ),
         ("/users/1/recommendations?method=xgb", "mmr"),
         ("/items?limit=0", "greater than or equal"),
         ("/items?limit=1000", "less than or equal"),
@@ -232,6 +237,64 @@ def test_ratings_of_unknown_users_and_bad_bodies(client: TestClient, warm_user: 
     assert streamed.status_code == 413
 
 
+@pytest.mark.parametrize("url", ["/users/{user}/ratings", "/recommendations"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"ratings": [{"movie_id": 1, "rating": NaN}]}',
+        b'{"ratings": [{"movie_id": -Infinity, "rating": 4}]}',
+        b'{"ratings": [{"movie_id": 1, "rating": 1e999}]}',  # parsed as inf
+        b'{"ratings": [{"movie_id": 1, "rating": 4}], "extra": Infinity}',
+        b"NaN",
+    ],
+)
+def test_non_finite_numbers_in_a_body_are_422_not_500(
+    client: TestClient, warm_user: int, url: str, raw: bytes
+) -> None:
+    """Python's JSON parser reads NaN and Infinity; the 422 that echoes them must encode."""
+    response = client.post(
+        url.format(user=warm_user), content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["msg"]
+    assert client.get("/health").json()["live_ratings"] == 0
+
+
+@pytest.mark.parametrize("url", ["/users/{user}/ratings", "/recommendations"])
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (b'{"ratings": [{"movie_id": 1, "rating": "\xff"}]}', "not UTF-8"),  # latin-1 bytes
+        (b'{"ratings": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "nested too deeply"),
+    ],
+)
+def test_unscannable_json_is_422_with_a_reason(
+    client: TestClient, warm_user: int, url: str, raw: bytes, needle: str
+) -> None:
+    response = client.post(
+        url.format(user=warm_user), content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert needle in response.json()["detail"]
+
+
+@pytest.mark.parametrize("url", ["/users/{user}/ratings", "/recommendations"])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_not_sent_as_json_says_so(
+    client: TestClient, pipeline: Pipeline, warm_user: int, url: str, content_type: str | None
+) -> None:
+    """`curl -d` sends a form content type: the 422 must name the Content-Type, not only
+    say that the input is no "valid dictionary"."""
+    headers = {} if content_type is None else {"content-type": content_type}
+    body = json.dumps(_ratings((int(pipeline.funnel.item_ids[0]), 5))).encode()
+    response = client.post(url.format(user=warm_user), content=body, headers=headers)
+    assert response.status_code == 422, response.text
+    assert "Content-Type: application/json" in response.json()["detail"]
+    assert client.get("/health").json()["live_ratings"] == 0
+    charset = {"content-type": "application/json; charset=utf-8"}
+    assert client.post(url.format(user=warm_user), content=body, headers=charset).is_success
+
+
 def test_visitor_recommendations(client: TestClient, pipeline: Pipeline) -> None:
     cold = client.post("/recommendations", json={"ratings": []}).json()
     assert cold["path"] == "cold" and cold["user_id"] is None and len(cold["final"]) == 20
@@ -255,6 +318,9 @@ def test_title_search(client: TestClient, pipeline: Pipeline) -> None:
     assert counts == sorted(counts, reverse=True)
     assert len(client.get("/items", params={"limit": 3}).json()["items"]) == 3
     assert client.get("/items", params={"query": "no such title zzz"}).json()["items"] == []
+    # A NUL matches no title (numpy strings would drop it and search for the rest).
+    assert client.get("/items", params={"query": "\x00"}).json()["items"] == []
+    assert client.get("/items", params={"query": word + "\x00"}).json()["items"] == []
 
 
 def test_metrics_in_prometheus_text(client: TestClient, warm_user: int) -> None:

@@ -451,6 +451,8 @@ class Pipeline:
             self._search = (order, np.char.lower(self._titles[order].astype(str)))
         order, titles = self._search
         needle = query.strip().lower()
+        if "\x00" in needle:  # numpy strings drop NULs, so "a\x00" would search for "a"
+            return []  # no title holds one
         if needle:
             order = order[np.char.find(titles, needle) >= 0]
         return [
