@@ -60,6 +60,8 @@ def test_health(client: TestClient, pipeline: Pipeline) -> None:
     assert body["defaults"]["lambda"] == rerank.lambda_mmr is not None  # chosen in training
     assert body["defaults"]["method"] == rerank.method
     assert body["defaults"]["topk_final"] == pipeline.funnel.sizes.topk_final
+    head = client.head("/health")  # what uptime checkers send
+    assert head.status_code == 200 and head.content == b""
 
 
 def test_recommendations_carry_the_whole_funnel_trace(

@@ -266,7 +266,8 @@ def create_app(pipeline: Pipeline, store: RatingStore, *, metrics: Metrics | Non
                 metrics.observe_stage(stage, ms / 1000)
         return FastJSON(trace.to_dict(full=full))
 
-    @app.get("/health")
+    # HEAD too: load balancers and uptime checkers often probe with it (a 405 reads as down).
+    @app.api_route("/health", methods=["GET", "HEAD"])
     def health() -> dict[str, Any]:
         """Liveness and what the server holds."""
         return {
