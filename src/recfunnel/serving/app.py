@@ -266,8 +266,12 @@ def create_app(pipeline: Pipeline, store: RatingStore, *, metrics: Metrics | Non
                 metrics.observe_stage(stage, ms / 1000)
         return FastJSON(trace.to_dict(full=full))
 
-    # HEAD too: load balancers and uptime checkers often probe with it (a 405 reads as down).
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    # Load balancers and uptime checkers often probe with HEAD (a 405 reads as down).
+    @app.head("/health", include_in_schema=False)
+    def health_head() -> Response:
+        return Response()
+
+    @app.get("/health")
     def health() -> dict[str, Any]:
         """Liveness and what the server holds."""
         return {
