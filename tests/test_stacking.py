@@ -163,6 +163,23 @@ def test_build_examples_labels_candidates_and_adds_missed_rated_pairs():
     assert recall[cand][ex.items[cand] == 0].tolist() == [4.0]
 
 
+def test_build_examples_when_recall_proposed_every_rated_item():
+    # No missed pair (a topk_recall near the catalogue size): the empty fancy index of the
+    # missed ratings came back as a sparse-matrix object and labelling them raised.
+    cands = Candidates(np.array([[0, 1, 2]]), {"recall": np.array([[3.0, 2.0, 1.0]])})
+    targets = sp.csr_matrix(np.array([[5.0, 0.0, 2.0]]))
+    ex = build_examples(
+        cands,
+        targets,
+        lambda pairs: pairs.with_scores("recall", np.zeros(len(pairs))),
+        unrated_negatives=1,
+        rated_pairs=True,
+        rng=np.random.default_rng(0),
+    )
+    assert ex.candidate.all() and sorted(ex.items.tolist()) == [0, 1, 2]
+    assert ex.labels[np.argsort(ex.items)].tolist() == [1.0, 0.0, 0.0]
+
+
 def test_cross_fitted_logits_never_come_from_a_model_that_saw_the_request(monkeypatch):
     rng = np.random.default_rng(0)
     n_req, n_items, d = 12, 30, 4

@@ -273,8 +273,10 @@ def build_examples(
     )
     missed_ratings = sp.csr_matrix(targets - targets.multiply(proposed > 0))
     missed_ratings.eliminate_zeros()
-    m_rows, m_items = missed_ratings.nonzero()
-    m_rating = np.asarray(missed_ratings[m_rows, m_items]).ravel()
+    # COO, not fancy indexing: when recall proposed every target (a topk_recall near the
+    # catalogue size), indexing with empty arrays gave a matrix object, not an empty array.
+    missed_coo = missed_ratings.tocoo()
+    m_rows, m_items, m_rating = missed_coo.row, missed_coo.col, missed_coo.data
     # The candidates' embeddings are the requests' own: the missed pairs are scored with them.
     extra = missed(
         Pairs(m_rows.astype(np.int64), m_items.astype(np.int64), embeddings=pairs.embeddings)
