@@ -66,6 +66,8 @@ def test_evaluate_table(data_args, capsys):
         (["evaluate", "--ks", "20,x"], "--ks"),
         (["evaluate", "--ks", "0"], "--ks"),
         (["evaluate", "--lambda", "-1"], "--lambda"),
+        (["evaluate", "--lambda", "inf"], "--lambda"),
+        (["evaluate", "--model", ""], "unknown model"),
     ],
 )
 def test_bad_options_give_one_clear_line(argv, message, data_args, capsys):
@@ -84,9 +86,10 @@ def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
 def test_help_everywhere():
     exe = shutil.which("recfunnel")
     base = [exe] if exe else [sys.executable, "-m", "recfunnel.cli"]
-    for argv in ([], ["data"], ["evaluate"]):
+    for argv in ([], ["data"], ["evaluate"], ["compare"]):
         done = subprocess.run([*base, *argv, "--help"], capture_output=True, text=True)
         assert done.returncode == 0 and "usage:" in done.stdout
+        assert "%%" not in done.stdout  # argparse formats no description: "95 %%" stayed
 
 
 def test_seed_override_is_not_read_as_seeds():
@@ -98,3 +101,104 @@ def test_seed_override_is_not_read_as_seeds():
     assert args.seeds is None and extra == ["--seed=1"]
     args, extra = build_parser().parse_known_args(["train", "--out", "x", "--seeds", "1,2"])
     assert args.seeds == "1,2" and extra == []
+
+
+@pytest.fixture
+def bare_run(tmp_path):
+    """A folder `read_manifest` takes for a run (a manifest, no weights): enough for the
+    checks that must come before any data is loaded or any work is done."""
+    run = tmp_path / "run"
+    run.mkdir()
+    manifest = {
+        "package": "recfunnel",
+        "version": "0",
+        "data_sha256": "0" * 64,
+        "split": "global",
+        "files": {},
+    }
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("recfunnel: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_out_files_that_cannot_be_written_are_refused_first(bare_run, data_args, tmp_path, capsys):
+    # write_atomic needs an existing folder to put its temp file in: bench used to time the
+    # whole run first, then end in a traceback (summarize too, after reading the reports).
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out in (tmp_path / "missing" / "b.json", afile / "b.json", bare_run):
+        assert main(["bench", str(bare_run), "--out", str(out), *data_args]) == 2
+        assert "--out" in _one_line(capsys)
+        assert main(["summarize", str(bare_run), "--out", str(out)]) == 2
+        assert "--out" in _one_line(capsys)
+    assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "afile",
+        "run",
+    ]
+
+
+def test_summarize_refuses_a_run_given_twice(bare_run, capsys):
+    # The same run twice would count twice in the mean and the standard deviation.
+    assert main(["summarize", str(bare_run), f"{bare_run}/"]) == 2
+    assert "twice" in _one_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--ks", "5"], ["--protocol", "per_user"], ["--lambda", "10"]],
+)
+def test_evaluate_run_refuses_options_it_would_ignore(option, bare_run, data_args, capsys):
+    # A run directory is evaluated on its own split at its report's cut-offs, and the funnel
+    # report's EASE row keeps its lambda: these options used to be silently ignored.
+    assert main(["evaluate", str(bare_run), *option, *data_args]) == 2
+    assert option[0] in _one_line(capsys)
+
+
+def test_failed_serve_leaves_no_database_in_the_run(bare_run, monkeypatch, capsys):
+    # The rating store was created (RUN_DIR/serving/ratings.sqlite3) before the port, the
+    # data and the run were checked, so a serve that failed still wrote into the run.
+    monkeypatch.setattr("recfunnel.cli._one_thread_per_process", lambda: None)
+    before = sorted(p.name for p in bare_run.rglob("*"))
+    assert main(["serve", str(bare_run), "--port", "0"]) == 2
+    assert "--port" in _one_line(capsys)
+    assert sorted(p.name for p in bare_run.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seed=-1"], "seed"),
+        (["--rank.seed=-1"], "rank.seed"),
+        ([f"--seed={2**64}"], "seed"),
+        (["--seeds", f"1,{2**64}"], "--seeds"),
+        (["--funnel.topk_recall=100000"], "catalogue"),
+    ],
+)
+def test_train_refuses_what_would_fail_mid_training(argv, message, data_args, tmp_path, capsys):
+    # numpy and torch refuse a negative or too large seed, and replaying a slice with more
+    # candidates than items broke, only once training reached them: tracebacks, late.
+    from recfunnel.run import SMOKE_OVERRIDES
+
+    out = tmp_path / "out"
+    assert main(["train", *data_args, "--out", str(out), *SMOKE_OVERRIDES, *argv]) == 2
+    assert message in _one_line(capsys)
+    assert not out.exists()
+
+
+def test_train_refuses_an_out_below_a_file_before_training(data_args, tmp_path, capsys):
+    # write_run makes the missing folders above --out: below a file that failed after the
+    # whole training, with a traceback.
+    from recfunnel.run import SMOKE_OVERRIDES
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out in (afile / "run", afile / "a" / "run"):
+        assert main(["train", *data_args, "--out", str(out), *SMOKE_OVERRIDES]) == 2
+        assert str(afile) in _one_line(capsys)
+    assert afile.read_text() == "x"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -33,6 +34,12 @@ DATA_HELP = (
 # The names of recfunnel.data.datasets.DATASETS, spelled out so `--help` need not import
 # pandas (tests/test_datasets.py checks that the two agree).
 DATASET_CHOICES = ("ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m")
+# `evaluate` defaults, applied in code: a RUN_DIR's report has no use for these options, so
+# one given with it is refused rather than silently ignored (None: not given).
+EVALUATE_MODELS = "pop,ease"
+EVALUATE_KS = "10,20,50,100,200"
+EVALUATE_PROTOCOL = "global"
+EASE_LAMBDA = 1000.0
 
 
 def _log(message: str) -> None:
@@ -152,6 +159,25 @@ def _parse_models(text: str) -> list[str]:
     return models
 
 
+def _ease_lambda(value: float | None) -> float:
+    """--lambda, or its default; NaN and inf are refused (EASE's scores would be NaN)."""
+    value = EASE_LAMBDA if value is None else value
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"--lambda must be a finite number > 0, got {value}")
+    return value
+
+
+def _check_out_file(out: Path) -> None:
+    """Refuse an --out file that cannot be written, before the work that fills it:
+    `write_atomic` writes a temp file beside it and renames it over it."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; name a file to write")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: {out.parent} is not an existing folder")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: cannot write into {out.parent}")
+
+
 def _parse_ks(text: str) -> list[int]:
     try:
         ks = [int(k) for k in text.split(",") if k.strip()]
@@ -215,12 +241,14 @@ def _train_seeds(args: argparse.Namespace, config: PipelineConfig, out: Path) ->
 
 
 def _seed_list(text: str) -> list[int]:
+    from recfunnel.config import SEED_MAX
+
     try:
         seeds = [int(part) for part in text.split(",")]
     except ValueError:
         raise ConfigError(f"--seeds takes comma-separated integers, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ConfigError(f"--seeds takes distinct integers >= 0, got {text!r}")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) > SEED_MAX:
+        raise ConfigError(f"--seeds takes distinct integers in 0..2**64-1, got {text!r}")
     return seeds
 
 
@@ -308,7 +336,7 @@ def _evaluate_recall(args: argparse.Namespace, run: Run, ml: MovieLens) -> int:
         ml,
         run.split,
         history=history,
-        ease_lambda=args.ease_lambda,
+        ease_lambda=_ease_lambda(args.ease_lambda),
     )
     report["train"] = channel.log_.to_dict()
     if args.channels:
@@ -382,8 +410,17 @@ def _evaluate_run(args: argparse.Namespace) -> int:
             "--model picks baselines to evaluate without RUN_DIR; a run directory's report "
             "always compares the funnel with popularity and EASE"
         )
-    if not args.ease_lambda > 0:
-        raise ConfigError(f"--lambda must be > 0, got {args.ease_lambda}")
+    if args.ks is not None or args.protocol is not None:
+        raise ConfigError(
+            "--ks and --protocol apply to baselines without RUN_DIR; a run directory is "
+            "evaluated on the split it was trained on, at its report's cut-offs"
+        )
+    if args.ease_lambda is not None and args.stage == "funnel":
+        raise ConfigError(
+            "--lambda applies to baselines and --stage recall; the funnel report's EASE "
+            "row keeps its default"
+        )
+    _ease_lambda(args.ease_lambda)
     if args.history is not None and args.stage == "funnel":
         raise ConfigError(
             "--history applies to baselines and --stage recall; the funnel is evaluated with "
@@ -466,6 +503,13 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     from recfunnel.evaluation.seeds import render_summary, summarize_reports
     from recfunnel.run import read_manifest
 
+    if args.out is not None:
+        _check_out_file(args.out)
+    seen: set[Path] = set()
+    for run_dir in args.run_dirs:  # a run named twice would count twice in mean and spread
+        if run_dir.resolve() in seen:
+            raise ConfigError(f"{run_dir} is given twice; name each run directory once")
+        seen.add(run_dir.resolve())
     reports = {}
     for run_dir in args.run_dirs:
         read_manifest(run_dir)  # one clear line when it is not a run directory
@@ -574,11 +618,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     read_manifest(args.run_dir)  # a clear error before any data is loaded
     _one_thread_per_process()
     db = args.db or Path(args.run_dir) / "serving" / "ratings.sqlite3"
-    store = RatingStore(db)
     dataset = _run_dataset(args, args.run_dir)
     sock = _listen(args.host, args.port)
     ml = _load(args, dataset)
     pipeline = Pipeline.load(args.run_dir, ml, args.device)
+    # Opened (and created) only once the run has loaded: a serve that fails leaves no
+    # database behind in the run directory.
+    store = RatingStore(db)
     pipeline.recommend_trace(int(pipeline.user_ids[0]))  # warm-up: the first call is slow
     # Workers merge their /metrics through snapshot files in a folder of their own.
     metrics_dir = tempfile.mkdtemp(prefix="recfunnel-metrics-") if args.workers > 1 else None
@@ -619,9 +665,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     read_manifest(args.run_dir)
     if args.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+    out = args.out or Path(args.run_dir) / "bench.json"
+    _check_out_file(out)  # before minutes of timing
     ml = _load(args, _run_dataset(args, args.run_dir))
     result = bench_run(args.run_dir, ml, repeats=args.repeats, device=args.device)
-    out = args.out or Path(args.run_dir) / "bench.json"
     from recfunnel.atomic import write_atomic
 
     write_atomic(out, json.dumps(result, indent=2).encode())
@@ -636,12 +683,11 @@ def _evaluate_baselines(args: argparse.Namespace) -> int:
     from recfunnel.evaluation.protocol import Evaluator, catalogue
     from recfunnel.evaluation.tables import REFERENCE_COLUMNS, format_table
 
-    models = _parse_models(args.model or "pop,ease")
-    ks = _parse_ks(args.ks)
-    if not args.ease_lambda > 0:
-        raise ConfigError(f"--lambda must be > 0, got {args.ease_lambda}")
+    models = _parse_models(EVALUATE_MODELS if args.model is None else args.model)
+    ks = _parse_ks(EVALUATE_KS if args.ks is None else args.ks)
+    ease_lambda = _ease_lambda(args.ease_lambda)
     ml = _load(args)
-    split = make_split(ml.ratings, args.protocol)
+    split = make_split(ml.ratings, args.protocol or EVALUATE_PROTOCOL)
     items = catalogue(ml.ratings)
     history = args.history or "train"
     evaluator = Evaluator(
@@ -653,7 +699,7 @@ def _evaluate_baselines(args: argparse.Namespace) -> int:
     )
     results = {}
     for name in models:
-        model = EASE(args.ease_lambda) if BASELINES[name] is EASE else BASELINES[name]()
+        model = EASE(ease_lambda) if BASELINES[name] is EASE else BASELINES[name]()
         start = time.perf_counter()
         model.fit(split.train, items)
         fit_s = time.perf_counter() - start
@@ -813,9 +859,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--protocol",
         choices=("global", "per_user", "backtest"),
-        default="global",
-        help="split protocol: global temporal 80/10/10, per-user temporal, or backtest (a "
-        "holdout inside train + valid, for choosing defaults) (default: global)",
+        default=None,
+        help="without RUN_DIR: split protocol: global temporal 80/10/10, per-user temporal, "
+        "or backtest (a holdout inside train + valid, for choosing defaults) (default: global)",
     )
     evaluate.add_argument(
         "--history",
@@ -829,11 +875,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--lambda",
         dest="ease_lambda",
         type=float,
-        default=1000.0,
-        help="EASE L2 regularisation (default: 1000)",
+        default=None,
+        help="EASE L2 regularisation, for baselines and --stage recall (default: 1000)",
     )
     evaluate.add_argument(
-        "--ks", default="10,20,50,100,200", help="cut-offs K (default: 10,20,50,100,200)"
+        "--ks", default=None, help="without RUN_DIR: cut-offs K (default: 10,20,50,100,200)"
     )
     evaluate.add_argument(
         "--json", action="store_true", help="print a JSON object (keys like ndcg@20)"
@@ -844,7 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="compare two run directories stage by stage, with bootstrap intervals",
         description="Run both funnels for the same warm users and print every stage's "
-        "NDCG@20 and Recall@20 for each, and the paired bootstrap 95 %% interval of the "
+        "NDCG@20 and Recall@20 for each, and the paired bootstrap 95 % interval of the "
         "difference (1,000 draws over users, seeded).",
     )
     compare.add_argument("run_a", type=Path, metavar="RUN_A", help="a run directory")

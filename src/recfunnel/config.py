@@ -58,6 +58,8 @@ C = TypeVar("C")
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
 _NONE = ("none", "null")
+# The largest seed torch.manual_seed takes; numpy's default_rng takes any int >= 0.
+SEED_MAX = 2**64 - 1
 
 
 # --- declaring configs ---------------------------------------------------------------------
@@ -150,6 +152,8 @@ def validate_config(config: Any, *, where: str = "") -> None:
             validate_config(value, where=_join(where, f.name))
         else:
             _check_finite(value, _join(where, f.name))
+            if f.name == "seed":
+                _check_seed(value, _join(where, f.name))
     hook = getattr(config, "validate", None)
     if callable(hook):
         try:
@@ -168,6 +172,13 @@ def _check_finite(value: Any, key: str) -> None:
             _check_finite(item, f"{key}[{i}]")
     elif isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key} must be a finite number, got {value}")
+
+
+def _check_seed(value: Any, key: str) -> None:
+    """Every field named `seed` seeds numpy and torch, which refuse a negative or too large
+    one only when training reaches it (a traceback, maybe minutes in). Checked here, once."""
+    if isinstance(value, int) and not 0 <= value <= SEED_MAX:
+        raise ConfigError(f"{key} must be an integer in 0..2**64-1, got {value}")
 
 
 # --- saving --------------------------------------------------------------------------------

@@ -300,6 +300,15 @@ def check_out(out: Path, *, overwrite: bool) -> None:
         )
     if resolved == Path.home().resolve():
         raise ConfigError(f"--out {out} is the home folder; name a new folder for the run")
+    # write_run creates the missing folders above `out` and builds the run beside it: the
+    # nearest existing one must be a folder it can write into.
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"--out {out}: {ancestor} is not a folder; choose another --out")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: cannot write into {ancestor}; choose another --out")
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir() or out.is_symlink():

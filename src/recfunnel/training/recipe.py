@@ -84,6 +84,11 @@ def train_funnel(
     funnel_config.validate()
     report = TrainReport()
     item_ids = catalogue(ml.ratings)
+    if funnel_config.topk_recall > len(item_ids):  # the run could never serve its own size
+        raise ConfigError(
+            f"funnel.topk_recall must be <= {len(item_ids):,} (the catalogue size), "
+            f"got {funnel_config.topk_recall:,}"
+        )
     # Unbuilt: recall searches exactly until step 3. "auto" picks by the catalogue's size.
     index = config.index.build(len(item_ids))
     device = str(resolve_device(config.device))
