@@ -65,6 +65,7 @@ def test_evaluate_table(data_args, capsys):
         (["evaluate", "--model", "bpr"], "unknown model"),
         (["evaluate", "--ks", "20,x"], "--ks"),
         (["evaluate", "--ks", "0"], "--ks"),
+        (["evaluate", "--ks", "10,,20"], "--ks"),
         (["evaluate", "--lambda", "-1"], "--lambda"),
         (["evaluate", "--lambda", "inf"], "--lambda"),
         (["evaluate", "--model", ""], "unknown model"),
@@ -141,6 +142,13 @@ def test_out_files_that_cannot_be_written_are_refused_first(bare_run, data_args,
         "afile",
         "run",
     ]
+    # A run's own manifest or report would be replaced, damaging the run.
+    for name in ("manifest.json", "report.json"):
+        assert main(["bench", str(bare_run), "--out", str(bare_run / name), *data_args]) == 2
+        assert "run directory's own" in _one_line(capsys)
+        assert main(["summarize", str(bare_run), "--out", str(bare_run / name)]) == 2
+        assert "run directory's own" in _one_line(capsys)
+    assert sorted(p.name for p in bare_run.iterdir()) == ["manifest.json"]
 
 
 def test_summarize_refuses_a_run_given_twice(bare_run, capsys):

@@ -172,6 +172,9 @@ def _check_out_file(out: Path) -> None:
     `write_atomic` writes a temp file beside it and renames it over it."""
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; name a file to write")
+    if (out.parent / "manifest.json").is_file() and out.name in ("manifest.json", "report.json"):
+        # Replacing either would damage that run (its manifest checks, its saved report).
+        raise ConfigError(f"--out {out} is a run directory's own {out.name}; name another file")
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: {out.parent} is not an existing folder")
     if not os.access(out.parent, os.W_OK | os.X_OK):
@@ -180,7 +183,7 @@ def _check_out_file(out: Path) -> None:
 
 def _parse_ks(text: str) -> list[int]:
     try:
-        ks = [int(k) for k in text.split(",") if k.strip()]
+        ks = [int(k) for k in text.split(",")]  # an empty part is a typo, as in --seeds
     except ValueError:
         raise ConfigError(f"--ks takes comma-separated positive integers, got {text!r}") from None
     if not ks or min(ks) <= 0:
@@ -766,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="train a stage into a run directory",
+        help="train the whole funnel into a run directory",
         description="Train every stage of the funnel (recall + index, pre-rank, rank; "
         "re-rank has no weights) on train, early-stopping each on valid, and write a run "
         "directory (resolved config, manifest, weights, index).",
