@@ -210,3 +210,28 @@ def test_train_refuses_an_out_below_a_file_before_training(data_args, tmp_path, 
         assert main(["train", *data_args, "--out", str(out), *SMOKE_OVERRIDES]) == 2
         assert str(afile) in _one_line(capsys)
     assert afile.read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate", "{missing}"],
+        ["recommend", "{missing}", "--user", "1"],
+        ["compare", "{missing}", "{missing}"],
+        ["bench", "{missing}"],
+        ["serve", "{missing}"],
+        ["summarize", "{missing}"],
+    ],
+)
+def test_a_wrong_run_dir_is_refused_before_torch_is_imported(argv, tmp_path):
+    # The manifest is read through recfunnel.manifest, before torch and the stages load
+    # (~4 s on two cores): a mistyped path answers at once. Checked by what was imported.
+    missing = str(tmp_path / "nope")
+    code = (
+        "import sys; from recfunnel.cli import main; "
+        f"rc = main({[a.format(missing=missing) for a in argv]!r}); "
+        "print(rc, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.split() == ["2", "False"], done.stderr
+    assert "not a complete run directory" in done.stderr

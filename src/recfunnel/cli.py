@@ -92,7 +92,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 def _run_dataset(args: argparse.Namespace, run_dir: Path) -> str:
     """The data set of `run_dir` (its manifest; runs from before datasets existed are
     ML-1M); --dataset naming another one is an error, not a silent reload."""
-    from recfunnel.run import read_manifest
+    from recfunnel.manifest import read_manifest
 
     trained_on = str(read_manifest(run_dir).get("dataset", "ml-1m"))
     if args.dataset is not None and args.dataset != trained_on:
@@ -400,12 +400,9 @@ def _evaluate_recall(args: argparse.Namespace, run: Run, ml: MovieLens) -> int:
 
 
 def _evaluate_run(args: argparse.Namespace) -> int:
-    from recfunnel.atomic import write_atomic
-    from recfunnel.evaluation.funnel import evaluate_funnel
-    from recfunnel.evaluation.report import render_markdown, write_plots
-    from recfunnel.run import load_run, read_manifest
+    from recfunnel.manifest import read_manifest
 
-    read_manifest(args.run_dir)  # a clear error before any data is loaded
+    read_manifest(args.run_dir)  # a clear error before any data is loaded (or torch imported)
     if args.channels and args.stage != "recall":
         raise ConfigError("--channels goes with --stage recall")
     if args.model is not None:
@@ -429,6 +426,11 @@ def _evaluate_run(args: argparse.Namespace) -> int:
             "--history applies to baselines and --stage recall; the funnel is evaluated with "
             "the protocol's history (train for valid, train + valid for test)"
         )
+    from recfunnel.atomic import write_atomic
+    from recfunnel.evaluation.funnel import evaluate_funnel
+    from recfunnel.evaluation.report import render_markdown, write_plots
+    from recfunnel.run import load_run
+
     ml = _load(args, _run_dataset(args, args.run_dir))
     run = load_run(args.run_dir, ml, args.device)
     if args.stage == "recall":
@@ -476,8 +478,7 @@ def _evaluate_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from recfunnel.evaluation.funnel import compare_funnels
-    from recfunnel.run import load_run, read_manifest
+    from recfunnel.manifest import read_manifest
 
     first, second = read_manifest(args.run_a), read_manifest(args.run_b)
     if first.get("split") != second.get("split"):
@@ -485,6 +486,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"{args.run_a} uses the {first.get('split')} split and {args.run_b} the "
             f"{second.get('split')} one; compare runs of one split"
         )
+    from recfunnel.evaluation.funnel import compare_funnels
+    from recfunnel.run import load_run
+
     ml = _load(args, _run_dataset(args, args.run_a))
     a, b = load_run(args.run_a, ml, args.device), load_run(args.run_b, ml, args.device)
     rows = compare_funnels(a.funnel, b.funnel, a.split, part=args.split, users=args.users)
@@ -504,7 +508,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     from recfunnel.artifacts import read_json
     from recfunnel.atomic import write_atomic
     from recfunnel.evaluation.seeds import render_summary, summarize_reports
-    from recfunnel.run import read_manifest
+    from recfunnel.manifest import read_manifest
 
     if args.out is not None:
         _check_out_file(args.out)
@@ -530,10 +534,11 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from recfunnel.run import read_manifest
+    from recfunnel.manifest import read_manifest
+
+    read_manifest(args.run_dir)  # a clear error before any data is loaded (or torch imported)
     from recfunnel.serving.recommender import Pipeline
 
-    read_manifest(args.run_dir)
     ml = _load(args, _run_dataset(args, args.run_dir))
     pipeline = Pipeline.load(args.run_dir, ml, args.device)
     rec = pipeline.recommend_for_user(
@@ -607,18 +612,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
+    from recfunnel.manifest import read_manifest
+
+    if not 1 <= args.workers <= 64:
+        raise ConfigError(f"--workers must be in 1..64, got {args.workers}")
+    read_manifest(args.run_dir)  # a clear error before any data is loaded (or torch imported)
     import uvicorn
 
-    from recfunnel.run import read_manifest
     from recfunnel.serving.app import create_app
     from recfunnel.serving.metrics import Metrics
     from recfunnel.serving.recommender import Pipeline
     from recfunnel.serving.store import RatingStore
     from recfunnel.serving.workers import run_workers
 
-    if not 1 <= args.workers <= 64:
-        raise ConfigError(f"--workers must be in 1..64, got {args.workers}")
-    read_manifest(args.run_dir)  # a clear error before any data is loaded
     _one_thread_per_process()
     db = args.db or Path(args.run_dir) / "serving" / "ratings.sqlite3"
     dataset = _run_dataset(args, args.run_dir)
@@ -662,14 +668,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from recfunnel.evaluation.bench import bench_run
-    from recfunnel.run import read_manifest
+    from recfunnel.manifest import read_manifest
 
-    read_manifest(args.run_dir)
+    read_manifest(args.run_dir)  # a clear error before any data is loaded (or torch imported)
     if args.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
     out = args.out or Path(args.run_dir) / "bench.json"
     _check_out_file(out)  # before minutes of timing
+    from recfunnel.evaluation.bench import bench_run
+
     ml = _load(args, _run_dataset(args, args.run_dir))
     result = bench_run(args.run_dir, ml, repeats=args.repeats, device=args.device)
     from recfunnel.atomic import write_atomic

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from recfunnel import __version__
-from recfunnel.artifacts import RunFileError, digest_files, read_json, require_keys, verify_files
+from recfunnel.artifacts import RunFileError, digest_files, verify_files
 from recfunnel.atomic import umask_mode
 from recfunnel.config import config_from_json, param, save_config, section
 from recfunnel.data.dataset import MovieLens
@@ -52,6 +52,7 @@ from recfunnel.evaluation.protocol import catalogue
 from recfunnel.features import serving_time
 from recfunnel.funnel import Funnel, FunnelConfig
 from recfunnel.item_to_item import ItemToItemConfig
+from recfunnel.manifest import MANIFEST, OLD, read_manifest
 from recfunnel.prerank import PreRankConfig
 from recfunnel.rank import RankConfig
 from recfunnel.recall import RecallConfig
@@ -63,7 +64,6 @@ from recfunnel.stage import FitData
 from recfunnel.training.recipe import TrainReport
 from recfunnel.training.stacking import StackingConfig
 
-MANIFEST = "manifest.json"
 RUN_FORMAT = 3  # 2: every file listed with size and SHA-256; 3: a folder per component
 INDEX_DIR = "recall/two_tower/index"  # the ANN index; without it recall searches exactly
 # Files `recfunnel evaluate` and `bench` add to a run after training (relative paths).
@@ -79,7 +79,7 @@ GENERATED = (
 )
 _PARTIAL = ".partial-"  # hidden build folder of a run: .NAME.partial-<random>
 _PARTIAL_MARKER = ".recfunnel-partial"  # inside it until the run is complete
-_OLD = ".old-"  # an old run set aside while the new one moves in: .NAME.old-<random>/run
+_OLD = OLD  # an old run set aside while the new one moves in: .NAME.old-<random>/run
 
 log = logging.getLogger(__name__)
 
@@ -425,29 +425,6 @@ class Run:
     split: Split
     funnel: Funnel
     index_missing: bool = False  # the index/ folder was deleted: recall uses exact search
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest of a run directory; a clear error when it is not one."""
-    path = Path(path)
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        hint = "create one with `recfunnel train`"
-        if not path.exists():
-            aside = sorted(path.parent.glob(f".{path.name}{_OLD}*/run/{MANIFEST}"))
-            if aside:
-                hint = (
-                    f"an interrupted overwrite left the previous run in {aside[0].parent}; "
-                    f"move it back to {path}, or train again"
-                )
-        raise RunFileError(f"{path} is not a complete run directory (no {MANIFEST}); {hint}")
-    manifest = read_json(manifest_path)
-    require_keys(
-        manifest, manifest_path, package=str, version=str, data_sha256=str, split=str, files=dict
-    )
-    if manifest["package"] != "recfunnel":
-        raise RunFileError(f"{manifest_path} was not written by recfunnel")
-    return manifest
 
 
 def load_run(path: Path, ml: MovieLens, device: str = "auto") -> Run:
