@@ -235,3 +235,23 @@ def test_a_wrong_run_dir_is_refused_before_torch_is_imported(argv, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.split() == ["2", "False"], done.stderr
     assert "not a complete run directory" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog"),
+    [
+        (["evaluate", "--split", "train"], "recfunnel evaluate"),
+        (["evaluate", "--nope"], "recfunnel evaluate"),
+        (["train", "--device", "gpu"], "recfunnel train"),
+        (["train", "stray"], "recfunnel train"),
+        (["bogus"], "recfunnel"),
+    ],
+)
+def test_usage_mistakes_are_one_line_naming_the_command(argv, prog, capsys):
+    # argparse would print its whole usage block before the error.
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"{prog}: error: ")
+    assert err.rstrip().endswith(f"(see `{prog} --help`)")

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from recfunnel import __version__
 from recfunnel.atomic import SIGTERM_EXIT_CODE, Terminated, sigterm_raises
@@ -754,8 +754,21 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported as every other user mistake is: one line,
+    status 2 (argparse prints its whole usage block first). Subcommands inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        _usage_error(self.prog, message)
+
+
+def _usage_error(prog: str, message: str) -> NoReturn:
+    print(f"{prog}: error: {message} (see `{prog} --help`)", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="recfunnel",
         description="A multi-stage recommender on MovieLens-1M: data, baselines, evaluation.",
         # No prefix matching: `train --seed=1` is a config override, and argparse would
@@ -1010,6 +1023,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    command = getattr(args, "command", None)
+    prog = f"{parser.prog} {command}" if command else parser.prog  # whose options these are
     # Only `train` takes free-form --section.field=value (or top-level --field=value, such
     # as --split=backtest or --seed=1) overrides; elsewhere they are errors.
     if getattr(args, "func", None) is cmd_train:
@@ -1017,10 +1032,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             a for a in extra if not (a.startswith("--") and ("." in a.split("=")[0] or "=" in a))
         ]
         if bad:
-            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+            _usage_error(prog, f"unrecognized arguments: {' '.join(bad)}")
         args.overrides = extra
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        _usage_error(prog, f"unrecognized arguments: {' '.join(extra)}")
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
