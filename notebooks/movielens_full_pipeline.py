@@ -463,7 +463,7 @@ pd.DataFrame(merge_table).T.round(4)
 #   all of train ──refit──> EASE, RP3beta, trending, item-to-item for serving
 #                           (the two-tower is kept: pre-rank reads its vectors)
 #   pre-rank ──cross-fitted over user folds──> out-of-fold logits ──> a rank feature
-#   valid ──> early stopping, the like head's temperature, the re-rank lambda
+#   valid ──> early stopping, the like head's calibration, the re-rank lambda
 # ```
 #
 # - For each user who comes back to rate in the slice after a pause, a request is
@@ -730,7 +730,7 @@ rank_stacked = with_earlier_cuts(
 )
 # Valid's rated pairs are the like head's own holdout: after every epoch its LogLoss there
 # decides whether the like head keeps learning (rank.like_stopping), and at the end they
-# choose its temperature.
+# calibrate it (a scale and a shift of its logit).
 pairs = rated_pairs(split.valid, valid_eval_users.user_ids, items)
 scored = funnel.score_pairs(valid_funnel_requests, pairs, upto="prerank")
 funnel["rank"].fit(
@@ -746,8 +746,8 @@ choices["rank.prior_weight"] = funnel["rank"].raise_prior(
     valid_metric("rank", config.rank.valid_metric, per_user=True)
 )
 if config.rank.calibrate:
-    # One temperature for the like head's logit, on valid's rated pairs (lowest LogLoss).
-    choices["rank.temperature"] = funnel["rank"].calibrate(valid_funnel_requests, scored)
+    # The like head's logit -> logit / T + b (Platt), on valid's rated pairs (lowest LogLoss).
+    choices["rank.calibration"] = funnel["rank"].calibrate(valid_funnel_requests, scored)
 print(funnel["rank"].model_)
 for epoch in funnel["rank"].log_.epochs:
     print(
@@ -758,7 +758,7 @@ for epoch in funnel["rank"].log_.epochs:
 print("the like head stopped learning after epoch", funnel["rank"].like_stopped_after_)
 print(f"rank's score spread on its training candidates: {funnel['rank'].logit_scale_:.3f}")
 print("blend weight:", funnel["rank"].prior_weight_, choices["rank.prior_weight"])
-print("temperature:", choices.get("rank.temperature"))
+print("calibration:", choices.get("rank.calibration"))
 
 # %% [markdown]
 # > **Interview corner: what do ESMM's two heads solve?** The like label exists only for

@@ -127,9 +127,11 @@ def test_training_chose_the_prerank_prior_weight_on_valid(trained, pipeline):
 def test_training_calibrated_the_like_head(trained, pipeline):
     out, _ = trained
     manifest = json.loads((out / "manifest.json").read_text())
-    chosen = manifest["chosen_on_holdout"]["rank.temperature"]
-    saved = json.loads((out / "rank" / "calibration.json").read_text())["temperature"]
-    assert saved == chosen["temperature"] == pipeline.funnel["rank"].temperature_ > 0
+    chosen = manifest["chosen_on_holdout"]["rank.calibration"]
+    saved = json.loads((out / "rank" / "calibration.json").read_text())
+    assert saved["temperature"] == chosen["temperature"] == pipeline.funnel["rank"].temperature_ > 0
+    assert saved["bias"] == chosen["bias"] == pipeline.funnel["rank"].bias_
+    assert chosen["method"] == "platt"
     assert chosen["logloss_after"] <= chosen["logloss_before"]
 
 

@@ -105,13 +105,13 @@ def test_prerank_mlp_reads_vectors_and_scalars():
 class _FixedLogits(RankStage):
     """A rank stage whose like head returns given logits: calibration alone under test."""
 
-    def __init__(self, logits: np.ndarray) -> None:
-        super().__init__(RankConfig())
+    def __init__(self, logits: np.ndarray, calibration: str = "platt") -> None:
+        super().__init__(RankConfig(calibration=calibration))
         self.logits, self.model_ = logits, object()
         self._fitted()
 
     def score_pairs(self, requests, pairs, batch_size: int = 8192):
-        like = self.logits / self.temperature_
+        like = self.logits / self.temperature_ + self.bias_
         return pairs.with_scores("rank.like", like)
 
 
@@ -120,16 +120,37 @@ def test_calibration_recovers_an_overconfident_temperature():
     true = rng.normal(0.0, 1.5, 20_000)
     labels = (rng.random(true.size) < 1 / (1 + np.exp(-true))).astype(np.float32)
     # The head is overconfident by a factor 2: its logits are twice the true ones.
-    stage = _FixedLogits(2.0 * true)
+    stage = _FixedLogits(2.0 * true, calibration="temperature")
     pairs = Pairs(np.zeros(true.size, np.int64), np.zeros(true.size, np.int64), labels=labels)
     out = stage.calibrate(None, pairs)
     assert out["temperature"] == pytest.approx(2.0, rel=0.05)
+    assert out["bias"] == stage.bias_ == 0.0 and out["method"] == "temperature"
     assert out["logloss_after"] < out["logloss_before"]
     # Afterwards the head's scores are divided by it.
     scaled = stage.score_pairs(None, pairs).scores["rank.like"]
     np.testing.assert_allclose(scaled, 2.0 * true / stage.temperature_)
     with pytest.raises(ConfigError, match="labelled"):
         stage.calibrate(None, Pairs(np.zeros(3, np.int64), np.zeros(3, np.int64)))
+
+
+def test_platt_calibration_also_removes_a_shift_no_temperature_can():
+    rng = np.random.default_rng(1)
+    true = rng.normal(0.0, 1.5, 20_000)
+    labels = (rng.random(true.size) < 1 / (1 + np.exp(-true))).astype(np.float32)
+    # Overconfident by 2 and too optimistic by 0.8 logits, as a head trained on a slice with
+    # more likes than later requests would be.
+    pairs = Pairs(np.zeros(true.size, np.int64), np.zeros(true.size, np.int64), labels=labels)
+    platt, temperature = (
+        _FixedLogits(2.0 * true + 0.8),
+        _FixedLogits(2.0 * true + 0.8, "temperature"),
+    )
+    out, alone = platt.calibrate(None, pairs), temperature.calibrate(None, pairs)
+    assert out["method"] == "platt"
+    assert out["temperature"] == pytest.approx(2.0, rel=0.05)
+    assert out["bias"] == pytest.approx(-0.4, abs=0.05)  # -0.8 / T
+    assert out["logloss_after"] < alone["logloss_after"] < alone["logloss_before"]
+    probs = 1 / (1 + np.exp(-platt.score_pairs(None, pairs).scores["rank.like"]))
+    assert probs.mean() == pytest.approx(labels.mean(), abs=0.005)  # the mean is right again
 
 
 # --- DIEN --------------------------------------------------------------------------------
@@ -308,7 +329,7 @@ def test_a_dien_rank_stage_trains_and_round_trips(dien_funnel, tmp_path):
 
     from recfunnel.artifacts import RunFileError
 
-    saved_weight = rank.prior_weight_
+    saved_weight, saved_bias = rank.prior_weight_, rank.bias_
     try:
         rank.prior_weight_ = math.inf
         rank.save(tmp_path / "raised")
@@ -323,8 +344,25 @@ def test_a_dien_rank_stage_trains_and_round_trips(dien_funnel, tmp_path):
         path.write_text(json.dumps({**calibration, "prior_weight": 0.5}))
         with pytest.raises(RunFileError, match="prior_weight"):
             type(rank).load(tmp_path / "raised", data)
+        # Platt's shift is saved and read back; a run saved before it has none; a shift
+        # that is not a number is a broken file.
+        rank.prior_weight_ = saved_weight
+        rank.bias_ = saved_bias + 0.25
+        rank.save(tmp_path / "shifted")
+        shifted = type(rank).load(tmp_path / "shifted", data)
+        assert shifted.bias_ == rank.bias_
+        moved = shifted.score_pairs(requests, pairs).scores["rank.like"]
+        np.testing.assert_allclose(moved, like + 0.25)
+        path = tmp_path / "shifted" / "calibration.json"
+        calibration = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in calibration.items() if k != "bias"}))
+        assert type(rank).load(tmp_path / "shifted", data).bias_ == 0.0
+        path.write_text(json.dumps({**calibration, "bias": "x"}))
+        with pytest.raises(RunFileError, match="bias"):
+            type(rank).load(tmp_path / "shifted", data)
     finally:
         rank.prior_weight_ = saved_weight
+        rank.bias_ = saved_bias
     # A cold user (no history) gets a zero interest and finite scores.
     n = len(funnel.item_ids)
     empty = History(sp.csr_matrix((1, n)), sp.csr_matrix((1, n)))

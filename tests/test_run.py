@@ -154,6 +154,29 @@ def test_bench_rerank_transfer_reports_both_parts(smoke_run, synthetic_dir, tmp_
     assert bad.stderr.startswith("rerank_transfer.py: error:")
 
 
+def test_bench_calibration_refits_both_calibrations(smoke_run, synthetic_dir, tmp_path):
+    """bench/calibration.py refits the like head's temperature and Platt calibrations on
+    valid and reports both parts: Platt's fit matches valid's liked share (its shift is
+    fitted there), and its valid LogLoss is no worse than the temperature's."""
+    out, _ = smoke_run
+    done = subprocess.run(
+        [sys.executable, "bench/calibration.py", str(out), "--data-dir", str(synthetic_dir)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RECFUNNEL_CACHE_DIR": str(tmp_path)},
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {
+        (cells[1], cells[4]): [float(c) for c in cells[5:]]
+        for cells in (line.split() for line in done.stdout.splitlines()[2:])
+    }
+    assert set(rows) == {(m, p) for m in ("temperature", "platt") for p in ("valid", "test")}
+    _, share, mean_p, _, platt_loss = rows["platt", "valid"]
+    assert mean_p == pytest.approx(share, abs=2e-3)
+    assert platt_loss <= rows["temperature", "valid"][4] + 1e-4
+
+
 def test_compare_two_runs_with_paired_intervals(trained, smoke_run, capsys, tmp_path):
     out, data = trained
     # A run against itself: every difference, and its interval, is exactly 0.

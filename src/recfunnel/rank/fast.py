@@ -366,7 +366,7 @@ class RankKernel:
             watch32 = _logsigmoid(logits[:, 0])
             rank = (watch32 + _logsigmoid(logits[:, 1])).astype(np.float64)
             like, watch = logits[:, 1].astype(np.float64), watch32.astype(np.float64)
-        like = like / stage.temperature_
+        like = like / stage.temperature_ + stage.bias_  # score_pairs' two steps, in order
         prob = np.exp(watch - np.logaddexp(0.0, -like))
         scored = row.with_score(stage.name, rank, valid).with_score(
             f"{stage.name}.prob", prob, valid

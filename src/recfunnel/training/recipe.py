@@ -16,7 +16,7 @@ Reading `train_funnel` top to bottom is the recipe:
      `prerank.prior_metric`, NDCG@20), then cross-fit it to get out-of-fold logits;
   5. train rank on the same examples with those logits, plus the earlier cuts' examples
      with logits cross-fitted on each cut alone (early stopping on valid), then
-     choose its like head's temperature on valid's rated pairs (`rank.calibrate`);
+     calibrate its like head on valid's rated pairs (`rank.calibrate`: Platt's scale and shift);
   6. choose the re-ranker's operating point (lambda) on valid (`rerank.lambda_mmr = none`,
      the default): the most varied list within 2 % of the rank order's NDCG@20.
 Validation runs the funnel's own chain (`Funnel.run`) on the valid users.
@@ -242,7 +242,7 @@ def train_funnel(
             "users": len(valid_users.user_ids),
         }
     if rank_config.calibrate:
-        report.choices["rank.temperature"] = funnel["rank"].calibrate(valid_requests, scored)
+        report.choices["rank.calibration"] = funnel["rank"].calibrate(valid_requests, scored)
     report.seconds["rank"] = time.perf_counter() - start
 
     # 6. The re-ranker's lambda, unless the config fixes it.
