@@ -380,7 +380,7 @@ class RankStage(Scorer):
         if self.config.calibration == "temperature":
             best = minimize_scalar(log_loss, bounds=(-3.0, 3.0), method="bounded")
             log_t, bias, after = float(best.x), 0.0, float(best.fun)
-        else:  # logistic regression on the logit alone: convex, two parameters
+        else:  # a logistic regression on the logit alone (convex in 1 / T and b)
             fit = minimize(
                 lambda x: log_loss(x[0], x[1]),
                 np.zeros(2),
