@@ -21,8 +21,7 @@ import numpy as np
 
 from recfunnel.data import load_movielens
 from recfunnel.errors import RecfunnelError
-from recfunnel.evaluation import metrics
-from recfunnel.evaluation.bootstrap import difference
+from recfunnel.evaluation.bootstrap import difference, per_user_metric
 from recfunnel.evaluation.protocol import Evaluator
 from recfunnel.evaluation.tables import format_table
 from recfunnel.run import load_run
@@ -60,9 +59,10 @@ def main() -> int:
         at = {}
         for lam in lambdas:
             final = funnel["rerank"](requests, ranked, k=k, lambda_mmr=lam).items
-            row = evaluator.list_metrics(final, users)
-            hits = metrics.hit_matrix(final, users.truth)
-            at[lam] = (row, metrics.ndcg_at_k(hits, n_relevant, 20))
+            at[lam] = (
+                evaluator.list_metrics(final, users),
+                per_user_metric(final, users, "ndcg@20"),
+            )
         base_row, base_ndcg = at[1.0]
         for lam in lambdas:
             row = at[lam][0]

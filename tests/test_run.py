@@ -66,38 +66,31 @@ def test_recall_channels_report(trained, capsys):
     assert main(["evaluate", str(out), "--channels", *data]) == 2
 
 
+def _bench_script(script: str, *args: object, cache: Path) -> subprocess.CompletedProcess:
+    """`python bench/<script> ARGS...` from the repository root, its cache in `cache`."""
+    return subprocess.run(
+        [sys.executable, f"bench/{script}", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RECFUNNEL_CACHE_DIR": str(cache)},
+        cwd=Path(__file__).resolve().parents[1],
+    )
+
+
 def test_bench_merges_prints_every_way_of_merging(smoke_run, synthetic_dir, tmp_path):
     out, _ = smoke_run
-    done = subprocess.run(
-        [sys.executable, "bench/merges.py", str(out), "--data-dir", str(synthetic_dir)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "RECFUNNEL_CACHE_DIR": str(tmp_path)},
-        cwd=Path(__file__).resolve().parents[1],
-        check=True,
-    )
+    done = _bench_script("merges.py", out, "--data-dir", synthetic_dir, cache=tmp_path)
+    assert done.returncode == 0, done.stderr
     for way in ("rrf", "round_robin", "quota"):
         assert f"\n{way}" in done.stdout
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "bench/merges.py",
-            str(tmp_path / "absent"),
-            "--data-dir",
-            str(synthetic_dir),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "RECFUNNEL_CACHE_DIR": str(tmp_path)},
-        cwd=Path(__file__).resolve().parents[1],
+    bad = _bench_script(
+        "merges.py", tmp_path / "absent", "--data-dir", synthetic_dir, cache=tmp_path
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("merges.py: error:")
 
 
-@pytest.mark.parametrize(
-    ("script", "row"), [("bench/rank_blend.py", "inf"), ("bench/rerank_choice.py", "dpp")]
-)
+@pytest.mark.parametrize(("script", "row"), [("rank_blend.py", "inf"), ("rerank_choice.py", "dpp")])
 def test_holdout_choice_scripts_run_on_valid_and_refuse_the_real_test(
     smoke_run, synthetic_dir, tmp_path, script, row
 ):
@@ -106,13 +99,7 @@ def test_holdout_choice_scripts_run_on_valid_and_refuse_the_real_test(
     out, _ = smoke_run
 
     def call(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, script, str(out), "--data-dir", str(synthetic_dir), *extra],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "RECFUNNEL_CACHE_DIR": str(tmp_path)},
-            cwd=Path(__file__).resolve().parents[1],
-        )
+        return _bench_script(script, out, "--data-dir", synthetic_dir, *extra, cache=tmp_path)
 
     done = call("--split", "valid")
     assert done.returncode == 0, done.stderr
@@ -129,19 +116,7 @@ def test_bench_rerank_transfer_reports_both_parts(smoke_run, synthetic_dir, tmp_
     out, _ = smoke_run
 
     def call(run: Path) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [
-                sys.executable,
-                "bench/rerank_transfer.py",
-                str(run),
-                "--data-dir",
-                str(synthetic_dir),
-            ],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "RECFUNNEL_CACHE_DIR": str(tmp_path)},
-            cwd=Path(__file__).resolve().parents[1],
-        )
+        return _bench_script("rerank_transfer.py", run, "--data-dir", synthetic_dir, cache=tmp_path)
 
     done = call(out)
     assert done.returncode == 0, done.stderr
@@ -159,13 +134,7 @@ def test_bench_calibration_refits_both_calibrations(smoke_run, synthetic_dir, tm
     valid and reports both parts: Platt's fit matches valid's liked share (its shift is
     fitted there), and its valid LogLoss is no worse than the temperature's."""
     out, _ = smoke_run
-    done = subprocess.run(
-        [sys.executable, "bench/calibration.py", str(out), "--data-dir", str(synthetic_dir)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "RECFUNNEL_CACHE_DIR": str(tmp_path)},
-        cwd=Path(__file__).resolve().parents[1],
-    )
+    done = _bench_script("calibration.py", out, "--data-dir", synthetic_dir, cache=tmp_path)
     assert done.returncode == 0, done.stderr
     rows = {
         (cells[1], cells[4]): [float(c) for c in cells[5:]]

@@ -170,9 +170,11 @@ def _ease_lambda(value: float | None) -> float:
 def _check_out_file(out: Path) -> None:
     """Refuse an --out file that cannot be written, before the work that fills it:
     `write_atomic` writes a temp file beside it and renames it over it."""
+    from recfunnel.manifest import MANIFEST
+
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; name a file to write")
-    if (out.parent / "manifest.json").is_file() and out.name in ("manifest.json", "report.json"):
+    if (out.parent / MANIFEST).is_file() and out.name in (MANIFEST, "report.json"):
         # Replacing either would damage that run (its manifest checks, its saved report).
         raise ConfigError(f"--out {out} is a run directory's own {out.name}; name another file")
     if not out.parent.is_dir():

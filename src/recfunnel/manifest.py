@@ -13,7 +13,7 @@ from typing import Any
 from recfunnel.artifacts import RunFileError, read_json, require_keys
 
 MANIFEST = "manifest.json"
-OLD = ".old-"  # an old run set aside while the new one moves in: .NAME.old-<random>/run
+OLD = ".old-"  # an old run set aside while a new one moves in: .NAME.old-<random>/run
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

@@ -79,7 +79,6 @@ GENERATED = (
 )
 _PARTIAL = ".partial-"  # hidden build folder of a run: .NAME.partial-<random>
 _PARTIAL_MARKER = ".recfunnel-partial"  # inside it until the run is complete
-_OLD = OLD  # an old run set aside while the new one moves in: .NAME.old-<random>/run
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +356,7 @@ def replace_dir(new: Path, out: Path) -> None:
     if _exchange(new, out):
         shutil.rmtree(new)  # `new` now holds the old run
         return
-    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}{_OLD}", dir=out.parent))
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}{OLD}", dir=out.parent))
     os.rename(out, aside / "run")
     os.rename(new, out)
     shutil.rmtree(aside)
@@ -399,7 +398,7 @@ def clean_stale(out: Path) -> list[Path]:
             continue
         if name.startswith(_PARTIAL):
             ours = (path / _PARTIAL_MARKER).is_file() or foreign_file(path) is None
-        elif name.startswith(_OLD):
+        elif name.startswith(OLD):
             inner = path / "run"
             ours = set(os.listdir(path)) <= {"run"} and (
                 not inner.exists() or foreign_file(inner) is None
