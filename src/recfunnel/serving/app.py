@@ -18,6 +18,7 @@ Pipeline's, storage is the store's. Bad input is a 4xx with a message, never a 5
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
@@ -42,6 +43,10 @@ from recfunnel.serving.recommender import Pipeline
 from recfunnel.serving.store import RatingStore, StoreError
 
 MAX_BODY_BYTES = 64 * 1024  # a request body above this is refused with 413 before parsing
+# The longest wait for the next part of a request body. A client that announces more bytes
+# than it sends would otherwise hold its connection (and its task) open for ever: uvicorn
+# times out idle keep-alive connections, not a body that stops half-way.
+BODY_TIMEOUT_S = 10.0
 MAX_RATINGS = 500  # ratings one call may carry (a visitor's history or one user's post)
 MAX_ID = 2**31 - 1  # ids beyond int32 are no MovieLens ids, and would overflow numpy int64 math
 # The longest final list a request may ask for. The re-rank runs on the event loop's one
@@ -150,12 +155,32 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body too large: at most {limit} bytes")
 
 
+class BodyTimeout(HTTPException):
+    """The client stopped sending its body. A 408 that closes the connection: the rest of
+    the announced body may still arrive, and would be read as the next request."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            408,
+            f"request body incomplete: no more of it arrived within {seconds:g} s",
+            headers={"Connection": "close"},
+        )
+
+
 class BodyLimitAndMetrics:
     """ASGI middleware: refuses bodies over `limit` bytes (413), whether announced by
-    Content-Length or streamed, and times every request for /metrics by route template."""
+    Content-Length or streamed, and bodies that stall for `body_timeout` seconds (408), and
+    times every request for /metrics by route template."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, limit: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        limit: int = MAX_BODY_BYTES,
+        body_timeout: float = BODY_TIMEOUT_S,
+    ) -> None:
         self.app, self.metrics, self.limit = app, metrics, limit
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -169,15 +194,23 @@ class BodyLimitAndMetrics:
                 status["code"], status["started"] = message["status"], True
             await send(message)
 
-        seen = 0
+        seen, body_done = 0, False
 
         async def receive_wrapper() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done:  # after the body, a wait for the disconnect may last any time
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except TimeoutError:
+                raise BodyTimeout(self.body_timeout) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise BodyTooLarge(self.limit)
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True  # http.disconnect
             return message
 
         length = dict(scope.get("headers", [])).get(b"content-length")
@@ -198,8 +231,15 @@ class BodyLimitAndMetrics:
             )
 
 
-def create_app(pipeline: Pipeline, store: RatingStore, *, metrics: Metrics | None = None) -> Any:
-    """The FastAPI application serving `pipeline` with live ratings from `store`."""
+def create_app(
+    pipeline: Pipeline,
+    store: RatingStore,
+    *,
+    metrics: Metrics | None = None,
+    body_timeout: float = BODY_TIMEOUT_S,
+) -> Any:
+    """The FastAPI application serving `pipeline` with live ratings from `store`;
+    `body_timeout`: seconds a request body may stall before a 408."""
     metrics = metrics or Metrics()
     # The recommendation endpoints are `async def`: their work (the fast path, ~2 ms of
     # Python and small numpy calls under the GIL) runs on the event loop's thread, one
@@ -214,7 +254,7 @@ def create_app(pipeline: Pipeline, store: RatingStore, *, metrics: Metrics | Non
         description="A multi-stage recommender on MovieLens-1M (recall -> pre-rank -> rank "
         "-> re-rank), with the whole funnel trace of every answer.",
     )
-    app.add_middleware(BodyLimitAndMetrics, metrics=metrics)
+    app.add_middleware(BodyLimitAndMetrics, metrics=metrics, body_timeout=body_timeout)
     app.state.pipeline, app.state.store, app.state.metrics = pipeline, store, metrics
 
     @app.exception_handler(ConfigError)
