@@ -502,12 +502,12 @@ class Pipeline:
         if user_id is not None and not self.has_user(int(user_id)):
             return self._popular_trace(int(user_id), topk_final, method, lam, clock)
         request = self.user_request(user_id, extra)
-        lists, ms = funnel.serve(
+        rows, ms = funnel.serve_rows(
             request, topk_recall=topk_recall, keep=keep, topk_final=topk_final, lambda_mmr=lam
         )
         n_history = len(request.items)
         trace = build_trace(
-            lists,
+            rows,
             ms,
             self.catalogue,
             user_id=None if user_id is None else int(user_id),
@@ -517,7 +517,7 @@ class Pipeline:
             sizes=sizes,
             history=n_history,
             live=len(extra),
-            ild=self._ild(lists["rerank"].items[0]),
+            ild=self._ild(rows["rerank"].items),
         )
         trace.latency_ms["total"] = round((time.perf_counter() - clock) * 1000, 3)
         return trace

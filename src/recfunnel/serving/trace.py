@@ -1,9 +1,9 @@
 """The funnel trace of one request: every stage's list, what moved, and what each stage cost.
 
-    lists, ms = funnel.serve(request, topk_recall=200, keep=100, topk_final=20, ...)
-    trace = build_trace(lists, ms, catalogue, ...)     # -> Trace, .to_dict() for JSON
+    rows, ms = funnel.serve_rows(request, topk_recall=200, keep=100, topk_final=20, ...)
+    trace = build_trace(rows, ms, catalogue, ...)      # -> Trace, .to_dict() for JSON
 
-`Funnel.serve` (the fast path) times each component of this one request on its own clock;
+`Funnel.serve_rows` (the fast path) times each component of this one request on its own clock;
 `Funnel.timings` only sums over `run` calls, which says nothing about one request.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from recfunnel.funnel import STAGES
-from recfunnel.types import Candidates
+from recfunnel.kernel import Row
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,12 @@ class Catalogue:
     genres: list[list[str]]  # per position, e.g. ["Action", "Comedy"]
 
     def movie(self, position: int) -> dict[str, Any]:
-        return dict(self._movies[position])
+        """A fresh {"movie_id", "title", "genres"} of catalogue `position`."""
+        return dict(self.movies[position])
 
     @cached_property
-    def _movies(self) -> list[dict[str, Any]]:
+    def movies(self) -> list[dict[str, Any]]:
+        """{"movie_id", "title", "genres"} per position: shared, copy before changing."""
         # Built once: a trace describes ~200 movies, and numpy scalar reads per item would
         # cost more than the pre-rank stage.
         return [
@@ -41,10 +43,6 @@ class Catalogue:
                 self.item_ids.tolist(), self.titles.tolist(), self.genres, strict=True
             )
         ]
-
-    @cached_property
-    def raw_ids(self) -> list[int]:
-        return self.item_ids.tolist()
 
 
 @dataclass(frozen=True)
@@ -98,7 +96,7 @@ def finite(value: float) -> float | None:
 
 
 def build_trace(
-    lists: dict[str, Candidates],
+    lists: dict[str, Row],
     latency_ms: dict[str, float],
     catalogue: Catalogue,
     *,
@@ -111,43 +109,48 @@ def build_trace(
     live: int,
     ild: float,
 ) -> Trace:
-    """The trace of row 0 of `lists` (one request): each stage's list with scores and places,
-    each item's channels, and the final list with every stage's place of its items."""
+    """The trace of one request from each component's list (`Funnel.serve_rows`' Rows):
+    each stage's list with scores and places, each item's channels, and the final list with
+    every stage's place of its items.
+
+    Plain Python lists and comprehensions throughout: a trace is ~600 small dicts, and at
+    this size a numpy read or a function call per item costs more than building them."""
+    recall = lists["recall"]
+    names = list(recall.channels)
+    # Each candidate's {channel: 1-based rank} (channels that did not propose it left out).
+    channel_ranks = zip(*(recall.channels[name].tolist() for name in names), strict=True)
+    base = catalogue.movies
+    movies: dict[int, dict[str, Any]] = {}
+    for position, ranks in zip(recall.items.tolist(), channel_ranks, strict=True):
+        if position >= 0:
+            movie = base[position]
+            channels = {name: r for name, r in zip(names, ranks, strict=True) if r > 0}
+            movies[movie["movie_id"]] = {**movie, "channels": channels}
     stages: dict[str, list[dict[str, Any]]] = {}
     places: dict[str, dict[int, int]] = {}
-    movies: dict[int, dict[str, Any]] = {}
-    raw = catalogue.raw_ids
-    recall = lists["recall"]
-    # Python lists first: per-item reads of numpy arrays are slow at this size.
-    channel_ranks = {name: ranks[0].tolist() for name, ranks in recall.channels.items()}
-    for column, position in enumerate(recall.items[0].tolist()):
-        if position < 0:
-            continue
-        movie = catalogue.movie(position)
-        movie["channels"] = {
-            name: ranks[column] for name, ranks in channel_ranks.items() if ranks[column] > 0
-        }
-        movies[movie["movie_id"]] = movie
     for stage in STAGES:
-        cands = lists[stage]
+        row = lists[stage]
         # The final list carries no score of its own: it re-orders the rank stage's.
-        score_name = "rank" if stage == "rerank" else stage
-        entries, seen = [], {}
-        for column, (position, score) in enumerate(
-            zip(cands.items[0].tolist(), cands.scores[score_name][0].tolist(), strict=True)
-        ):
-            if position < 0:
-                continue
-            movie_id = raw[position]
-            entries.append({"movie_id": movie_id, "position": column + 1, "score": finite(score)})
-            seen[movie_id] = column + 1
-        stages[stage] = entries
-        places[stage] = seen
-    final = []
-    for entry in stages["rerank"]:
-        movie_id = entry["movie_id"]
-        positions = {stage: places[stage].get(movie_id) for stage in STAGES}
-        final.append({**movies[movie_id], "score": entry["score"], "positions": positions})
+        values, items = row.scores["rank" if stage == "rerank" else stage], row.items
+        if (items < 0).any():  # padding: left out (its place is not counted)
+            values, items = values[items >= 0], items[items >= 0]
+        scores = values.tolist()
+        if not np.isfinite(values).all():  # a stray NaN or infinity: null in JSON
+            scores = [finite(v) for v in scores]
+        ids = catalogue.item_ids[items].tolist()
+        stages[stage] = [
+            {"movie_id": m, "position": place, "score": v}
+            for place, (m, v) in enumerate(zip(ids, scores, strict=True), start=1)
+        ]
+        places[stage] = dict(zip(ids, range(1, len(ids) + 1), strict=True))
+    final = [
+        {
+            **movies[entry["movie_id"]],
+            "score": entry["score"],
+            "positions": {stage: places[stage].get(entry["movie_id"]) for stage in STAGES},
+        }
+        for entry in stages["rerank"]
+    ]
     latency = {name: round(value, 3) for name, value in latency_ms.items()}
     return Trace(
         user_id=user_id,
