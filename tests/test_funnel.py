@@ -225,6 +225,11 @@ def test_bench_writes_latencies(trained, capsys, tmp_path):
     assert main(["bench", str(out), "--out", str(target), *data]) == 0
     result = json.loads(target.read_text())
     assert result["recommend_for_user"]["p50_ms"] > 0 and result["batch"]["users"] > 0
+    bands = result["fast_path_by_history"]
+    assert sum(b["users"] for b in bands) == result["recommend_for_user"]["users"]
+    for band in bands:  # the funnel's p50 is that of the stages' sum, so at least each one's
+        stages = [v for k, v in band.items() if k.endswith("_p50_ms") and k != "funnel_p50_ms"]
+        assert len(stages) == 5 and band["funnel_p50_ms"] >= max(stages) > 0
 
 
 def test_foreign_or_partial_runs_are_refused(trained, synthetic_ml, tmp_path):

@@ -59,6 +59,32 @@ def _model_latency(pipeline: Pipeline, users: np.ndarray) -> dict[str, Any]:
     }
 
 
+# Bands of the number of rated movies, [low, high), for the latency by history length.
+HISTORY_BANDS = ((0, 50), (50, 100), (100, 200), (200, 400), (400, 800), (800, None))
+
+
+def _by_history(history: np.ndarray, stage_ms: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """The fast path's p50 per band of history length: the whole funnel (the sum of its
+    stages) and each stage. Why: a user's liked-row sums read one catalogue row per liked
+    movie, so the cost of a call depends on who asks."""
+    stages = {name: np.array(values) for name, values in stage_ms.items()}
+    total = np.sum(list(stages.values()), axis=0) if stages else np.zeros(len(history))
+    rows = []
+    for low, high in HISTORY_BANDS:
+        band = (history >= low) & (history < (high if high is not None else np.inf))
+        if not band.any():
+            continue
+        rows.append(
+            {
+                "rated": f"{low}-{high - 1}" if high is not None else f">={low}",
+                "users": int(band.sum()),
+                "funnel_p50_ms": float(np.median(total[band])),
+                **{f"{name}_p50_ms": float(np.median(v[band])) for name, v in stages.items()},
+            }
+        )
+    return rows
+
+
 def bench_run(
     run_dir: str | Path, ml: MovieLens, *, repeats: int = 1, device: str = "auto"
 ) -> dict[str, Any]:
@@ -81,8 +107,11 @@ def bench_run(
             ms.append(1000 * (time.perf_counter() - t))
     funnel = pipeline.funnel
     stage_ms: dict[str, list[float]] = {name: [] for name in funnel.stages}
+    history = []  # each user's number of rated movies, for `_by_history`
     for user in warm:
-        _, own = funnel.serve(pipeline.user_request(int(user)))
+        request = pipeline.user_request(int(user))
+        _, own = funnel.serve(request)
+        history.append(len(request.items))
         for name, value in own.items():
             stage_ms[name].append(value)
     batch_ms = []
@@ -109,6 +138,7 @@ def bench_run(
         "fast_path_stage_ms": {
             name: _percentiles(np.array(values)) for name, values in stage_ms.items()
         },
+        "fast_path_by_history": _by_history(np.array(history), stage_ms),
         "batch_path_one_user": {"calls": len(batch_ms), **_percentiles(np.array(batch_ms))},
         "model_only": models,
         "batch": {
