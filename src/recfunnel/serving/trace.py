@@ -53,7 +53,9 @@ class Trace:
     "popularity" (an id not in users.dat). stages[name]: that stage's list, best first, as
     {"movie_id", "position" (1-based), "score"}. movies[movie_id]: title, genres and the
     recall channels that proposed it ({channel: its 1-based rank there}). final: the final
-    list with every stage's place of each item. latency_ms: per component and in total."""
+    list with every stage's place of each item. latency_ms: per component and in total.
+    sizes: the list lengths asked for (topk_recall, keep, topk_final); a list is shorter
+    when fewer unrated movies are left, so a stage's length is that of its list."""
 
     user_id: int | None
     path: str
