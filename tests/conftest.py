@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +74,32 @@ def smoke_run(
     out = root / "run"
     assert main(["train", *data, "--out", str(out), *SMOKE_OVERRIDES]) == 0
     return out, data
+
+
+@contextmanager
+def _uvicorn_in_thread(app: Any) -> Iterator[int]:
+    """Serves `app` with a real uvicorn on a free 127.0.0.1 port in a daemon thread of this
+    process; yields the port once it accepts, and stops the server on exit."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "the in-thread server did not start"
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def uvicorn_in_thread() -> Any:
+    """`with uvicorn_in_thread(app) as port:` a real server of `app` (`_uvicorn_in_thread`)."""
+    return _uvicorn_in_thread

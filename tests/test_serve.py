@@ -240,24 +240,12 @@ def test_ratings_of_unknown_users_and_bad_bodies(client: TestClient, warm_user: 
 
 
 def test_a_body_that_stops_half_way_is_a_408_that_closes(
-    pipeline: Pipeline, tmp_path: Path, warm_user: int
+    pipeline: Pipeline, tmp_path: Path, warm_user: int, uvicorn_in_thread
 ) -> None:
     """A client announcing more body than it sends gets a 408 once the body stalls, and the
     connection closes; before, uvicorn waited for the rest for ever. Real uvicorn, a thread."""
-    import uvicorn
-
     app = create_app(pipeline, RatingStore(tmp_path / "ratings.sqlite3"), body_timeout=0.5)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started
+    with uvicorn_in_thread(app) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             partial = b'{"ratings": ['
             client.sendall(
@@ -279,10 +267,6 @@ def test_a_body_that_stops_half_way_is_a_408_that_closes(
         # The server still answers (and a whole body well within the timeout is no 408).
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as ok:
             assert ok.status == 200
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
 
 
 @pytest.mark.parametrize("url", ["/users/{user}/ratings", "/recommendations"])

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -67,9 +64,8 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def served(request, tmp_path_factory) -> Iterator[tuple[str, Path, Pipeline]]:
+def served(request, tmp_path_factory, uvicorn_in_thread) -> Iterator[tuple[str, Path, Pipeline]]:
     """(base URL, run directory, pipeline) of a server running in a thread."""
-    import uvicorn
 
     chosen = os.environ.get("RECFUNNEL_SERVE_RUN_DIR")
     if chosen:
@@ -82,22 +78,8 @@ def served(request, tmp_path_factory) -> Iterator[tuple[str, Path, Pipeline]]:
         run_dir = request.getfixturevalue("smoke_run")[0]
         pipeline = Pipeline.load(run_dir, request.getfixturevalue("synthetic_ml"))
     store = RatingStore(tmp_path_factory.mktemp("browser-db") / "ratings.sqlite3")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(pipeline, store), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the in-thread server did not start"
-    try:
+    with uvicorn_in_thread(create_app(pipeline, store)) as port:
         yield f"http://127.0.0.1:{port}", run_dir, pipeline
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
 
 
 def _final(page) -> list[str]:
