@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from recfunnel.data import load_movielens
-from recfunnel.errors import RecfunnelError
+from recfunnel.errors import run_script
 from recfunnel.evaluation import metrics
 from recfunnel.evaluation.protocol import Evaluator, rated_pairs
 from recfunnel.evaluation.tables import format_table
@@ -76,8 +75,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except RecfunnelError as error:  # a bad run directory or data folder: one line, status 2
-        print(f"calibration.py: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from scipy.stats import kendalltau
 
 from recfunnel.atomic import write_atomic
 from recfunnel.data import load_movielens
-from recfunnel.errors import ConfigError, RecfunnelError
+from recfunnel.errors import ConfigError, run_script
 from recfunnel.evaluation.funnel import evaluate_funnel
 from recfunnel.evaluation.tables import format_table
 from recfunnel.funnel import STAGES
@@ -137,8 +136,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except RecfunnelError as error:  # a bad run directory or data folder: one line, status 2
-        print(f"holdout.py: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)

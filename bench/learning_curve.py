@@ -29,7 +29,7 @@ from typing import Any
 
 from recfunnel.atomic import write_atomic
 from recfunnel.data import load_movielens
-from recfunnel.errors import RecfunnelError
+from recfunnel.errors import run_script
 from recfunnel.evaluation.funnel import evaluate_funnel
 from recfunnel.evaluation.tables import format_table
 from recfunnel.funnel import STAGES
@@ -116,8 +116,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except RecfunnelError as error:
-        print(f"learning_curve.py: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from recfunnel.data import load_movielens
-from recfunnel.errors import RecfunnelError
+from recfunnel.errors import run_script
 from recfunnel.evaluation.protocol import Evaluator
 from recfunnel.evaluation.tables import format_table
 from recfunnel.recall.merge import merge_lists
@@ -55,8 +54,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except RecfunnelError as error:  # a bad run directory or data folder: one line, status 2
-        print(f"merges.py: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)

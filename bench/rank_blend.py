@@ -16,13 +16,12 @@ its training candidates). Run it on valid, or on the test part of a backtest run
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 from holdout_choice import holdout_parser, open_holdout
 
 from recfunnel.blend import GRID, blend_key, weight_label
-from recfunnel.errors import RecfunnelError
+from recfunnel.errors import run_script
 from recfunnel.evaluation.tables import format_table
 
 
@@ -70,8 +69,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except RecfunnelError as error:  # a bad run directory or data folder: one line, status 2
-        print(f"rank_blend.py: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)

@@ -15,11 +15,10 @@ choice made here on the real test would leak.
 from __future__ import annotations
 
 import itertools
-import sys
 
 from holdout_choice import holdout_parser, open_holdout
 
-from recfunnel.errors import RecfunnelError
+from recfunnel.errors import run_script
 from recfunnel.evaluation.tables import format_table
 from recfunnel.rerank.report import operating_point
 from recfunnel.rerank.stage import METHODS, ORDERS
@@ -67,8 +66,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except RecfunnelError as error:  # a bad run directory or data folder: one line, status 2
-        print(f"rerank_choice.py: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)
