@@ -255,3 +255,11 @@ def test_usage_mistakes_are_one_line_naming_the_command(argv, prog, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"{prog}: error: ")
     assert err.rstrip().endswith(f"(see `{prog} --help`)")
+
+
+def test_a_spaced_train_override_names_the_form(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--split", "backtest"])  # an override is --key=value, one word
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--split backtest" in err and "--split=backtest" in err

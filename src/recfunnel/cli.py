@@ -1034,7 +1034,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             a for a in extra if not (a.startswith("--") and ("." in a.split("=")[0] or "=" in a))
         ]
         if bad:
-            _usage_error(prog, f"unrecognized arguments: {' '.join(bad)}")
+            # `--split backtest` is the likely slip: overrides are one word each.
+            hint = "; config overrides take the form --key=value, e.g. --split=backtest"
+            _usage_error(prog, f"unrecognized arguments: {' '.join(bad)}{hint}")
         args.overrides = extra
     elif extra:
         _usage_error(prog, f"unrecognized arguments: {' '.join(extra)}")
