@@ -456,8 +456,8 @@ class Pipeline:
         if needle:
             order = order[np.char.find(titles, needle) >= 0]
         return [
-            {**self.catalogue.movie(int(p)), "ratings": int(self._popular.counts_[p])}
-            for p in order[:limit]
+            {**self.catalogue.movies[p], "ratings": int(self._popular.counts_[p])}
+            for p in order[:limit].tolist()
         ]
 
     def _funnel_for(self, method: str | None) -> tuple[str, Funnel]:

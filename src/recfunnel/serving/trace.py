@@ -28,10 +28,6 @@ class Catalogue:
     titles: np.ndarray  # (n_items,) str
     genres: list[list[str]]  # per position, e.g. ["Action", "Comedy"]
 
-    def movie(self, position: int) -> dict[str, Any]:
-        """A fresh {"movie_id", "title", "genres"} of catalogue `position`."""
-        return dict(self.movies[position])
-
     @cached_property
     def movies(self) -> list[dict[str, Any]]:
         """{"movie_id", "title", "genres"} per position: shared, copy before changing."""
