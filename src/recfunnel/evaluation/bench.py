@@ -68,7 +68,7 @@ def _by_history(history: np.ndarray, stage_ms: dict[str, list[float]]) -> list[d
     stages) and each stage. Why: a user's liked-row sums read one catalogue row per liked
     movie, so the cost of a call depends on who asks."""
     stages = {name: np.array(values) for name, values in stage_ms.items()}
-    total = np.sum(list(stages.values()), axis=0) if stages else np.zeros(len(history))
+    total = np.sum(list(stages.values()), axis=0)  # (users,) the funnel's own time
     rows = []
     for low, high in HISTORY_BANDS:
         band = (history >= low) & (history < (high if high is not None else np.inf))
