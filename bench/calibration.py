@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from recfunnel.data import load_movielens
 from recfunnel.errors import run_script
 from recfunnel.evaluation import metrics
 from recfunnel.evaluation.protocol import Evaluator, rated_pairs
 from recfunnel.evaluation.tables import format_table
-from recfunnel.run import load_run
+from recfunnel.run import load_run, load_run_data
 
 METHODS = ("temperature", "platt")
 
@@ -33,7 +32,7 @@ def main() -> int:
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     parser.add_argument("--data-dir", default=os.environ.get("RECFUNNEL_DATA_DIR"))
     args = parser.parse_args()
-    ml = load_movielens(args.data_dir, progress=False)
+    ml = load_run_data(*args.run_dirs, data_dir=args.data_dir)
     rows = []
     for run_dir in args.run_dirs:
         run = load_run(run_dir, ml)

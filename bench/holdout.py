@@ -31,12 +31,11 @@ import numpy as np
 from scipy.stats import kendalltau
 
 from recfunnel.atomic import write_atomic
-from recfunnel.data import load_movielens
 from recfunnel.errors import ConfigError, run_script
 from recfunnel.evaluation.funnel import evaluate_funnel
 from recfunnel.evaluation.tables import format_table
 from recfunnel.funnel import STAGES
-from recfunnel.run import load_run
+from recfunnel.run import load_run, load_run_data
 
 HOLDOUTS = {"valid": ("valid", "warm"), "valid, returning users": ("valid", "return")}
 METRIC = "ndcg@20"
@@ -80,7 +79,8 @@ def main() -> int:
     parser.add_argument("--data-dir", default=os.environ.get("RECFUNNEL_DATA_DIR"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "holdout_results.json")
     args = parser.parse_args()
-    ml = load_movielens(args.data_dir, progress=False)
+    runs = [args.run_dir] + ([args.backtest] if args.backtest is not None else [])
+    ml = load_run_data(*runs, data_dir=args.data_dir)
     run = load_run(args.run_dir, ml)
     genres = ml.genre_matrix(run.funnel.item_ids)
     reports = {

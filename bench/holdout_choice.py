@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from recfunnel.data import MovieLens, load_movielens
+from recfunnel.data import MovieLens
 from recfunnel.errors import ConfigError
 from recfunnel.evaluation.protocol import Evaluator, EvalUsers
-from recfunnel.run import Run, load_run
+from recfunnel.run import Run, load_run, load_run_data
 from recfunnel.types import Requests
 
 
@@ -41,7 +41,7 @@ class Holdout:
 def open_holdout(args: argparse.Namespace, *, group: str = "warm", ild: bool = False) -> Holdout:
     """The run of args.run_dir on args.split's `group` users (history: known for test, train
     for valid), NDCG@20 (and genre ILD@20 with `ild`). A ConfigError for the real test."""
-    ml = load_movielens(args.data_dir, progress=False)
+    ml = load_run_data(args.run_dir, data_dir=args.data_dir)
     run = load_run(args.run_dir, ml)
     if args.split == "test" and run.split.kind != "backtest":
         raise ConfigError(

@@ -11,12 +11,11 @@ import argparse
 import os
 from pathlib import Path
 
-from recfunnel.data import load_movielens
 from recfunnel.errors import run_script
 from recfunnel.evaluation.protocol import Evaluator
 from recfunnel.evaluation.tables import format_table
 from recfunnel.recall.merge import merge_lists
-from recfunnel.run import load_run
+from recfunnel.run import load_run, load_run_data
 from recfunnel.types import Requests
 
 
@@ -25,7 +24,7 @@ def main() -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--data-dir", default=os.environ.get("RECFUNNEL_DATA_DIR"))
     args = parser.parse_args()
-    run = load_run(args.run_dir, load_movielens(args.data_dir))
+    run = load_run(args.run_dir, load_run_data(args.run_dir, data_dir=args.data_dir))
     funnel = run.funnel
     channels = funnel["recall"].channels
     n, k = len(channels), funnel.sizes.topk_recall

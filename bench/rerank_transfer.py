@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from recfunnel.data import load_movielens
 from recfunnel.errors import run_script
 from recfunnel.evaluation.bootstrap import difference, per_user_metric
 from recfunnel.evaluation.protocol import Evaluator
 from recfunnel.evaluation.tables import format_table
-from recfunnel.run import load_run
+from recfunnel.run import load_run, load_run_data
 
 LAMBDAS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
 # Users by their number of liked target movies in the part: (low, high] bands.
@@ -35,7 +34,7 @@ def main() -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--data-dir", default=os.environ.get("RECFUNNEL_DATA_DIR"))
     args = parser.parse_args()
-    ml = load_movielens(args.data_dir, progress=False)
+    ml = load_run_data(args.run_dir, data_dir=args.data_dir)
     run = load_run(args.run_dir, ml)
     funnel = run.funnel
     chosen = funnel["rerank"].config.lambda_mmr

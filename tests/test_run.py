@@ -12,7 +12,7 @@ import pytest
 
 from recfunnel.cli import main
 from recfunnel.errors import RecfunnelError
-from recfunnel.run import SMOKE_OVERRIDES, load_run
+from recfunnel.run import SMOKE_OVERRIDES, load_run, load_run_data
 
 # The smoke config, with a one-epoch recall and the HNSW index this file's checks read.
 FAST = [*SMOKE_OVERRIDES, "--recall.two_tower.epochs=1", "--index.backend=hnsw"]
@@ -88,6 +88,23 @@ def test_bench_merges_prints_every_way_of_merging(smoke_run, synthetic_dir, tmp_
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("merges.py: error:")
+
+
+def test_bench_scripts_read_the_run_directory_before_the_data(smoke_run, tmp_path):
+    """A wrong RUN_DIR is the error a script reports, even where no data could be loaded
+    (`load_run_data` reads every manifest first); runs of two data sets are refused."""
+    missing = tmp_path / "no-data"
+    for script in ("merges.py", "rerank_transfer.py", "calibration.py", "holdout.py"):
+        bad = _bench_script(script, tmp_path / "absent", "--data-dir", missing, cache=tmp_path)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, (script, bad.stderr)
+        assert "absent is not a complete run directory" in bad.stderr, (script, bad.stderr)
+    out, _ = smoke_run
+    other = tmp_path / "other"
+    other.mkdir()
+    manifest = json.loads((out / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "dataset": "ml-10m"}))
+    with pytest.raises(RecfunnelError, match="trained on different data sets"):
+        load_run_data(out, other, data_dir=missing)
 
 
 @pytest.mark.parametrize(("script", "row"), [("rank_blend.py", "inf"), ("rerank_choice.py", "dpp")])

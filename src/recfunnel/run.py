@@ -426,6 +426,19 @@ class Run:
     index_missing: bool = False  # the index/ folder was deleted: recall uses exact search
 
 
+def load_run_data(*run_dirs: Path, data_dir: str | Path | None = None) -> MovieLens:
+    """The data set the runs `run_dirs` were trained on, for the scripts under bench/. Every
+    manifest is read first, so a wrong RUN_DIR is one clear error before seconds of loading
+    (or a missing-data error that hides it); runs of different data sets are an error."""
+    from recfunnel.data import load_movielens
+
+    datasets = {str(read_manifest(Path(p)).get("dataset", "ml-1m")): Path(p) for p in run_dirs}
+    if len(datasets) > 1:
+        named = ", ".join(f"{path} ({name})" for name, path in datasets.items())
+        raise RecfunnelError(f"the runs were trained on different data sets: {named}")
+    return load_movielens(data_dir, dataset=next(iter(datasets), "ml-1m"), progress=False)
+
+
 def load_run(path: Path, ml: MovieLens, device: str = "auto") -> Run:
     """Load a run made by this package version on exactly this data, or refuse. Its torch
     parts compute on `device` (auto, cpu or cuda), wherever it was trained.
