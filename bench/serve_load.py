@@ -21,7 +21,9 @@ user ids drawn at random (seeded) from users.dat. Two phases of --requests each:
 Each phase is bounded in count and in time: it stops at --requests or after --max-seconds,
 whichever comes first. The clients run on the same machine as the server (on 2 cores they
 take CPU from it), and the numbers mean nothing while another heavy process runs: the load
-average and the busiest other processes at the start are written beside them.
+average and the busiest other processes at the start are written beside them. Each phase
+also reports the CPU time per request of the server's processes and of the clients: the
+cores divided by their sum is about the most requests/s this machine can serve.
 """
 
 from __future__ import annotations
@@ -61,14 +63,35 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_memory_mib(pid: int) -> dict[str, float]:
-    """Memory of the server: process `pid` and its worker processes (Linux /proc). RSS
-    counts the pages the workers share copy-on-write once per process; PSS splits each
-    shared page between the processes sharing it, so its sum is what the server costs."""
+def server_pids(pid: int) -> list[int]:
+    """The server's process `pid` and its worker processes (Linux /proc)."""
     pids = [pid]
     children = Path(f"/proc/{pid}/task/{pid}/children")
     if children.is_file():
         pids += [int(p) for p in children.read_text().split()]
+    return pids
+
+
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the server's processes have used so far: what a phase
+    costs the server, apart from its clients' share of the same cores."""
+    total = 0
+    for p in server_pids(pid):
+        try:
+            # Fields after the command name (which may hold spaces): utime and stime are
+            # the 14th and 15th of the whole line, in clock ticks.
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError as error:
+            raise LoadError(f"cannot read the CPU time of server process {p}: {error}") from None
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def server_memory_mib(pid: int) -> dict[str, float]:
+    """Memory of the server: process `pid` and its worker processes (Linux /proc). RSS
+    counts the pages the workers share copy-on-write once per process; PSS splits each
+    shared page between the processes sharing it, so its sum is what the server costs."""
+    pids = server_pids(pid)
     rss = pss = 0.0
     for p in pids:
         try:
@@ -144,10 +167,16 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 def load(
-    port: int, paths: list[str], clients: int, max_seconds: float, rate: float | None = None
+    port: int,
+    paths: list[str],
+    clients: int,
+    max_seconds: float,
+    rate: float | None = None,
+    server_pid: int | None = None,
 ) -> dict:
     """Send every path once from `clients` threads (keep-alive connections); stop early at
-    `max_seconds`. Latencies in ms of the completed requests, and the errors.
+    `max_seconds`. Latencies in ms of the completed requests, and the errors; with
+    `server_pid`, the CPU time per request of the server and of the clients (this process).
 
     rate None: closed loop, each client sends its next request as soon as the last one is
     answered (the most the server can do). rate R: open loop, request i is due at
@@ -196,12 +225,23 @@ def load(
                 latencies.extend(mine)
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
+    server_cpu = server_cpu_s(server_pid) if server_pid is not None else 0.0
+    client_cpu = time.process_time()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
+    client_cpu = time.process_time() - client_cpu
     done = len(latencies) + sum(errors.values())
+    cpu = {}
+    if server_pid is not None and done:
+        # On a shared machine, capacity is about cores / (server + client CPU per request).
+        server_cpu = server_cpu_s(server_pid) - server_cpu
+        cpu = {
+            "server_cpu_ms_per_request": round(1000 * server_cpu / done, 3),
+            "client_cpu_ms_per_request": round(1000 * client_cpu / done, 3),
+        }
     return {
         "mode": "closed loop" if rate is None else f"open loop at {rate:g} requests/s",
         "requests_done": done,
@@ -213,6 +253,7 @@ def load(
         "max_ms": round(max(latencies, default=float("nan")), 2),
         "errors": sum(errors.values()),
         "errors_by_kind": errors,
+        **cpu,
     }
 
 
@@ -264,10 +305,17 @@ def run(args: argparse.Namespace) -> dict:
 
             load(port, draw(args.warmup), args.clients, args.max_seconds)  # not measured
             memory_before = server_memory_mib(proc.pid)
-            phases["closed_loop"] = load(port, draw(args.requests), args.clients, args.max_seconds)
+            phases["closed_loop"] = load(
+                port, draw(args.requests), args.clients, args.max_seconds, server_pid=proc.pid
+            )
             if args.rate is not None:
                 phases["paced"] = load(
-                    port, draw(args.requests), args.clients, args.max_seconds, rate=args.rate
+                    port,
+                    draw(args.requests),
+                    args.clients,
+                    args.max_seconds,
+                    rate=args.rate,
+                    server_pid=proc.pid,
                 )
             memory_after = server_memory_mib(proc.pid)
             stages = stage_p50s(port)

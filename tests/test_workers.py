@@ -142,6 +142,11 @@ def test_serve_load_bench_runs_end_to_end(smoke_run, tmp_path: Path) -> None:
     assert report["paced"]["mode"] == "open loop at 50 requests/s"
     # 40 requests due at 50/s take at least 0.78 s, however fast the server is.
     assert report["paced"]["wall_s"] >= 0.75
+    # Serving a request costs the server CPU (a smoke request: well over 0.1 ms), the
+    # clients some; a phase that read no CPU would report 0.
+    for phase in ("closed_loop", "paced"):
+        assert report[phase]["server_cpu_ms_per_request"] > 0.1
+        assert report[phase]["client_cpu_ms_per_request"] > 0
     assert set(report["targets_met"]) and all(
         isinstance(v, bool) for v in report["targets_met"].values()
     )
