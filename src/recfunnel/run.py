@@ -45,6 +45,7 @@ from recfunnel.artifacts import RunFileError, digest_files, verify_files
 from recfunnel.atomic import umask_mode
 from recfunnel.config import config_from_json, param, save_config, section
 from recfunnel.data.dataset import MovieLens
+from recfunnel.data.movielens import load_movielens
 from recfunnel.data.split import Split, make_split
 from recfunnel.device import resolve_device
 from recfunnel.errors import ConfigError, RecfunnelError
@@ -430,8 +431,6 @@ def load_run_data(*run_dirs: Path, data_dir: str | Path | None = None) -> MovieL
     """The data set the runs `run_dirs` were trained on, for the scripts under bench/. Every
     manifest is read first, so a wrong RUN_DIR is one clear error before seconds of loading
     (or a missing-data error that hides it); runs of different data sets are an error."""
-    from recfunnel.data import load_movielens
-
     datasets = {str(read_manifest(Path(p)).get("dataset", "ml-1m")): Path(p) for p in run_dirs}
     if len(datasets) > 1:
         named = ", ".join(f"{path} ({name})" for name, path in datasets.items())
