@@ -114,16 +114,21 @@ def build_trace(
     Plain Python lists and comprehensions throughout: a trace is ~600 small dicts, and at
     this size a numpy read or a function call per item costs more than building them."""
     recall = lists["recall"]
-    names = list(recall.channels)
-    # Each candidate's {channel: 1-based rank} (channels that did not propose it left out).
-    channel_ranks = zip(*(recall.channels[name].tolist() for name in names), strict=True)
+    positions = recall.items.tolist()
+    # Each candidate's {channel: 1-based rank} (channels that did not propose it left out),
+    # filled channel by channel, so each dict's keys come in the channels' order: one pass
+    # per channel costs half of a comprehension per candidate.
+    channels: list[dict[str, int]] = [{} for _ in positions]
+    for name, ranks in recall.channels.items():
+        for proposed, rank in zip(channels, ranks.tolist(), strict=True):
+            if rank > 0:
+                proposed[name] = rank
     base = catalogue.movies
     movies: dict[int, dict[str, Any]] = {}
-    for position, ranks in zip(recall.items.tolist(), channel_ranks, strict=True):
+    for position, proposed in zip(positions, channels, strict=True):
         if position >= 0:
             movie = base[position]
-            channels = {name: r for name, r in zip(names, ranks, strict=True) if r > 0}
-            movies[movie["movie_id"]] = {**movie, "channels": channels}
+            movies[movie["movie_id"]] = {**movie, "channels": proposed}
     stages: dict[str, list[dict[str, Any]]] = {}
     places: dict[str, dict[int, int]] = {}
     for stage in STAGES:
@@ -136,11 +141,12 @@ def build_trace(
         if not np.isfinite(values).all():  # a stray NaN or infinity: null in JSON
             scores = [finite(v) for v in scores]
         ids = catalogue.item_ids[items].tolist()
+        ranks = range(1, len(ids) + 1)
         stages[stage] = [
             {"movie_id": m, "position": place, "score": v}
-            for place, (m, v) in enumerate(zip(ids, scores, strict=True), start=1)
+            for m, place, v in zip(ids, ranks, scores, strict=True)
         ]
-        places[stage] = dict(zip(ids, range(1, len(ids) + 1), strict=True))
+        places[stage] = dict(zip(ids, ranks, strict=True))
     final = [
         {
             **movies[entry["movie_id"]],
