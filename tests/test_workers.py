@@ -34,6 +34,14 @@ def test_metrics_merge_every_publisher(tmp_path: Path) -> None:
     # The quantiles are over both windows: 3 values of 1 ms and 2 of 3 ms.
     p99 = 'recfunnel_http_request_duration_seconds{method="GET",endpoint="/health",quantile="0.99"}'
     assert f"{p99} 0.003" in text
+    # A damaged snapshot (a worker killed mid-write leaves a whole one behind, but the disk
+    # may not) is skipped, not an error and not a wrong number.
+    whole = next(tmp_path.glob("*.snapshot")).read_bytes()
+    truncated_header = whole[: whole.index(b"\n") - 1]
+    bad_rows = b'{"counts": [], "requests": [1], "stages": []}\n'
+    for damaged in (whole[:-3], truncated_header, b"{}\n", bad_rows, b""):
+        (tmp_path / "9-damaged.snapshot").write_bytes(damaged)
+        assert first.render().count('status="200"} 5') == 1
     # Without a folder, a Metrics sees only its own requests.
     alone = Metrics()
     alone.observe_request("GET", "/health", 200, 0.001)

@@ -14,13 +14,17 @@ shared `publish_dir`, a background thread in each writes a snapshot of its serie
 every PUBLISH_EVERY_S seconds when something changed (and at once when it renders), and
 `render` merges every worker's latest snapshot: counts and sums add up, and the quantiles
 are over the union of the workers' windows. Another worker's numbers may be up to
-PUBLISH_EVERY_S old.
+PUBLISH_EVERY_S old. A snapshot is a JSON header line and then every window's values as
+raw float64 bytes. Formatting a full snapshot (6 windows of 10,000) as JSON text took ~4.5
+ms a second per worker with the GIL held, so the requests in flight waited for it; packing
+the bytes takes ~0.7 ms, and the file write (~0.9 ms more) releases the GIL.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import struct
 import threading
 import time
 import uuid
@@ -111,6 +115,23 @@ class Metrics:
                 {k: (s.count, s.total, list(s.recent)) for k, s in self._stages.items()},
             )
 
+    def _packed(self) -> bytes:
+        """This process's series as a snapshot file's bytes (see the module docstring):
+        the header names each window's length, in the order its values follow."""
+        parts = []
+        with self._lock:
+            counts = [[*key, n] for key, n in self._counts.items()]
+            requests = []
+            for key, series in self._requests.items():
+                requests.append([*key, series.count, series.total, len(series.recent)])
+                parts.append(_pack(series.recent))
+            stages = []
+            for key, series in self._stages.items():
+                stages.append([key, series.count, series.total, len(series.recent)])
+                parts.append(_pack(series.recent))
+        header = orjson.dumps({"counts": counts, "requests": requests, "stages": stages})
+        return b"".join([header, b"\n", *parts])
+
     def _start_publisher(self) -> None:
         """A daemon thread of this process that publishes changed series every
         PUBLISH_EVERY_S (inline writes would land inside a request)."""
@@ -130,15 +151,8 @@ class Metrics:
         assert self.publish_dir is not None
         with self._lock:
             self._dirty = False
-        counts, requests, stages = self._snapshot()
-        body = orjson.dumps(
-            {
-                "counts": [[*key, n] for key, n in counts.items()],
-                "requests": [[*key, *data] for key, data in requests.items()],
-                "stages": [[key, *data] for key, data in stages.items()],
-            }
-        )
-        target = self.publish_dir / f"{os.getpid()}-{self._token}.json"
+        body = self._packed()
+        target = self.publish_dir / f"{os.getpid()}-{self._token}.snapshot"
         tmp = target.with_suffix(".tmp")
         try:
             tmp.write_bytes(body)
@@ -160,18 +174,21 @@ class Metrics:
             count, total, recent = table.get(key, (0, 0.0, []))
             table[key] = (count + int(data[0]), total + float(data[1]), recent + list(data[2]))
 
-        for path in sorted(self.publish_dir.glob("*.json")):
+        for path in sorted(self.publish_dir.glob("*.snapshot")):
             try:
-                snapshot = orjson.loads(path.read_bytes())
-            except (OSError, orjson.JSONDecodeError):  # a worker that just died mid-write
+                header, values = _unpacked(path.read_bytes())
+            except (OSError, ValueError):  # a damaged file: skipped, as a worker's absence
                 continue
-            for method, endpoint, status, n in snapshot["counts"]:
+            for method, endpoint, status, n in header["counts"]:
                 key = (method, endpoint, int(status))
                 counts[key] = counts.get(key, 0) + int(n)
-            for method, endpoint, *data in snapshot["requests"]:
-                add(requests, (method, endpoint), data)
-            for stage, *data in snapshot["stages"]:
-                add(stages, stage, data)
+            at = 0  # the windows' values follow in the header's order
+            for method, endpoint, count, total, n in header["requests"]:
+                add(requests, (method, endpoint), [count, total, values[at : at + n]])
+                at += n
+            for stage, count, total, n in header["stages"]:
+                add(stages, stage, [count, total, values[at : at + n]])
+                at += n
         return counts, requests, stages
 
     def render(self) -> str:
@@ -204,6 +221,30 @@ class Metrics:
         for stage, data in sorted(stages.items()):
             lines += _summary("recfunnel_stage_duration_seconds", {"stage": stage}, *data)
         return "\n".join(lines) + "\n"
+
+
+def _pack(values: deque[float]) -> bytes:
+    """A window's values as native float64 bytes (the fastest packing of a deque measured:
+    ~0.12 ms for 10,000 values, against ~0.6 ms for a JSON list of them)."""
+    return struct.pack(f"{len(values)}d", *values)
+
+
+def _unpacked(body: bytes) -> tuple[dict[str, Any], list[float]]:
+    """A snapshot file's header and its windows' values, in order; ValueError when the
+    file is not a whole snapshot."""
+    head, sep, rest = body.partition(b"\n")
+    if not sep or len(rest) % 8:
+        raise ValueError("not a snapshot")
+    header = orjson.loads(head)  # orjson.JSONDecodeError is a ValueError
+    if not isinstance(header, dict) or not {"counts", "requests", "stages"} <= header.keys():
+        raise ValueError("not a snapshot")
+    try:
+        size = 8 * sum(int(row[-1]) for row in (*header["requests"], *header["stages"]))
+    except (TypeError, IndexError):
+        raise ValueError("not a snapshot") from None
+    if size != len(rest):
+        raise ValueError("not a snapshot")
+    return header, list(struct.unpack(f"{len(rest) // 8}d", rest))
 
 
 def _summary(
