@@ -117,20 +117,21 @@ class Metrics:
 
     def _packed(self) -> bytes:
         """This process's series as a snapshot file's bytes (see the module docstring):
-        the header names each window's length, in the order its values follow."""
-        parts = []
+        the header gives each window's length, in the order the values follow. Packed
+        straight from the windows, not from a `_snapshot` copy (which doubles the time)."""
+        windows = []
         with self._lock:
             counts = [[*key, n] for key, n in self._counts.items()]
             requests = []
             for key, series in self._requests.items():
                 requests.append([*key, series.count, series.total, len(series.recent)])
-                parts.append(_pack(series.recent))
+                windows.append(_pack(series.recent))
             stages = []
             for key, series in self._stages.items():
                 stages.append([key, series.count, series.total, len(series.recent)])
-                parts.append(_pack(series.recent))
+                windows.append(_pack(series.recent))
         header = orjson.dumps({"counts": counts, "requests": requests, "stages": stages})
-        return b"".join([header, b"\n", *parts])
+        return b"".join([header, b"\n", *windows])
 
     def _start_publisher(self) -> None:
         """A daemon thread of this process that publishes changed series every
@@ -170,25 +171,21 @@ class Metrics:
         requests: dict[tuple[str, str], tuple[int, float, list[float]]] = {}
         stages: dict[str, tuple[int, float, list[float]]] = {}
 
-        def add(table: dict[Any, tuple[int, float, list[float]]], key: Any, data: list) -> None:
+        def add(table: dict[Any, tuple[int, float, list[float]]], key: Any, data: tuple) -> None:
             count, total, recent = table.get(key, (0, 0.0, []))
-            table[key] = (count + int(data[0]), total + float(data[1]), recent + list(data[2]))
+            table[key] = (count + data[0], total + data[1], recent + data[2])
 
         for path in sorted(self.publish_dir.glob("*.snapshot")):
             try:
-                header, values = _unpacked(path.read_bytes())
+                their_counts, their_requests, their_stages = _unpacked(path.read_bytes())
             except (OSError, ValueError):  # a damaged file: skipped, as a worker's absence
                 continue
-            for method, endpoint, status, n in header["counts"]:
-                key = (method, endpoint, int(status))
-                counts[key] = counts.get(key, 0) + int(n)
-            at = 0  # the windows' values follow in the header's order
-            for method, endpoint, count, total, n in header["requests"]:
-                add(requests, (method, endpoint), [count, total, values[at : at + n]])
-                at += n
-            for stage, count, total, n in header["stages"]:
-                add(stages, stage, [count, total, values[at : at + n]])
-                at += n
+            for key, n in their_counts.items():
+                counts[key] = counts.get(key, 0) + n
+            for key, data in their_requests.items():
+                add(requests, key, data)
+            for key, data in their_stages.items():
+                add(stages, key, data)
         return counts, requests, stages
 
     def render(self) -> str:
@@ -224,27 +221,35 @@ class Metrics:
 
 
 def _pack(values: deque[float]) -> bytes:
-    """A window's values as native float64 bytes (the fastest packing of a deque measured:
-    ~0.12 ms for 10,000 values, against ~0.6 ms for a JSON list of them)."""
+    """A window's values as native float64 bytes (~0.12 ms for 10,000 values, against
+    ~0.6 ms to format them as a JSON list)."""
     return struct.pack(f"{len(values)}d", *values)
 
 
-def _unpacked(body: bytes) -> tuple[dict[str, Any], list[float]]:
-    """A snapshot file's header and its windows' values, in order; ValueError when the
-    file is not a whole snapshot."""
+def _unpacked(body: bytes) -> Snapshot:
+    """A snapshot file's series, as `Metrics._snapshot` gives them; ValueError when the file
+    is not a whole snapshot (nothing of a damaged file is read)."""
     head, sep, rest = body.partition(b"\n")
     if not sep or len(rest) % 8:
         raise ValueError("not a snapshot")
-    header = orjson.loads(head)  # orjson.JSONDecodeError is a ValueError
-    if not isinstance(header, dict) or not {"counts", "requests", "stages"} <= header.keys():
-        raise ValueError("not a snapshot")
+    values = struct.unpack(f"{len(rest) // 8}d", rest)
     try:
-        size = 8 * sum(int(row[-1]) for row in (*header["requests"], *header["stages"]))
-    except (TypeError, IndexError):
-        raise ValueError("not a snapshot") from None
-    if size != len(rest):
-        raise ValueError("not a snapshot")
-    return header, list(struct.unpack(f"{len(rest) // 8}d", rest))
+        header = orjson.loads(head)
+        counts = {(m, e, int(s)): int(n) for m, e, s, n in header["counts"]}
+        windows, at = [], 0  # the windows' values follow in the header's order
+        for *_, n in (*header["requests"], *header["stages"]):
+            windows.append(list(values[at : at + n]))
+            at += n
+        if at != len(values):
+            raise ValueError("not a snapshot")
+        series = iter(windows)
+        requests = {
+            (m, e): (int(n), float(t), next(series)) for m, e, n, t, _ in header["requests"]
+        }
+        stages = {s: (int(n), float(t), next(series)) for s, n, t, _ in header["stages"]}
+    except (KeyError, TypeError) as error:  # orjson's and unpacking errors are ValueErrors
+        raise ValueError("not a snapshot") from error
+    return counts, requests, stages
 
 
 def _summary(

@@ -141,12 +141,12 @@ def build_trace(
         if not np.isfinite(values).all():  # a stray NaN or infinity: null in JSON
             scores = [finite(v) for v in scores]
         ids = catalogue.item_ids[items].tolist()
-        ranks = range(1, len(ids) + 1)
+        numbered = range(1, len(ids) + 1)  # each item's 1-based place in this list
         stages[stage] = [
             {"movie_id": m, "position": place, "score": v}
-            for m, place, v in zip(ids, ranks, scores, strict=True)
+            for m, place, v in zip(ids, numbered, scores, strict=True)
         ]
-        places[stage] = dict(zip(ids, ranks, strict=True))
+        places[stage] = dict(zip(ids, numbered, strict=True))
     final = [
         {
             **movies[entry["movie_id"]],
