@@ -17,7 +17,7 @@ are over the union of the workers' windows. Another worker's numbers may be up t
 PUBLISH_EVERY_S old. A snapshot is a JSON header line and then every window's values as
 raw float64 bytes. Formatting a full snapshot (6 windows of 10,000) as JSON text took ~4.5
 ms a second per worker with the GIL held, so the requests in flight waited for it; packing
-the bytes takes ~0.7 ms, and the file write (~0.9 ms more) releases the GIL.
+the bytes takes ~0.7 ms, and the file write (~1 ms more) releases the GIL.
 """
 
 from __future__ import annotations
