@@ -47,9 +47,18 @@ def open_holdout(args: argparse.Namespace, *, group: str = "warm", ild: bool = F
         raise ConfigError(
             "choosing on the real test part leaks: use --split valid, or a backtest run"
         )
+    evaluator, users = part_of(ml, run, args.split, group=group, ild=ild)
+    return Holdout(ml, run, evaluator, users, run.funnel.requests(users))
+
+
+def part_of(
+    ml: MovieLens, run: Run, split: str, *, group: str = "warm", ild: bool = False
+) -> tuple[Evaluator, EvalUsers]:
+    """The evaluator (NDCG@20, and genre ILD@20 with `ild`) and the `group` users of part
+    `split` of a loaded run; history: known for test, train for valid. No test check: the
+    caller's (`open_holdout`)."""
     item_ids = run.funnel.item_ids
     genres = {"item_features": ml.genre_matrix(item_ids), "ild_ks": (20,)} if ild else {}
-    history = "known" if args.split == "test" else "train"
+    history = "known" if split == "test" else "train"
     evaluator = Evaluator(run.split, item_ids, ks=(20,), history=history, **genres)
-    users = evaluator.users(args.split, group)
-    return Holdout(ml, run, evaluator, users, run.funnel.requests(users))
+    return evaluator, evaluator.users(split, group)

@@ -107,7 +107,14 @@ def test_bench_scripts_read_the_run_directory_before_the_data(smoke_run, tmp_pat
         load_run_data(out, other, data_dir=missing)
 
 
-@pytest.mark.parametrize(("script", "row"), [("rank_blend.py", "inf"), ("rerank_choice.py", "dpp")])
+@pytest.mark.parametrize(
+    ("script", "row"),
+    [
+        ("rank_blend.py", "inf"),
+        ("rerank_choice.py", "dpp"),
+        ("rerank_relevance.py", "P(like), raw"),
+    ],
+)
 def test_holdout_choice_scripts_run_on_valid_and_refuse_the_real_test(
     smoke_run, synthetic_dir, tmp_path, script, row
 ):
@@ -124,6 +131,28 @@ def test_holdout_choice_scripts_run_on_valid_and_refuse_the_real_test(
     refused = call("--split", "test")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "choosing on the real test part leaks" in refused.stderr
+
+
+def test_bench_rerank_relevance_applies_valids_choice_to_a_backtests_test(
+    smoke_run, synthetic_dir, tmp_path
+):
+    """On a backtest run, bench/rerank_relevance.py chooses lambda on the backtest's valid
+    and applies it to the backtest's test: one row per relevance scale, with both parts'
+    own choices and the transferred one; the default scale's valid choice is the one
+    training made and saved (the same rule on the same lists)."""
+    _, data = smoke_run
+    out = tmp_path / "bt"
+    assert main(["train", *data, "--out", str(out), *SMOKE_OVERRIDES, "--split=backtest"]) == 0
+    done = _bench_script(
+        "rerank_relevance.py", out, "--split", "test", "--data-dir", synthetic_dir, cache=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "valid's lambda on test" in done.stdout and "test: lambda" in done.stdout
+    rows = {line.split("  ")[0]: line for line in done.stdout.splitlines()}
+    assert {"rank score, min-max", "P(like), raw", "P(like), min-max"} <= set(rows)
+    chosen = json.loads((out / "rerank" / "config.json").read_text())["lambda_mmr"]
+    default = "rank score, min-max"
+    assert float(rows[default][len(default) :].split()[0]) == pytest.approx(chosen)
 
 
 def test_bench_rerank_transfer_reports_both_parts(smoke_run, synthetic_dir, tmp_path):
