@@ -62,3 +62,13 @@ def part_of(
     history = "known" if split == "test" else "train"
     evaluator = Evaluator(run.split, item_ids, ks=(20,), history=history, **genres)
     return evaluator, evaluator.users(split, group)
+
+
+def choosing_parts(holdout: Holdout, split: str) -> dict[str, tuple[Evaluator, EvalUsers]]:
+    """{part: (evaluator, users)} of a holdout opened on `split` (with ILD@20): that part
+    alone, or for a backtest run's test ("test" passed `open_holdout`'s check) its valid
+    first, where a choice is made, then its test, where the choice is scored."""
+    parts = {split: (holdout.evaluator, holdout.users)}
+    if split == "test":
+        return {"valid": part_of(holdout.ml, holdout.run, "valid", ild=True), **parts}
+    return parts

@@ -22,7 +22,7 @@ whole procedure a default goes through. The real test part is refused (`open_hol
 from __future__ import annotations
 
 import numpy as np
-from holdout_choice import holdout_parser, open_holdout, part_of
+from holdout_choice import choosing_parts, holdout_parser, open_holdout
 
 from recfunnel.errors import run_script
 from recfunnel.evaluation.protocol import Evaluator
@@ -75,9 +75,7 @@ def main() -> int:
     parser.add_argument("--max-ndcg-loss", type=float, default=0.02)
     args = parser.parse_args()
     holdout = open_holdout(args, ild=True)
-    parts = {args.split: (holdout.evaluator, holdout.users)}
-    if args.split == "test":  # a backtest run (open_holdout refuses the real test)
-        parts = {"valid": part_of(holdout.ml, holdout.run, "valid", ild=True), **parts}
+    parts = choosing_parts(holdout, args.split)
     rows = []
     for name, scale in SCALES.items():
         sweeps = {part: sweep(holdout, ev, users, scale) for part, (ev, users) in parts.items()}

@@ -155,6 +155,33 @@ def test_bench_rerank_relevance_applies_valids_choice_to_a_backtests_test(
     assert float(rows[default][len(default) :].split()[0]) == pytest.approx(chosen)
 
 
+def test_bench_prerank_keep_scores_and_times_each_keep(smoke_run, synthetic_dir, tmp_path):
+    """bench/prerank_keep.py: one row per keep on valid (the final list's lambda chosen by
+    training's rule, so the run's own keep reproduces the lambda training saved), a timing
+    table with --time, and one line, status 2, for a keep shorter than the final list."""
+    out, _ = smoke_run
+
+    def call(*extra: object) -> subprocess.CompletedProcess:
+        return _bench_script(
+            "prerank_keep.py", out, "--data-dir", synthetic_dir, *extra, cache=tmp_path
+        )
+
+    config = json.loads((out / "config.json").read_text())
+    keep = config["prerank"]["keep"]
+    done = call("--split", "valid", "--keeps", f"{keep},20")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[3:]]
+    assert [int(row[0]) for row in rows] == [keep, 20]
+    chosen = json.loads((out / "rerank" / "config.json").read_text())["lambda_mmr"]
+    assert float(rows[0][2]) == pytest.approx(chosen)
+    timed = call("--time", "5", "--keeps", f"{keep},20")
+    assert timed.returncode == 0, timed.stderr
+    assert "p99_ms" in timed.stdout and "rank_p50" in timed.stdout
+    bad = call("--keeps", "10")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "every keep must be >= 20" in bad.stderr
+
+
 def test_bench_rerank_transfer_reports_both_parts(smoke_run, synthetic_dir, tmp_path):
     """bench/rerank_transfer.py re-ranks at the sweep's lambdas on valid and on test (a
     report, no choice), with the chosen lambda's paired interval and the bands by targets;
