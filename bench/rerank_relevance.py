@@ -30,6 +30,7 @@ from recfunnel.evaluation.tables import format_table
 from recfunnel.rerank.ild import ild_greedy
 from recfunnel.rerank.mmr import relevance_scale
 from recfunnel.rerank.report import CHOICE_GRID, choose_lambda
+from recfunnel.types import Candidates
 
 K = 20
 SCALES = {
@@ -39,18 +40,19 @@ SCALES = {
 }
 
 
-def sweep(holdout, evaluator: Evaluator, users, scale: tuple[str, str]) -> list[dict]:
-    """{"lambda", "ndcg@20", "ild@20"} over CHOICE_GRID of the ILD greedy reading `scale`
-    (score name, relevance_scale's how), its 20 listed in the rank order."""
-    funnel = holdout.run.funnel
-    ranked = funnel.run(funnel.requests(users), upto="rank")["rank"]
+def sweep(
+    holdout, ranked: Candidates, evaluator: Evaluator, users, scale: tuple[str, str]
+) -> list[dict]:
+    """{"lambda", "ndcg@20", "ild@20"} over CHOICE_GRID of the ILD greedy on the rank lists
+    `ranked` (B, N) reading `scale` (score name, relevance_scale's how), its 20 listed in
+    the rank order."""
     valid = ranked.valid
     score, how = scale
     relevance = relevance_scale(np.where(valid, ranked.scores[score], 0.0), valid, how)
-    unit = funnel["rerank"].unit_genres_[np.where(valid, ranked.items, 0)]  # (B, N, 18)
+    unit = holdout.run.funnel["rerank"].unit_genres_[np.where(valid, ranked.items, 0)]
     rows = []
     for lam in CHOICE_GRID:
-        picks = ild_greedy(relevance, unit, K, lam, valid, normalised=True)
+        picks = ild_greedy(relevance, unit, K, lam, valid, normalised=True)  # (B, K)
         # The rank order: the list's columns are sorted by the rank score; -1 pads last.
         picks = np.sort(np.where(picks >= 0, picks, np.iinfo(np.int64).max), axis=1)
         picks = np.where(picks == np.iinfo(np.int64).max, -1, picks)
@@ -76,9 +78,17 @@ def main() -> int:
     args = parser.parse_args()
     holdout = open_holdout(args, ild=True)
     parts = choosing_parts(holdout, args.split)
+    funnel = holdout.run.funnel
+    ranked = {  # each part's rank lists, once: the scales differ only in the re-ranker
+        part: funnel.run(funnel.requests(users), upto="rank")["rank"]
+        for part, (_, users) in parts.items()
+    }
     rows = []
     for name, scale in SCALES.items():
-        sweeps = {part: sweep(holdout, ev, users, scale) for part, (ev, users) in parts.items()}
+        sweeps = {
+            part: sweep(holdout, ranked[part], evaluator, users, scale)
+            for part, (evaluator, users) in parts.items()
+        }
         row: dict = {"relevance": name}
         for part, part_rows in sweeps.items():
             lam = choose_lambda(part_rows, args.max_ndcg_loss)
