@@ -37,13 +37,19 @@ def accuracy(holdout, split: str, keeps: list[int], max_ndcg_loss: float) -> lis
     """One row per keep: rank's NDCG@20 and the final list at the rule's lambda, per part."""
     funnel = holdout.run.funnel
     parts = choosing_parts(holdout, split)  # a backtest's test: valid chooses, test is scored
+    # Recall and the item-to-item score do not read keep: each part's lists up to them, once.
+    before = {}
+    for part, (_, users) in parts.items():
+        requests = funnel.requests(users)
+        before[part] = (requests, funnel.run(requests, upto="item_to_item")["item_to_item"])
     rows = []
     for keep in keeps:
         row: dict = {"keep": keep}
         lam = None
         for part, (evaluator, users) in parts.items():
-            requests = funnel.requests(users)
-            ranked = funnel.run(requests, upto="rank", keep=keep)["rank"]
+            requests, scored = before[part]
+            resume = ("item_to_item", scored)
+            ranked = funnel.run(requests, upto="rank", resume=resume, keep=keep)["rank"]
             chosen, at = operating_point(
                 funnel["rerank"],
                 requests,

@@ -30,6 +30,7 @@ from recfunnel.evaluation.tables import format_table
 from recfunnel.rerank.ild import ild_greedy
 from recfunnel.rerank.mmr import relevance_scale
 from recfunnel.rerank.report import CHOICE_GRID, choose_lambda
+from recfunnel.rerank.stage import by_relevance
 from recfunnel.types import Candidates
 
 K = 20
@@ -41,21 +42,24 @@ SCALES = {
 
 
 def sweep(
-    holdout, ranked: Candidates, evaluator: Evaluator, users, scale: tuple[str, str]
+    ranked: Candidates,
+    unit: np.ndarray,
+    listing: np.ndarray,
+    evaluator: Evaluator,
+    users,
+    scale: tuple[str, str],
 ) -> list[dict]:
     """{"lambda", "ndcg@20", "ild@20"} over CHOICE_GRID of the ILD greedy on the rank lists
-    `ranked` (B, N) reading `scale` (score name, relevance_scale's how), its 20 listed in
-    the rank order."""
+    `ranked` (B, N) reading `scale` (score name, relevance_scale's how); `unit` (B, N, 18)
+    the candidates' unit genre rows; the chosen 20 listed by `listing` (B, N), the default
+    relevance, so in the rank order whatever scale chose them."""
     valid = ranked.valid
     score, how = scale
     relevance = relevance_scale(np.where(valid, ranked.scores[score], 0.0), valid, how)
-    unit = holdout.run.funnel["rerank"].unit_genres_[np.where(valid, ranked.items, 0)]
     rows = []
     for lam in CHOICE_GRID:
         picks = ild_greedy(relevance, unit, K, lam, valid, normalised=True)  # (B, K)
-        # The rank order: the list's columns are sorted by the rank score; -1 pads last.
-        picks = np.sort(np.where(picks >= 0, picks, np.iinfo(np.int64).max), axis=1)
-        picks = np.where(picks == np.iinfo(np.int64).max, -1, picks)
+        picks = by_relevance(picks, listing)  # -1 pads the end of a short list
         items = np.where(picks >= 0, np.take_along_axis(ranked.items, picks, axis=1), -1)
         metrics = evaluator.list_metrics(items, users)
         rows.append({"lambda": lam, "ndcg@20": metrics["ndcg@20"], "ild@20": metrics["ild@20"]})
@@ -79,14 +83,17 @@ def main() -> int:
     holdout = open_holdout(args, ild=True)
     parts = choosing_parts(holdout, args.split)
     funnel = holdout.run.funnel
-    ranked = {  # each part's rank lists, once: the scales differ only in the re-ranker
-        part: funnel.run(funnel.requests(users), upto="rank")["rank"]
-        for part, (_, users) in parts.items()
-    }
+    lists = {}  # each part's rank lists, unit genre rows and listing order, once
+    for part, (_, users) in parts.items():
+        ranked = funnel.run(funnel.requests(users), upto="rank")["rank"]
+        valid = ranked.valid
+        unit = funnel["rerank"].unit_genres_[np.where(valid, ranked.items, 0)]
+        listing = relevance_scale(np.where(valid, ranked.scores["rank"], 0.0), valid, "minmax")
+        lists[part] = (ranked, unit, listing)
     rows = []
     for name, scale in SCALES.items():
         sweeps = {
-            part: sweep(holdout, ranked[part], evaluator, users, scale)
+            part: sweep(*lists[part], evaluator, users, scale)
             for part, (evaluator, users) in parts.items()
         }
         row: dict = {"relevance": name}
