@@ -7,8 +7,9 @@ import scipy.sparse as sp
 
 from recfunnel.data.split import make_split
 from recfunnel.errors import ConfigError, NotFittedError
-from recfunnel.evaluation.baselines import EASE, Popularity
+from recfunnel.evaluation.baselines import EASE, Popularity, ease_weights
 from recfunnel.evaluation.protocol import Evaluator, catalogue
+from recfunnel.scale import keep_largest
 from recfunnel.types import History
 
 
@@ -49,6 +50,33 @@ def test_ease_matches_per_item_ridge_regression():
     ratings = sp.csr_matrix(np.array([[2.0, 5.0, 0, 0, 0, 0, 0]]))
     history = History(ratings, ratings.copy())
     np.testing.assert_allclose(model.score(np.array([0]), history)[0], model.weights_[1])
+
+
+def test_ease_neighbours_keep_each_rows_largest_weights():
+    # The funnel's EASE keeps each row's `neighbours` largest weights (ties at the cut kept)
+    # and zeroes the rest; the kept ones are the full model's own values.
+    rng = np.random.default_rng(1)
+    x = (rng.random((60, 12)) < 0.4).astype(float)
+    users, cols = np.nonzero(x)
+    train = frame([(u, 100 + c, 5, 0) for u, c in zip(users, cols, strict=True)])
+    items = np.arange(100, 112)
+    full = EASE(lam=3.0).fit(train, items).weights_
+    cut = EASE(lam=3.0, neighbours=4).fit(train, items).weights_
+    fourth = np.sort(full, axis=1)[:, -4][:, None]  # each row's 4th largest weight
+    np.testing.assert_array_equal(cut, np.where(full >= fourth, full, 0.0))
+    assert (np.count_nonzero(cut, axis=1) <= 4).all() and cut.any()
+    assert ease_weights(train, items, 3.0, neighbours=4).dtype == np.float32
+    np.testing.assert_array_equal(EASE(lam=3.0, neighbours=0).fit(train, items).weights_, full)
+    np.testing.assert_array_equal(EASE(lam=3.0, neighbours=12).fit(train, items).weights_, full)
+    with pytest.raises(ConfigError, match="neighbours"):
+        EASE(lam=3.0, neighbours=-1).fit(train, items)
+
+
+def test_keep_largest_keeps_ties_at_the_cut():
+    weights = np.array([[3.0, 1.0, 2.0, 2.0], [0.5, -1.0, 4.0, 0.0]])
+    out = keep_largest(weights.copy(), 2)
+    np.testing.assert_array_equal(out, [[3.0, 0.0, 2.0, 2.0], [0.5, 0.0, 4.0, 0.0]])
+    np.testing.assert_array_equal(keep_largest(weights.copy(), 0), weights)
 
 
 def test_errors_before_fit_and_bad_lambda():

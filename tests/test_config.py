@@ -397,30 +397,45 @@ def test_a_saved_config_without_a_newer_field_reads_the_value_it_meant(tmp_path)
     assert config_from_json(PipelineConfig, path).rank.cross_rank == 16
 
 
+def _check_off_by_default(key: str, off: object, on: str, bad: tuple[str, ...]) -> None:
+    """Pipeline config field `key` (dotted): `off` by default and in a saved config that
+    lacks it (runs saved before the field), `on` accepted, every `bad` value refused with a
+    ConfigError naming the field."""
+    from recfunnel.config import load_config
+    from recfunnel.run import PipelineConfig
+
+    section, name = key.rsplit(".", 1)
+
+    def value(config: PipelineConfig) -> object:
+        for part in section.split("."):
+            config = getattr(config, part)
+        return getattr(config, name)
+
+    assert value(PipelineConfig()) == off
+    assert value(load_config(PipelineConfig, None, [f"--{key}={on}"])) == type(off)(on)
+    for wrong in bad:
+        with pytest.raises(ConfigError, match=name):
+            load_config(PipelineConfig, None, [f"--{key}={wrong}"])
+    saved = to_dict(PipelineConfig())
+    node = saved
+    for part in section.split("."):
+        node = node[part]
+    del node[name]
+    assert value(from_dict(PipelineConfig, saved)) == off
+
+
 @pytest.mark.parametrize(
     "key", ["recall.ease.decay_days", "recall.rp3beta.decay_days", "item_to_item.decay_days"]
 )
 def test_recency_decay_is_off_by_default_and_checked(key: str) -> None:
     """The liked rows' recency weights (exp(-age / decay_days)): 0 (1 each) unless set, a
     number of days >= 0; runs saved before the field read 0, the sum they were made with."""
-    from recfunnel.config import load_config
-    from recfunnel.run import PipelineConfig
+    _check_off_by_default(key, 0.0, "30", ("-1", "nan", "inf"))
 
-    section, name = key.rsplit(".", 1)
 
-    def value(config: PipelineConfig) -> float:
-        for part in section.split("."):
-            config = getattr(config, part)
-        return getattr(config, name)
-
-    assert value(PipelineConfig()) == 0.0
-    assert value(load_config(PipelineConfig, None, [f"--{key}=30"])) == 30.0
-    for bad in ("-1", "nan", "inf"):
-        with pytest.raises(ConfigError, match="decay_days"):
-            load_config(PipelineConfig, None, [f"--{key}={bad}"])
-    saved = to_dict(PipelineConfig())
-    node = saved
-    for part in section.split("."):
-        node = node[part]
-    del node[name]
-    assert value(from_dict(PipelineConfig, saved)) == 0.0
+@pytest.mark.parametrize("key", ["recall.ease.neighbours", "item_to_item.neighbours"])
+def test_ease_neighbours_are_off_by_default_and_checked(key: str) -> None:
+    """EASE's rows cut to their largest weights (the funnel's channel and item-to-item
+    score, one matrix): 0 (every weight) unless set, an integer >= 0; runs saved before the
+    field read 0, the full matrix they were made with."""
+    _check_off_by_default(key, 0, "200", ("-1",))

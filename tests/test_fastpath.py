@@ -433,6 +433,31 @@ def test_recency_decay_gives_the_batch_path_lists(pipeline: Pipeline) -> None:
         i2i.forget_kernel()
 
 
+def test_ease_cut_to_its_neighbours_gives_the_batch_path_lists(pipeline: Pipeline) -> None:
+    """EASE's rows cut to their largest weights (`recall.ease.neighbours` and
+    `item_to_item.neighbours`): the channel and the item-to-item score share the cut
+    matrix, the kernels sum it from its padded nonzeros, and the lists are the batch path's."""
+    from recfunnel.kernel import PaddedRows, summable
+    from recfunnel.scale import keep_largest
+
+    recall, i2i = pipeline.funnel["recall"], pipeline.funnel["item_to_item"]
+    ease = recall.channels["ease"]
+    saved = ease.weights_, i2i.weights_
+    groups = _users(pipeline)
+    users = np.concatenate([groups["warm"][:30], groups["short"][:5], groups["cold"][:5]])
+    try:
+        cut = keep_largest(ease.weights_.copy(), ease.weights_.shape[1] // 10)
+        ease.weights_, i2i.weights_ = cut, cut.copy()
+        recall.forget_kernel()
+        i2i.forget_kernel()
+        assert isinstance(summable(i2i.weights_), PaddedRows)
+        _compare(pipeline, users)
+    finally:
+        ease.weights_, i2i.weights_ = saved
+        recall.forget_kernel()
+        i2i.forget_kernel()
+
+
 def test_user_request_is_made_after_its_history() -> None:
     request = UserRequest.build(7, [5, 1, 3], [4.0, 2.0, 5.0], [30, 10, 20], 8, floor=25)
     assert request.items.tolist() == [1, 3, 5] and request.liked.tolist() == [3, 5]

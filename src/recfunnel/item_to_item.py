@@ -46,6 +46,12 @@ class ItemToItemConfig:
         "recency of the user's liked movies, as recall.ease.decay_days (0: 1 each)",
         saved_without=0.0,  # runs saved before the field summed their liked rows, 1 each
     )
+    neighbours: int = param(
+        0,
+        "largest EASE weights kept per item row, the rest set to 0 (0: all), as "
+        "recall.ease.neighbours",
+        saved_without=0,  # runs saved before the field kept every weight
+    )
     rating_dim: int | None = param(
         16,
         "factors of the star-rating model whose prediction is the second pair score (none: "
@@ -59,6 +65,8 @@ class ItemToItemConfig:
         if not self.lam > 0:
             raise ConfigError(f"item_to_item.lam must be > 0, got {self.lam}")
         check_decay_days(self.decay_days, "item_to_item.decay_days")
+        if self.neighbours < 0:
+            raise ConfigError(f"item_to_item.neighbours must be >= 0, got {self.neighbours}")
         if self.rating_dim is not None and self.rating_dim < 1:
             raise ConfigError(
                 f"item_to_item.rating_dim must be >= 1 (or none), got {self.rating_dim}"
@@ -82,7 +90,9 @@ class ItemToItem(Scorer):
         rating model's item side from all of its ratings."""
         cfg = self.config
         cfg.validate()
-        self.weights_ = ease_weights(data.split.train, data.item_ids, cfg.lam, data.scale)
+        self.weights_ = ease_weights(
+            data.split.train, data.item_ids, cfg.lam, data.scale, cfg.neighbours
+        )
         self.ratings_: RatingModel | None = None
         if cfg.rating_dim is not None:
             self.ratings_ = fit_ratings(

@@ -15,7 +15,14 @@ from recfunnel.data.schema import ITEM, USER
 from recfunnel.data.split import liked
 from recfunnel.errors import ConfigError, NotFittedError
 from recfunnel.evaluation.protocol import interaction_matrix
-from recfunnel.scale import ScaleConfig, dense_bytes, plan, require_memory, sparse_ease
+from recfunnel.scale import (
+    ScaleConfig,
+    dense_bytes,
+    keep_largest,
+    plan,
+    require_memory,
+    sparse_ease,
+)
 from recfunnel.types import History
 
 
@@ -54,16 +61,26 @@ class EASE:
     `scale` (`recfunnel.scale`) decides from the catalogue size whether B is this dense
     matrix (ML-1M, ML-10M) or, where that would not fit, a sparse CSR: EASE over the most
     liked items with each row cut to its largest weights (`plan_` says which).
+
+    `neighbours` > 0 keeps only the largest weights of each row of the dense B (ties at the
+    cut kept), zeroing the rest: the funnel's channel and item-to-item score do that, which
+    makes a request's liked-row sum ~10 x cheaper (`kernel.PaddedRows`). The baseline keeps
+    every weight (0).
     """
 
-    def __init__(self, lam: float = 1000.0, scale: ScaleConfig | None = None) -> None:
+    def __init__(
+        self, lam: float = 1000.0, scale: ScaleConfig | None = None, neighbours: int = 0
+    ) -> None:
         self.lam = lam
         self.scale = scale
+        self.neighbours = neighbours
 
     def fit(self, train: pd.DataFrame, item_ids: np.ndarray) -> EASE:
         """train: ratings (only rating >= 4 count); item_ids (n_items,): the catalogue."""
         if not self.lam > 0:
             raise ConfigError(f"EASE lambda must be > 0, got {self.lam}")
+        if self.neighbours < 0:
+            raise ConfigError(f"EASE neighbours must be >= 0, got {self.neighbours}")
         self.item_ids_ = np.asarray(item_ids, dtype=np.int64)
         self.plan_ = plan(len(self.item_ids_), self.scale)
         positives = liked(train)
@@ -71,9 +88,9 @@ class EASE:
         x = interaction_matrix(positives, users, self.item_ids_)
         x.data[:] = 1.0
         if self.plan_["mode"] == "sparse":
-            self.weights_ = sparse_ease(
-                x, self.lam, int(self.plan_["ease_items"]), int(self.plan_["neighbours"])
-            )
+            neighbours = int(self.plan_["neighbours"])
+            neighbours = min(neighbours, self.neighbours) if self.neighbours else neighbours
+            self.weights_ = sparse_ease(x, self.lam, int(self.plan_["ease_items"]), neighbours)
             return self
         require_memory(dense_bytes(len(self.item_ids_)), f"EASE over {len(self.item_ids_):,} items")
         gram = (x.T @ x).toarray()
@@ -81,7 +98,7 @@ class EASE:
         p = np.linalg.inv(gram)
         b = p / (-np.diag(p))  # divides column j by -P_jj
         b[np.diag_indices_from(b)] = 0.0
-        self.weights_ = b
+        self.weights_ = keep_largest(b, self.neighbours)
         return self
 
     def score(self, user_ids: np.ndarray, history: History) -> np.ndarray:
@@ -92,12 +109,17 @@ class EASE:
 
 
 def ease_weights(
-    train: pd.DataFrame, item_ids: np.ndarray, lam: float, scale: ScaleConfig | None = None
+    train: pd.DataFrame,
+    item_ids: np.ndarray,
+    lam: float,
+    scale: ScaleConfig | None = None,
+    neighbours: int = 0,
 ) -> np.ndarray | sp.csr_matrix:
     """EASE's item-item weights (n_items, n_items) as float32, the form the funnel's
-    item-to-item score and recall channel keep (half the memory of float64): dense, or a
-    sparse CSR where `scale` chooses the sparse model for this catalogue."""
-    return EASE(lam, scale).fit(train, item_ids).weights_.astype(np.float32)
+    item-to-item score and recall channel keep (half the memory of float64): dense (each
+    row cut to its `neighbours` largest, 0: all), or a sparse CSR where `scale` chooses the
+    sparse model for this catalogue."""
+    return EASE(lam, scale, neighbours).fit(train, item_ids).weights_.astype(np.float32)
 
 
 BASELINES = {"pop": Popularity, "ease": EASE}

@@ -30,7 +30,9 @@ from recfunnel.evaluation.protocol import interaction_matrix
 from recfunnel.features import check_decay_days, liked_pair_scores
 from recfunnel.recall.channel import CatalogueChannel
 from recfunnel.scale import (
+    NEIGHBOURS,
     dense_bytes,
+    keep_largest,
     load_weights_matrix,
     plan,
     require_memory,
@@ -78,10 +80,17 @@ class EASEChannelConfig:
         "before the user's latest rating (0: 1 each)",
         saved_without=0.0,  # runs saved before the field summed their liked rows, 1 each
     )
+    neighbours: int = param(
+        0,
+        "largest weights kept per item row, the rest set to 0 (0: all, the full EASE)",
+        saved_without=0,  # runs saved before the field kept every weight
+    )
 
     def validate(self) -> None:
         if not self.lam > 0:
             raise ConfigError(f"lam must be > 0, got {self.lam}")
+        if self.neighbours < 0:
+            raise ConfigError(f"recall.ease.neighbours must be >= 0, got {self.neighbours}")
         check_decay_days(self.decay_days)
 
 
@@ -95,7 +104,10 @@ class EASEChannel(_WeightsChannel):
         self, data: FitData, stacked: Stacked | None = None, validate: Validate | None = None
     ) -> EASEChannel:
         self.config.validate()
-        self.weights_ = ease_weights(data.split.train, data.item_ids, self.config.lam, data.scale)
+        cfg = self.config
+        self.weights_ = ease_weights(
+            data.split.train, data.item_ids, cfg.lam, data.scale, cfg.neighbours
+        )
         self._fitted()
         return self
 
@@ -106,7 +118,7 @@ class RP3betaConfig:
 
     alpha: float = param(1.0, "exponent of the walk's transition probabilities")
     beta: float = param(0.5, "popularity penalty: column i is divided by popularity(i)^beta")
-    neighbours: int = param(200, "largest similarities kept per item (0: all)")
+    neighbours: int = param(NEIGHBOURS, "largest similarities kept per item (0: all)")
     decay_days: float = param(
         0.0,
         "recency of the user's liked movies, as recall.ease.decay_days (0: 1 each)",
@@ -154,10 +166,7 @@ class RP3betaChannel(_WeightsChannel):
         weights = (p_iu @ p_ui).toarray()
         weights /= np.maximum(popularity, 1)[None, :] ** cfg.beta
         np.fill_diagonal(weights, 0.0)
-        if 0 < cfg.neighbours < weights.shape[1]:
-            # Keep each row's largest entries (a sparse neighbourhood), zero the rest.
-            cut = np.partition(weights, -cfg.neighbours, axis=1)[:, -cfg.neighbours][:, None]
-            weights[weights < cut] = 0.0
-        self.weights_ = weights.astype(np.float32)
+        # Keep each row's largest entries (a sparse neighbourhood), zero the rest.
+        self.weights_ = keep_largest(weights, cfg.neighbours).astype(np.float32)
         self._fitted()
         return self
