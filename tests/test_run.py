@@ -182,6 +182,29 @@ def test_bench_prerank_keep_scores_and_times_each_keep(smoke_run, synthetic_dir,
     assert "every keep must be >= 20" in bad.stderr
 
 
+def test_bench_fast_path_ab_times_runs_in_turn(smoke_run, synthetic_dir, tmp_path):
+    """bench/fast_path_ab.py answers each sampled user with every run in turn and prints
+    one row per run, the first run's ratios 1; one run alone, or a run directory that is
+    not there, stops with one line, status 2."""
+    out, _ = smoke_run
+
+    def call(*args: object) -> subprocess.CompletedProcess:
+        return _bench_script("fast_path_ab.py", *args, "--data-dir", synthetic_dir, cache=tmp_path)
+
+    done = call(out, out, "--users", "5")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[3:]]
+    assert len(rows) == 2 and all(row[1] == "5" for row in rows)
+    assert float(rows[0][-2]) == 1.0 and float(rows[0][-1]) == 1.0
+    for bad, message in [
+        ((out,), "two or more run directories"),
+        ((out, tmp_path / "absent"), "absent is not a complete run directory"),
+    ]:
+        refused = call(*bad)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert message in refused.stderr, refused.stderr
+
+
 def test_bench_rerank_transfer_reports_both_parts(smoke_run, synthetic_dir, tmp_path):
     """bench/rerank_transfer.py re-ranks at the sweep's lambdas on valid and on test (a
     report, no choice), with the chosen lambda's paired interval and the bands by targets;
