@@ -103,8 +103,8 @@ class EASEChannel(_WeightsChannel):
     def fit(
         self, data: FitData, stacked: Stacked | None = None, validate: Validate | None = None
     ) -> EASEChannel:
-        self.config.validate()
         cfg = self.config
+        cfg.validate()
         self.weights_ = ease_weights(
             data.split.train, data.item_ids, cfg.lam, data.scale, cfg.neighbours
         )
