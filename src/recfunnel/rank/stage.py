@@ -49,7 +49,12 @@ class RankConfig:
         "(ESMM-style), so the like head is a classic CTR model",
     )
     dim: int = param(16, "embedding size of every field")
-    deep: tuple[int, ...] = param((256, 128), "hidden sizes of the deep (MLP) part")
+    deep: tuple[int, ...] = param(
+        (128, 64),
+        "hidden sizes of the deep (MLP) part. (128, 64) with attention_hidden 16 replaced "
+        "(256, 128) with 32: the lists tie on valid and the backtest, and the fast path is "
+        "~10 % quicker (README, 'A slimmer rank model')",
+    )
     cross_layers: int = param(2, "DCN-v2 cross layers (0: no explicit crosses)")
     cross_rank: int | None = param(
         32,
@@ -58,7 +63,7 @@ class RankConfig:
         "(three seeds each; README, 'Low-rank crosses')",
         saved_without=None,  # runs saved before the field were trained full-rank
     )
-    attention_hidden: int = param(32, "hidden size of DIN's attention unit")
+    attention_hidden: int = param(16, "hidden size of DIN's attention unit (see deep)")
     use_din: bool = param(
         True, "read the liked-items sequence, through rank.interest (false: no sequence field)"
     )
